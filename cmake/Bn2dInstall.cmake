@@ -1,0 +1,25 @@
+# cmake --install: headers, the static libraries (module, kernels, Halide runtime) and a CMake
+# package. An app does find_package(bn2d) and links bn2d::bn2d.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(DIRECTORY runtime/include/bn2d DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(TARGETS bn2d ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+
+# The kernel libraries and the runtime are imported targets made by Halide's helpers: install
+# their archives as files, and name them in the package config.
+set(bn2d_installed_archives "")
+foreach (lib IN LISTS BN2D_ALL_KERNELS ITEMS bn2d_halide_runtime)
+    install(FILES $<TARGET_FILE:${lib}> DESTINATION ${CMAKE_INSTALL_LIBDIR}/bn2d)
+    list(APPEND bn2d_installed_archives "lib${lib}.a")
+endforeach ()
+
+set(BN2D_CONFIG_ARCHIVES "${bn2d_installed_archives}")
+configure_package_config_file(cmake/bn2dConfig.cmake.in
+    "${CMAKE_CURRENT_BINARY_DIR}/bn2dConfig.cmake"
+    INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/bn2d)
+write_basic_package_version_file("${CMAKE_CURRENT_BINARY_DIR}/bn2dConfigVersion.cmake"
+    COMPATIBILITY SameMinorVersion)
+install(FILES "${CMAKE_CURRENT_BINARY_DIR}/bn2dConfig.cmake"
+              "${CMAKE_CURRENT_BINARY_DIR}/bn2dConfigVersion.cmake"
+        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/bn2d)

@@ -1,0 +1,110 @@
+// BatchNorm2d: the module that owns batchnorm2d's state, with torch.nn.BatchNorm2d semantics.
+//
+// The kernels are stateless AOT Halide pipelines; this class holds weight, bias,
+// running_mean, running_var and num_batches_tracked, decides (as PyTorch does) whether to use
+// batch or running statistics, validates every input before any kernel runs, and commits state
+// only after a kernel succeeded. Every failure is a bn2d::Error and leaves the state as it was.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bn2d/errors.h"
+#include "bn2d/tensor.h"
+
+namespace bn2d {
+
+struct Options {
+    double eps = 1e-5;
+    // std::nullopt: cumulative moving average, factor 1/num_batches_tracked.
+    std::optional<double> momentum = 0.1;
+    bool affine = true;
+    bool track_running_stats = true;
+};
+
+// Which gradients backward() computes, like ATen's output_mask. Unrequested work is skipped
+// by picking a kernel that does not do it.
+struct BackwardMask {
+    bool input = true;   // grad_input
+    bool params = true;  // grad_weight and grad_bias (affine only)
+};
+
+// A host copy of the module state, in PyTorch's state_dict order and names.
+struct StateDict {
+    std::vector<float> weight, bias, running_mean, running_var;  // empty when absent
+    int64_t num_batches_tracked = 0;
+};
+
+class BatchNorm2d {
+public:
+    explicit BatchNorm2d(int64_t num_features, const Options &options = {});
+    BatchNorm2d(int64_t num_features, double eps, std::optional<double> momentum = 0.1,
+                bool affine = true, bool track_running_stats = true);
+    ~BatchNorm2d();
+    BatchNorm2d(BatchNorm2d &&) noexcept;
+    BatchNorm2d &operator=(BatchNorm2d &&) noexcept;
+    BatchNorm2d(const BatchNorm2d &) = delete;
+    BatchNorm2d &operator=(const BatchNorm2d &) = delete;
+
+    // ---- mode ----
+    BatchNorm2d &train(bool on = true);
+    BatchNorm2d &eval() { return train(false); }
+    bool is_training() const;
+
+    // ---- forward ----
+    // y = (x - mean) / sqrt(var + eps) * weight + bias, x and out NCHW of the same shape.
+    // Batch statistics when training or when running stats are not tracked; in training with
+    // tracking, also updates running_mean/var and num_batches_tracked.
+    // No allocation on this path. x must stay alive and unchanged until backward() if you call it.
+    void forward(const Tensor &x, const Tensor &out);
+    // Convenience: allocates the output (host tensors only), contiguous NCHW.
+    std::vector<float> forward(const Tensor &x);
+
+    // ---- backward ----
+    // Gradients of the last forward(), in that forward's mode. grad_input may be undefined
+    // (Tensor()) when mask.input is false. Parameter gradients accumulate into weight_grad()
+    // and bias_grad() as autograd accumulates .grad.
+    void backward(const Tensor &grad_out, const Tensor &grad_input, BackwardMask mask = {});
+    std::vector<float> backward(const Tensor &grad_out);  // allocating, host only
+    void zero_grad();
+
+    // ---- state ----
+    void reset_running_stats();  // running_mean 0, running_var 1, num_batches_tracked 0
+    void reset_parameters();     // reset_running_stats(), weight 1, bias 0
+    StateDict state_dict() const;
+    void load_state_dict(const StateDict &state);  // validated; all or nothing
+
+    // Views of the module's own storage, on device() (undefined Tensor when absent).
+    Tensor weight() const;
+    Tensor bias() const;
+    Tensor running_mean() const;
+    Tensor running_var() const;
+    Tensor weight_grad() const;
+    Tensor bias_grad() const;
+    int64_t num_batches_tracked() const;
+
+    // Moves parameters, buffers and gradients to a device (or back to the CPU). After to(),
+    // forward/backward take tensors on that device. Throws if the device is not usable.
+    BatchNorm2d &to(Device device);
+    Device device() const;
+
+    int64_t num_features() const;
+    double eps() const;
+    std::optional<double> momentum() const;
+    bool affine() const;
+    bool track_running_stats() const;
+    void set_eps(double eps);
+    void set_momentum(std::optional<double> momentum);
+
+    // "BatchNorm2d(100, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    std::string to_string() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> s_;
+};
+
+}  // namespace bn2d

@@ -1,0 +1,6 @@
+// Umbrella header of the bn2d library.
+#pragma once
+
+#include "bn2d/batchnorm2d.h"
+#include "bn2d/errors.h"
+#include "bn2d/tensor.h"

@@ -1,0 +1,432 @@
+// BatchNorm2d: module state, PyTorch's mode logic, validation, all-or-nothing commits.
+#include "bn2d/batchnorm2d.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "internal.h"
+
+namespace bn2d {
+
+using Buf = Halide::Runtime::Buffer<float>;
+using detail::HalideView;
+
+namespace {
+
+[[noreturn]] void fail(const std::string &msg) { throw Error("BatchNorm2d: " + msg); }
+
+void check_eps(double eps) {
+    if (!std::isfinite(eps) || eps < 0)
+        fail("eps must be finite and >= 0, got " + std::to_string(eps));
+}
+
+void check_momentum(const std::optional<double> &m) {
+    if (m && !(*m >= 0.0 && *m <= 1.0))  // also rejects NaN
+        fail("momentum must be in [0, 1] or None, got " + std::to_string(*m));
+}
+
+std::string fmt(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+}
+
+}  // namespace
+
+struct BatchNorm2d::State {
+    int64_t C;
+    double eps;
+    std::optional<double> momentum;
+    bool affine, track;
+    bool training = true;
+    Device device = Device::CPU;
+    int64_t num_batches_tracked = 0;
+
+    // Module storage, C floats each. Running stats exist (as kernel inputs) even when not
+    // tracked, but are then not exposed.
+    Buf weight, bias, running_mean, running_var, grad_weight, grad_bias;
+    // Kernel outputs land here first and are committed only if the kernel succeeded.
+    Buf running_mean_next, running_var_next, grad_weight_next, grad_bias_next;
+    // Batch statistics of the last training forward (for backward), and the next ones.
+    Buf saved_mean, saved_invstd, saved_mean_next, saved_invstd_next;
+
+    // The last successful forward, for backward.
+    bool has_forward = false;
+    bool forward_training = false;     // module mode at that forward
+    bool forward_batch_stats = false;  // batch statistics were used
+    Tensor forward_x;
+
+    std::vector<Buf *> all_buffers() {
+        return {&weight,         &bias,           &running_mean,      &running_var,
+                &grad_weight,    &grad_bias,      &running_mean_next, &running_var_next,
+                &grad_weight_next, &grad_bias_next, &saved_mean,        &saved_invstd,
+                &saved_mean_next,  &saved_invstd_next};
+    }
+
+    // ---- storage helpers (host or device) ----
+    const halide_device_interface_t *iface() const { return detail::device_interface(device); }
+
+    // Kernels write device memory through a copy of the halide_buffer_t: tell the Buffer.
+    void mark_written(Buf &b) {
+        if (device != Device::CPU) b.set_device_dirty();
+    }
+
+    std::vector<float> read(Buf &b) {
+        if (device != Device::CPU) {
+            b.set_host_dirty(false);
+            b.set_device_dirty();
+            detail::check_halide(b.copy_to_host(), "copying module state to the host");
+        }
+        return std::vector<float>(b.data(), b.data() + C);
+    }
+
+    void write(Buf &b, const std::vector<float> &v) {
+        std::copy(v.begin(), v.end(), b.data());
+        if (device != Device::CPU) {
+            b.set_host_dirty();
+            detail::check_halide(b.copy_to_device(iface()), "copying module state to the device");
+        }
+    }
+
+    void fill(Buf &b, float value) { write(b, std::vector<float>(C, value)); }
+
+    // dst = src, where both live (host or device). Only called after a kernel succeeded.
+    void commit(Buf &dst, Buf &src) {
+        if (device == Device::CPU) {
+            std::memcpy(dst.data(), src.data(), sizeof(float) * C);
+            return;
+        }
+        src.set_device_dirty();
+        detail::check_halide(halide_buffer_copy(nullptr, src.raw_buffer(), iface(), dst.raw_buffer()),
+                             "committing module state on the device");
+        dst.set_host_dirty(false);
+        dst.set_device_dirty();
+    }
+
+    void view(Buf &b, HalideView &out) { detail::view_vector(b, device, out); }
+};
+
+BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
+    detail::init_runtime();
+    if (num_features <= 0) fail("num_features must be > 0, got " + std::to_string(num_features));
+    if (num_features > INT32_MAX) fail("num_features too large");
+    check_eps(o.eps);
+    check_momentum(o.momentum);
+    s_->C = num_features;
+    s_->eps = o.eps;
+    s_->momentum = o.momentum;
+    s_->affine = o.affine;
+    s_->track = o.track_running_stats;
+    for (Buf *b : s_->all_buffers()) *b = Buf(static_cast<int>(num_features));
+    s_->fill(s_->grad_weight, 0.0f);
+    s_->fill(s_->grad_bias, 0.0f);
+    reset_parameters();
+}
+
+BatchNorm2d::BatchNorm2d(int64_t num_features, double eps, std::optional<double> momentum,
+                         bool affine, bool track_running_stats)
+    : BatchNorm2d(num_features, Options{eps, momentum, affine, track_running_stats}) {}
+
+BatchNorm2d::~BatchNorm2d() = default;
+BatchNorm2d::BatchNorm2d(BatchNorm2d &&) noexcept = default;
+BatchNorm2d &BatchNorm2d::operator=(BatchNorm2d &&) noexcept = default;
+
+BatchNorm2d &BatchNorm2d::train(bool on) {
+    s_->training = on;
+    return *this;
+}
+bool BatchNorm2d::is_training() const { return s_->training; }
+
+namespace {
+
+// Validates an NCHW tensor argument against the module; `expect` is the shape it must have
+// (empty: any N, H, W with C = num_features).
+void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
+                const std::vector<int64_t> &expect) {
+    if (!t.defined()) fail(std::string(name) + " is null (no data pointer)");
+    if (t.dim() != 4)
+        fail(std::string(name) + " must be 4-D (N, C, H, W), got " + std::to_string(t.dim()) +
+             "-D " + t.shape_string());
+    for (int i = 0; i < 4; ++i)
+        if (t.size(i) < 0) fail(std::string(name) + " has a negative size " + t.shape_string());
+    if (!expect.empty() && t.sizes() != expect) {
+        Tensor e(nullptr, expect);
+        fail(std::string(name) + " has shape " + t.shape_string() + ", expected " +
+             e.shape_string());
+    }
+    if (t.size(1) != C)
+        fail(std::string(name) + ": expected " + std::to_string(C) +
+             " channels (num_features), got C = " + std::to_string(t.size(1)) + " in " +
+             t.shape_string());
+    if (t.device() != device)
+        fail(std::string(name) + " is on " + device_name(t.device()) + " but the module is on " +
+             device_name(device) + " (use to())");
+    if (t.numel() > 0 && t.size(3) > 1 && t.stride(3) != 1)
+        fail(std::string(name) + ": the innermost (W) stride must be 1, got " +
+             std::to_string(t.stride(3)) + " (NHWC and other layouts are not supported yet)");
+}
+
+bool dense_plane(const Tensor &t) {
+    return (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+}
+
+}  // namespace
+
+void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
+    State &s = *s_;
+    check_nchw("input", x, s.C, s.device, {});
+    check_nchw("out", out, s.C, s.device, x.sizes());
+
+    // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
+    const bool batch_stats = s.training || !s.track;
+    const bool update_running = s.training && s.track;
+    const int64_t per_channel = x.size(0) * x.size(2) * x.size(3);
+    if (batch_stats && per_channel == 1)
+        fail("expected more than 1 value per channel when training, got input size " +
+             x.shape_string());
+    const int64_t tracked = s.num_batches_tracked + (update_running ? 1 : 0);
+    const double factor = !update_running ? 0.0
+                          : s.momentum    ? *s.momentum
+                                          : 1.0 / static_cast<double>(tracked);
+
+    auto record = [&] {
+        s.has_forward = true;
+        s.forward_training = s.training;
+        s.forward_batch_stats = batch_stats;
+        s.forward_x = x;
+    };
+    if (x.numel() == 0) {
+        // PyTorch: empty output, statistics untouched, but the batch is still counted.
+        s.num_batches_tracked = tracked;
+        record();
+        return;
+    }
+
+    const bool fuse = dense_plane(x) && dense_plane(out);
+    HalideView hx, hy, rm, rv, w, b;
+    detail::view_nchw(x, fuse, hx);
+    detail::view_nchw(out, fuse, hy);
+    s.view(s.running_mean, rm);
+    s.view(s.running_var, rv);
+    s.view(s.weight, w);
+    s.view(s.bias, b);
+    const float eps = static_cast<float>(s.eps);
+
+    if (batch_stats) {
+        HalideView sm, si, rmo, rvo;
+        s.view(s.saved_mean_next, sm);
+        s.view(s.saved_invstd_next, si);
+        s.view(s.running_mean_next, rmo);
+        s.view(s.running_var_next, rvo);
+        detail::run_train_forward(s.device, s.affine, hx, rm, rv, eps, static_cast<float>(factor),
+                                  &w, &b, hy, sm, si, rmo, rvo);
+        for (Buf *o : {&s.saved_mean_next, &s.saved_invstd_next, &s.running_mean_next,
+                       &s.running_var_next})
+            s.mark_written(*o);
+        if (update_running) {
+            s.commit(s.running_mean, s.running_mean_next);
+            s.commit(s.running_var, s.running_var_next);
+        }
+        std::swap(s.saved_mean, s.saved_mean_next);
+        std::swap(s.saved_invstd, s.saved_invstd_next);
+    } else {
+        detail::run_eval_forward(s.device, s.affine, hx, rm, rv, eps, &w, &b, hy);
+    }
+    s.num_batches_tracked = tracked;
+    record();
+}
+
+std::vector<float> BatchNorm2d::forward(const Tensor &x) {
+    if (s_->device != Device::CPU || x.device() != Device::CPU)
+        fail("forward(x) allocates on the host; use forward(x, out) for device tensors");
+    std::vector<float> out(static_cast<size_t>(std::max<int64_t>(x.numel(), 0)));
+    if (x.dim() != 4) check_nchw("input", x, s_->C, s_->device, {});
+    forward(x, Tensor(out.data(), x.sizes()));
+    return out;
+}
+
+void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, BackwardMask mask) {
+    State &s = *s_;
+    if (!s.has_forward) fail("backward() needs a forward() first");
+    if (s.training != s.forward_training)
+        fail(s.training ? "training-mode backward with no training forward before it: the "
+                          "last forward ran in eval mode"
+                        : "eval-mode backward after a training-mode forward: call eval() "
+                          "before forward(), or train() before backward()");
+    const std::vector<int64_t> &shape = s.forward_x.sizes();
+    check_nchw("grad_out", grad_out, s.C, s.device, shape);
+    if (mask.input) check_nchw("grad_input", grad_input, s.C, s.device, shape);
+    const bool params = mask.params && s.affine;
+    if (!mask.input && !params) return;
+    if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
+
+    const bool fuse = dense_plane(s.forward_x) && dense_plane(grad_out) &&
+                      (!mask.input || dense_plane(grad_input));
+    HalideView hx, hdy, hdx, mean, stat, w, gw_in, gb_in, gw, gb;
+    detail::view_nchw(s.forward_x, fuse, hx);
+    detail::view_nchw(grad_out, fuse, hdy);
+    if (mask.input) detail::view_nchw(grad_input, fuse, hdx);
+    const bool training = s.forward_batch_stats;
+    s.view(training ? s.saved_mean : s.running_mean, mean);
+    s.view(training ? s.saved_invstd : s.running_var, stat);
+    s.view(s.weight, w);
+    s.view(s.grad_weight, gw_in);
+    s.view(s.grad_bias, gb_in);
+    s.view(s.grad_weight_next, gw);
+    s.view(s.grad_bias_next, gb);
+    detail::run_backward(s.device, training, s.affine, hx, hdy, mean, stat,
+                         static_cast<float>(s.eps), &w, mask.input ? &hdx : nullptr,
+                         params ? &gw_in : nullptr, params ? &gb_in : nullptr,
+                         params ? &gw : nullptr, params ? &gb : nullptr);
+    if (params) {
+        s.mark_written(s.grad_weight_next);
+        s.mark_written(s.grad_bias_next);
+        s.commit(s.grad_weight, s.grad_weight_next);
+        s.commit(s.grad_bias, s.grad_bias_next);
+    }
+}
+
+std::vector<float> BatchNorm2d::backward(const Tensor &grad_out) {
+    if (s_->device != Device::CPU || grad_out.device() != Device::CPU)
+        fail("backward(grad_out) allocates on the host; use backward(grad_out, grad_input)");
+    std::vector<float> dx(static_cast<size_t>(std::max<int64_t>(grad_out.numel(), 0)));
+    backward(grad_out, Tensor(dx.data(), grad_out.sizes()));
+    return dx;
+}
+
+void BatchNorm2d::zero_grad() {
+    s_->fill(s_->grad_weight, 0.0f);
+    s_->fill(s_->grad_bias, 0.0f);
+}
+
+void BatchNorm2d::reset_running_stats() {
+    s_->fill(s_->running_mean, 0.0f);
+    s_->fill(s_->running_var, 1.0f);
+    s_->num_batches_tracked = 0;
+}
+
+void BatchNorm2d::reset_parameters() {
+    reset_running_stats();
+    s_->fill(s_->weight, 1.0f);
+    s_->fill(s_->bias, 0.0f);
+}
+
+StateDict BatchNorm2d::state_dict() const {
+    StateDict d;
+    if (s_->affine) {
+        d.weight = s_->read(s_->weight);
+        d.bias = s_->read(s_->bias);
+    }
+    if (s_->track) {
+        d.running_mean = s_->read(s_->running_mean);
+        d.running_var = s_->read(s_->running_var);
+        d.num_batches_tracked = s_->num_batches_tracked;
+    }
+    return d;
+}
+
+void BatchNorm2d::load_state_dict(const StateDict &d) {
+    const size_t C = static_cast<size_t>(s_->C);
+    auto check = [&](const char *name, const std::vector<float> &v, bool present) {
+        const size_t want = present ? C : 0;
+        if (v.size() != want)
+            fail(std::string("load_state_dict: ") + name + " has " + std::to_string(v.size()) +
+                 " values, expected " + std::to_string(want));
+    };
+    check("weight", d.weight, s_->affine);
+    check("bias", d.bias, s_->affine);
+    check("running_mean", d.running_mean, s_->track);
+    check("running_var", d.running_var, s_->track);
+    if (d.num_batches_tracked < 0) fail("load_state_dict: num_batches_tracked must be >= 0");
+    if (s_->affine) {
+        s_->write(s_->weight, d.weight);
+        s_->write(s_->bias, d.bias);
+    }
+    if (s_->track) {
+        s_->write(s_->running_mean, d.running_mean);
+        s_->write(s_->running_var, d.running_var);
+        s_->num_batches_tracked = d.num_batches_tracked;
+    }
+}
+
+namespace {
+Tensor storage_view(Buf &b, int64_t C, Device d) {
+    if (d == Device::CPU) return Tensor(b.data(), {C});
+    return Tensor::on_device(b.raw_buffer()->device, {C}, d);
+}
+}  // namespace
+
+Tensor BatchNorm2d::weight() const {
+    return s_->affine ? storage_view(s_->weight, s_->C, s_->device) : Tensor();
+}
+Tensor BatchNorm2d::bias() const {
+    return s_->affine ? storage_view(s_->bias, s_->C, s_->device) : Tensor();
+}
+Tensor BatchNorm2d::running_mean() const {
+    return s_->track ? storage_view(s_->running_mean, s_->C, s_->device) : Tensor();
+}
+Tensor BatchNorm2d::running_var() const {
+    return s_->track ? storage_view(s_->running_var, s_->C, s_->device) : Tensor();
+}
+Tensor BatchNorm2d::weight_grad() const {
+    return s_->affine ? storage_view(s_->grad_weight, s_->C, s_->device) : Tensor();
+}
+Tensor BatchNorm2d::bias_grad() const {
+    return s_->affine ? storage_view(s_->grad_bias, s_->C, s_->device) : Tensor();
+}
+int64_t BatchNorm2d::num_batches_tracked() const { return s_->num_batches_tracked; }
+
+BatchNorm2d &BatchNorm2d::to(Device device) {
+    State &s = *s_;
+    if (device == s.device) return *this;
+    if (!device_available(device))
+        fail(std::string("to(") + device_name(device) +
+             "): device not usable: " + device_unavailable_reason(device));
+    // Read everything to the host, build the new storage, then swap: all or nothing.
+    std::vector<Buf *> bufs = s.all_buffers();
+    std::vector<std::vector<float>> host;
+    for (Buf *b : bufs) host.push_back(s.read(*b));
+    std::vector<Buf> moved;
+    for (size_t i = 0; i < bufs.size(); ++i) {
+        Buf b(static_cast<int>(s.C));
+        std::copy(host[i].begin(), host[i].end(), b.data());
+        if (device != Device::CPU) {
+            b.set_host_dirty();
+            detail::check_halide(b.copy_to_device(detail::device_interface(device)),
+                                 "moving module state to the device");
+        }
+        moved.push_back(std::move(b));
+    }
+    for (size_t i = 0; i < bufs.size(); ++i) *bufs[i] = std::move(moved[i]);
+    s.device = device;
+    s.has_forward = false;  // the saved input lives on the old device
+    return *this;
+}
+
+Device BatchNorm2d::device() const { return s_->device; }
+int64_t BatchNorm2d::num_features() const { return s_->C; }
+double BatchNorm2d::eps() const { return s_->eps; }
+std::optional<double> BatchNorm2d::momentum() const { return s_->momentum; }
+bool BatchNorm2d::affine() const { return s_->affine; }
+bool BatchNorm2d::track_running_stats() const { return s_->track; }
+
+void BatchNorm2d::set_eps(double eps) {
+    check_eps(eps);
+    s_->eps = eps;
+}
+
+void BatchNorm2d::set_momentum(std::optional<double> momentum) {
+    check_momentum(momentum);
+    s_->momentum = momentum;
+}
+
+std::string BatchNorm2d::to_string() const {
+    return "BatchNorm2d(" + std::to_string(s_->C) + ", eps=" + fmt(s_->eps) +
+           ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
+           ", affine=" + (s_->affine ? "True" : "False") +
+           ", track_running_stats=" + (s_->track ? "True" : "False") + ")";
+}
+
+}  // namespace bn2d

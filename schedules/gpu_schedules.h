@@ -1,0 +1,102 @@
+// GPU schedules (CUDA, OpenCL) for the batchnorm2d pipelines.
+//
+// Structure:
+//  * Per-channel sums: one kernel, a block per (channel, slice of the batch). Each thread of a
+//    block strides along W with a fixed step (rfactor into `threads` lanes), so loads are
+//    coalesced; the lanes are combined in the block, then the slices of a channel are summed.
+//    The batch is cut into `slices` so that a small C (C = 3 on a 1080p image) still launches
+//    C * slices blocks.
+//  * Elementwise outputs (y, grad_input): 2-D tiles over (W, H*C*N), guarded tails
+//    (GuardWithIf: C, W may be smaller than a tile).
+//  * Per-channel outputs: one thread per channel.
+// Every extent can be smaller than a tile, hence GuardWithIf throughout.
+#pragma once
+
+#include "Halide.h"
+#include "bn2d_algorithm.h"
+#include "schedule_params.h"
+
+namespace bn2d::gpu {
+
+using Halide::Func;
+using Halide::RVar;
+using Halide::TailStrategy;
+using Halide::Target;
+using Halide::Var;
+
+struct Knobs {
+    int threads;      // threads per block for reductions and elementwise tiles along W
+    int rows;         // rows (h, c, n) per elementwise tile
+    int channel_tile; // threads per block for per-channel outputs
+};
+
+inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel) {
+    Knobs k;
+    k.threads = sp.get("gpu", kernel, "threads", 128);
+    k.rows = sp.get("gpu", kernel, "rows", 4);
+    k.channel_tile = sp.get("gpu", kernel, "channel_tile", 64);
+    if (k.threads < 1 || k.rows < 1 || k.channel_tile < 1)
+        throw std::runtime_error("gpu." + kernel + ": knobs must be >= 1");
+    return k;
+}
+
+inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
+    Var u("u"), n_slice("n_slice");
+    RVar rxo("rxo"), rxi("rxi");
+    // Level 1: per (lane, n, c) partial sums; lanes are threads, (n, c) are blocks.
+    Func lanes = s.sums.update()
+                     .split(s.r.x, rxo, rxi, k.threads, TailStrategy::GuardWithIf)
+                     .rfactor({{rxi, u}, {s.r.z, n_slice}});
+    s.sums.compute_root().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
+    s.sums.update().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
+    lanes.compute_root().reorder(u, n_slice, v.c).gpu_blocks(n_slice, v.c).gpu_threads(u);
+    lanes.update()
+        .reorder(rxo, s.r.y, u, n_slice, v.c)
+        .gpu_blocks(n_slice, v.c)
+        .gpu_threads(u);
+}
+
+inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k) {
+    Var wo("wo"), wi("wi"), hc("hc"), hco("hco"), hci("hci");
+    out.fuse(v.h, v.c, hc)
+        .gpu_tile(v.w, hc, wo, hco, wi, hci, k.threads, k.rows, TailStrategy::GuardWithIf);
+}
+
+inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, const Knobs &k) {
+    for (Func f : outs) {
+        if (f.defined()) f.gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
+    }
+}
+
+inline void schedule_train_forward(TrainForward &p, const Vars &v, const ScheduleParams &sp,
+                                   const Target &) {
+    Knobs k = knobs(sp, "train_fwd");
+    schedule_channel_sums(p.stats.s, v, k);
+    p.scale.compute_root();
+    schedule_per_channel({p.scale}, v, k);
+    schedule_elementwise(p.y, v, k);
+    schedule_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out}, v,
+                         k);
+}
+
+inline void schedule_eval_forward(EvalForward &p, const Vars &v, const ScheduleParams &sp,
+                                  const Target &) {
+    Knobs k = knobs(sp, "eval_fwd");
+    p.scale.compute_root();
+    schedule_per_channel({p.scale}, v, k);
+    schedule_elementwise(p.y, v, k);
+}
+
+inline void schedule_backward(Backward &p, const std::string &kernel, const Vars &v,
+                              const ScheduleParams &sp, const Target &) {
+    Knobs k = knobs(sp, kernel);
+    if (!p.training) {
+        p.invstd.compute_root();
+        schedule_per_channel({p.invstd}, v, k);
+    }
+    if (p.sums.sums.defined()) schedule_channel_sums(p.sums, v, k);
+    if (p.grad_input.defined()) schedule_elementwise(p.grad_input, v, k);
+    schedule_per_channel({p.grad_weight, p.grad_bias}, v, k);
+}
+
+}  // namespace bn2d::gpu

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quick start 2: set up, build everything and run every test (ctest). CUDA tests skip, with
+# the reason, when no NVIDIA GPU is present; OpenCL tests run on PoCL (the CPU).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/bootstrap.sh"
+"$root/scripts/build.sh"
+build="${BN2D_BUILD_DIR:-$root/build}"
+cd "$build"
+exec "$root/.venv/bin/ctest" --output-on-failure "$@"
