@@ -354,7 +354,7 @@ void BatchNorm2d::load_state_dict(const StateDict &d) {
 namespace {
 Tensor storage_view(Buf &b, int64_t C, Device d) {
     if (d == Device::CPU) return Tensor(b.data(), {C});
-    return Tensor::on_device(b.raw_buffer()->device, {C}, d);
+    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d);
 }
 }  // namespace
 

@@ -36,6 +36,9 @@ struct HalideView {
 // NCHW tensor -> Halide dims (w, h, c, n). With fuse_plane, a dense H x W plane is presented as
 // one row of H*W elements (h extent 1), which the kernels vectorize without a row tail.
 void view_nchw(const Tensor &t, bool fuse_plane, HalideView &out);
+// The handle an application sees for a device allocation of ours: a CUdeviceptr, or a cl_mem
+// (Halide's OpenCL buffers hold a wrapper struct in `device`, not the cl_mem itself).
+uint64_t app_device_handle(Halide::Runtime::Buffer<float> &b, Device d);
 // A 1-D module buffer of C floats (host or device).
 void view_vector(Halide::Runtime::Buffer<float> &b, Device d, HalideView &out);
 

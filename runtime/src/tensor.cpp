@@ -120,6 +120,15 @@ void view_nchw(const Tensor &t, bool fuse_plane, HalideView &out) {
     attach(t, out);
 }
 
+uint64_t app_device_handle(Halide::Runtime::Buffer<float> &b, Device d) {
+#if BN2D_HAVE_GPU
+    if (d == Device::Cuda) return halide_cuda_get_device_ptr(nullptr, b.raw_buffer());
+    if (d == Device::OpenCL) return reinterpret_cast<uint64_t>(halide_opencl_get_cl_mem(nullptr, b.raw_buffer()));
+#endif
+    (void)b;
+    throw Error(std::string("no device handle on ") + device_name(d));
+}
+
 void view_vector(Halide::Runtime::Buffer<float> &b, Device d, HalideView &out) {
     out.buf = *b.raw_buffer();
     out.dim[0] = b.raw_buffer()->dim[0];
@@ -199,7 +208,8 @@ std::vector<float> DeviceBuffer::download() const {
 
 Tensor DeviceBuffer::view() const {
     if (impl_->device == Device::CPU) return Tensor(impl_->buf.data(), impl_->sizes);
-    return Tensor::on_device(impl_->buf.raw_buffer()->device, impl_->sizes, impl_->device);
+    return Tensor::on_device(detail::app_device_handle(impl_->buf, impl_->device), impl_->sizes,
+                             impl_->device);
 }
 
 // ---- GPU availability and context ----
