@@ -23,10 +23,16 @@ struct Vars {
     Var w{"w"}, h{"h"}, c{"c"}, n{"n"};
 };
 
-// Extents of the logical tensor, as Exprs read from the input buffer.
+// Extents of the logical tensor, as Exprs read from the input buffer, and the type the
+// per-channel sums accumulate in: float64 on CPUs (as ATen's CPU kernels do; the sums of a
+// large channel then carry no visible float32 rounding, and a memory-bound op has the ALU time
+// to spare), float32 on GPUs, where the tree of per-block partial sums keeps the error small
+// and float64 throughput is low on many parts.
 struct Shape {
     Expr W, H, C, N;
+    Halide::Type acc = Halide::Float(32);
     Expr count() const { return Halide::cast<float>(W * H * N); }  // M = N*H*W per channel
+    Expr count_acc() const { return Halide::cast(acc, W * H * N); }
 };
 
 // Per-channel sums over (n, h, w). A Tuple-valued Func: {sum of a, sum of b}.
@@ -40,7 +46,7 @@ inline ChannelSums channel_sums(const std::string &name, Func a, Func b, const S
                                 const Vars &v) {
     ChannelSums out{Func(name), RDom(0, s.W, 0, s.H, 0, s.N, name + "_r")};
     const RDom &r = out.r;
-    out.sums(v.c) = Tuple(0.0f, 0.0f);
+    out.sums(v.c) = Tuple(Halide::cast(s.acc, 0), Halide::cast(s.acc, 0));
     out.sums(v.c) = Tuple(out.sums(v.c)[0] + a(r.x, r.y, v.c, r.z),
                           out.sums(v.c)[1] + b(r.x, r.y, v.c, r.z));
     return out;
@@ -70,17 +76,19 @@ inline BatchStats batch_stats(Func x, const Shape &shape, const Vars &v) {
     st.shift = Func("shift");
     st.shift(v.c) = x(0, 0, v.c, 0);
     Func centered("centered"), centered_sq("centered_sq");
-    centered(v.w, v.h, v.c, v.n) = x(v.w, v.h, v.c, v.n) - st.shift(v.c);
+    // The difference is taken in float32 (exact when x and K are close), then widened.
+    centered(v.w, v.h, v.c, v.n) = Halide::cast(shape.acc, x(v.w, v.h, v.c, v.n) - st.shift(v.c));
     centered_sq(v.w, v.h, v.c, v.n) = centered(v.w, v.h, v.c, v.n) * centered(v.w, v.h, v.c, v.n);
     st.s = channel_sums("stat_sums", centered, centered_sq, shape, v);
 
-    Expr M = shape.count();
+    Expr M = shape.count_acc();
     Expr shifted_mean = st.s.sums(v.c)[0] / M;
     st.mean = Func("batch_mean");
-    st.mean(v.c) = st.shift(v.c) + shifted_mean;
+    st.mean(v.c) = Halide::cast<float>(Halide::cast(shape.acc, st.shift(v.c)) + shifted_mean);
     st.var = Func("batch_var");
     // Rounding can push a zero variance a hair below zero; clamp, as var is a square.
-    st.var(v.c) = Halide::max(st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean, 0.0f);
+    st.var(v.c) = Halide::cast<float>(
+        Halide::max(st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean, 0));
     return st;
 }
 
@@ -115,9 +123,11 @@ inline Expr unbiased(Expr var, const Shape &shape) {
 // grad_weight the second times invstd. Shared by the training and eval backward, which differ
 // only in where mean and invstd come from (the batch, or the running statistics).
 inline ChannelSums grad_sums(Func x, Func dy, Func mean, const Shape &shape, const Vars &v) {
-    Func dy_centered("dy_centered");
-    dy_centered(v.w, v.h, v.c, v.n) = dy(v.w, v.h, v.c, v.n) * (x(v.w, v.h, v.c, v.n) - mean(v.c));
-    return channel_sums("grad_sums", dy, dy_centered, shape, v);
+    Func dy_acc("dy_acc"), dy_centered("dy_centered");
+    dy_acc(v.w, v.h, v.c, v.n) = Halide::cast(shape.acc, dy(v.w, v.h, v.c, v.n));
+    dy_centered(v.w, v.h, v.c, v.n) =
+        dy_acc(v.w, v.h, v.c, v.n) * Halide::cast(shape.acc, x(v.w, v.h, v.c, v.n) - mean(v.c));
+    return channel_sums("grad_sums", dy_acc, dy_centered, shape, v);
 }
 
 // Training-mode grad_input, from the saved batch statistics (M = N*H*W):
@@ -220,15 +230,16 @@ inline Backward backward(bool training, bool want_input, bool want_params, Func 
         Expr x_ = x(v.w, v.h, v.c, v.n), dy_ = dy(v.w, v.h, v.c, v.n);
         p.grad_input = Func("grad_input");
         p.grad_input(v.w, v.h, v.c, v.n) =
-            training ? train_grad_input(x_, dy_, mean(v.c), invstd(v.c), w, p.sums.sums(v.c)[0],
-                                        p.sums.sums(v.c)[1], shape)
+            training ? train_grad_input(x_, dy_, mean(v.c), invstd(v.c), w,
+                                        Halide::cast<float>(p.sums.sums(v.c)[0]),
+                                        Halide::cast<float>(p.sums.sums(v.c)[1]), shape)
                      : eval_grad_input(dy_, invstd(v.c), w);
     }
     if (want_params) {
         p.grad_bias = Func("grad_bias_out");
-        p.grad_bias(v.c) = p.sums.sums(v.c)[0];
+        p.grad_bias(v.c) = Halide::cast<float>(p.sums.sums(v.c)[0]);
         p.grad_weight = Func("grad_weight_out");
-        p.grad_weight(v.c) = p.sums.sums(v.c)[1] * invstd(v.c);
+        p.grad_weight(v.c) = Halide::cast<float>(p.sums.sums(v.c)[1]) * invstd(v.c);
     }
     return p;
 }

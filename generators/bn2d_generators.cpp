@@ -26,8 +26,8 @@ void estimate_c(T &buf) {
     buf.set_estimates({{0, kEstC}});
 }
 
-bn2d::Shape shape_of(const GeneratorInput<Buffer<const float, 4>> &x) {
-    return {x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(), x.dim(3).extent()};
+bn2d::Shape shape_of(const GeneratorInput<Buffer<const float, 4>> &x, Type acc) {
+    return {x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(), x.dim(3).extent(), acc};
 }
 
 // Fails the build if a machine file sets a knob of this kernel that no schedule read.
@@ -43,6 +43,8 @@ template<typename Self>
 class Bn2dGenerator : public Generator<Self> {
 public:
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
+    // Type of the per-channel sums: auto = float64 on CPU, float32 on GPU (bn2d_algorithm.h).
+    GeneratorParam<std::string> accumulator{"accumulator", "auto"};
 
 protected:
     bn2d::Vars v;
@@ -50,6 +52,13 @@ protected:
     ScheduleParams params() const { return ScheduleParams::load(schedule_file); }
     bool gpu() const { return this->get_target().has_gpu_feature(); }
     std::string backend() const { return gpu() ? "gpu" : "cpu"; }
+    Type accumulator_type() const {
+        const std::string a = accumulator;
+        if (a == "float32") return Float(32);
+        if (a == "float64") return Float(64);
+        if (a != "auto") throw std::runtime_error("accumulator must be auto, float32 or float64");
+        return gpu() ? Float(32) : Float(64);
+    }
 };
 
 class TrainForward : public Bn2dGenerator<TrainForward> {
@@ -81,7 +90,7 @@ public:
         // THE ALGORITHM
         bn2d::TrainForward p = bn2d::train_forward(
             x, affine ? Func(*weight) : Func(), affine ? Func(*bias) : Func(), running_mean,
-            running_var, eps, factor, shape_of(x), v);
+            running_var, eps, factor, shape_of(x, accumulator_type()), v);
         y = p.y;
         saved_mean = p.saved_mean;
         saved_invstd = p.saved_invstd;
@@ -205,7 +214,7 @@ public:
         }
         bn2d::Backward p =
             bn2d::backward(training, grad_input_out, grad_params_out, x, grad_out, mean, invstd,
-                           affine ? Func(*weight) : Func(), shape_of(x), v);
+                           affine ? Func(*weight) : Func(), shape_of(x, accumulator_type()), v);
         if (grad_input_out) *grad_input = p.grad_input;
         if (grad_params_out) {
             Func acc_weight("acc_grad_weight"), acc_bias("acc_grad_bias");
