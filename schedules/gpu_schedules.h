@@ -1,11 +1,8 @@
 // GPU schedules (CUDA, OpenCL) for the batchnorm2d pipelines.
 //
 // Structure:
-//  * Per-channel sums: one kernel, a block per (channel, slice of the batch). Each thread of a
-//    block strides along W with a fixed step (rfactor into `threads` lanes), so loads are
-//    coalesced; the lanes are combined in the block, then the slices of a channel are summed.
-//    The batch is cut into `slices` so that a small C (C = 3 on a 1080p image) still launches
-//    C * slices blocks.
+//  * Per-channel sums: a tree of three kernels (schedule_channel_sums), so a small C or a
+//    small N*H*W still launches enough blocks.
 //  * Elementwise outputs (y, grad_input): 2-D tiles over (W, H*C*N), guarded tails
 //    (GuardWithIf: C, W may be smaller than a tile).
 //  * Per-channel outputs: one thread per channel.
@@ -28,6 +25,7 @@ struct Knobs {
     int threads;      // threads per block for reductions and elementwise tiles along W
     int rows;         // rows (h, c, n) per elementwise tile
     int channel_tile; // threads per block for per-channel outputs
+    int per_thread;   // strided elements per thread in a reduction block
 };
 
 inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel) {
@@ -35,25 +33,37 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel) {
     k.threads = sp.get("gpu", kernel, "threads", 128);
     k.rows = sp.get("gpu", kernel, "rows", 4);
     k.channel_tile = sp.get("gpu", kernel, "channel_tile", 64);
-    if (k.threads < 1 || k.rows < 1 || k.channel_tile < 1)
+    k.per_thread = sp.get("gpu", kernel, "per_thread", 16);
+    if (k.threads < 1 || k.rows < 1 || k.channel_tile < 1 || k.per_thread < 1)
         throw std::runtime_error("gpu." + kernel + ": knobs must be >= 1");
     return k;
 }
 
+// Three kernels, so that every reduction level fills the GPU whatever C and N*H*W are:
+//  1. partial(u, bw, n, c): block (bw, n, c) of `threads` threads; thread u sums elements
+//     w = u + threads * j for `per_thread` consecutive j of its slice bw, over all rows h of
+//     batch item n. Coalesced loads; C * N * ceil(W / (threads * per_thread)) blocks
+//     (C = 3 on a 1080p image: ~3000 blocks; C = 2048 on 7x7: 65536 blocks).
+//  2. lanes(u, c): block per channel, thread u sums partial(u, *, *, c).
+//  3. sums(c): thread per channel sums its `threads` lanes.
 inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
-    Var u("u"), n_slice("n_slice");
-    RVar rxo("rxo"), rxi("rxi");
-    // Level 1: per (lane, n, c) partial sums; lanes are threads, (n, c) are blocks.
-    Func lanes = s.sums.update()
-                     .split(s.r.x, rxo, rxi, k.threads, TailStrategy::GuardWithIf)
-                     .rfactor({{rxi, u}, {s.r.z, n_slice}});
+    Var u("u"), bw("bw"), nn("nn"), u2("u2");
+    RVar rxo("rxo"), rxi("rxi"), rxoo("rxoo"), rxoi("rxoi");
+    Func partial = s.sums.update()
+                       .split(s.r.x, rxo, rxi, k.threads, TailStrategy::GuardWithIf)
+                       .split(rxo, rxoo, rxoi, k.per_thread, TailStrategy::GuardWithIf)
+                       .rfactor({{rxi, u}, {rxoo, bw}, {s.r.z, nn}});
+    Func lanes = s.sums.update().rfactor({{rxi, u2}});
+
+    partial.compute_root().reorder(u, bw, nn, v.c).gpu_blocks(bw, nn, v.c).gpu_threads(u);
+    partial.update()
+        .reorder(rxoi, s.r.y, u, bw, nn, v.c)
+        .gpu_blocks(bw, nn, v.c)
+        .gpu_threads(u);
+    lanes.compute_root().reorder(u2, v.c).gpu_blocks(v.c).gpu_threads(u2);
+    lanes.update().reorder(rxoo, s.r.z, u2, v.c).gpu_blocks(v.c).gpu_threads(u2);
     s.sums.compute_root().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
     s.sums.update().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
-    lanes.compute_root().reorder(u, n_slice, v.c).gpu_blocks(n_slice, v.c).gpu_threads(u);
-    lanes.update()
-        .reorder(rxo, s.r.y, u, n_slice, v.c)
-        .gpu_blocks(n_slice, v.c)
-        .gpu_threads(u);
 }
 
 inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k) {
