@@ -11,13 +11,18 @@ namespace {
 
 // Halide's default handler aborts the process. Ours keeps the message for the calling thread;
 // check_halide() turns it into an exception when the kernel returns its error code.
+// A kernel error raised inside a parallel task is reported on a worker thread, so the last
+// message is also kept process-wide as a fallback for the calling thread.
 thread_local std::string g_last_halide_error;
+std::mutex g_any_error_mutex;
+std::string g_any_halide_error;
 
 void capture_error(void *, const char *msg) {
-    g_last_halide_error = msg ? msg : "";
-    while (!g_last_halide_error.empty() &&
-           (g_last_halide_error.back() == '\n' || g_last_halide_error.back() == ' '))
-        g_last_halide_error.pop_back();
+    std::string m = msg ? msg : "";
+    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+    g_last_halide_error = m;
+    std::lock_guard<std::mutex> lock(g_any_error_mutex);
+    g_any_halide_error = m;
 }
 
 // ---- CPU ISA cap ----
@@ -64,6 +69,10 @@ void check_halide(int rc, const char *what) {
     if (rc == 0) return;
     std::string msg = g_last_halide_error;
     g_last_halide_error.clear();
+    if (msg.empty()) {
+        std::lock_guard<std::mutex> lock(g_any_error_mutex);
+        msg = g_any_halide_error;
+    }
     if (msg.empty()) msg = "Halide error code " + std::to_string(rc);
     throw Error(std::string(what) + ": " + msg);
 }
