@@ -33,6 +33,7 @@ struct Knobs {
     int accumulators;  // independent accumulator vectors per reduction
     int chunk;         // W elements per row chunk in pointwise kernels
     int grain;         // minimum elements per parallel task (amortizes task overhead)
+    int min_channels;  // below this many channels, parallelize inside channels too
 };
 
 inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Target &t) {
@@ -41,49 +42,71 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
     k.accumulators = sp.get("cpu", kernel, "accumulators", 4);
     k.chunk = sp.get("cpu", kernel, "chunk", 16384);
     k.grain = sp.get("cpu", kernel, "grain", 65536);
+    k.min_channels = sp.get("cpu", kernel, "min_channels", 8);
     if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1)
         throw std::runtime_error("cpu." + kernel + ": need lanes >= 1, accumulators >= 1, " +
                                  "chunk >= lanes, grain >= 1");
     return k;
 }
 
-// Per-channel sums computed at `at`, vectorized along W through an rfactor.
-inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Knobs &k) {
-    Var u("u");
-    RVar rxo("rxo"), rxi("rxi");
+// Per-channel sums computed at `at`, vectorized along W through an rfactor into
+// `lanes * accumulators` lanes, and cut along W into blocks of `chunk` elements, each with its
+// own accumulators. The blocks run in parallel where `split_channel` holds (few channels: the
+// parallelism has to come from inside a channel).
+inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Knobs &k,
+                                  Expr split_channel) {
+    Var u("u"), blk("blk"), c(s.sums.args()[0].name());
+    RVar rxo("rxo"), rxi("rxi"), rxb("rxb"), rxv("rxv");
+    const int width = k.lanes * k.accumulators;
+    // Vectors per block, at most the row's: a fixed factor would leave an epilogue loop of
+    // empty guarded iterations on every short row.
+    Expr block = Halide::min(std::max(1, k.chunk / width), (s.r.x.extent() + width - 1) / width);
     s.sums.compute_at(at);
     Func partial = s.sums.update()
-                       .split(s.r.x, rxo, rxi, k.lanes * k.accumulators, TailStrategy::GuardWithIf)
-                       .rfactor(rxi, u);
-    // Lanes innermost in memory: the accumulators of one channel are contiguous vectors.
-    partial.reorder_storage(u, Var(s.sums.args()[0].name()));
+                       .split(s.r.x, rxo, rxi, width, TailStrategy::GuardWithIf)
+                       .split(rxo, rxb, rxv, block, TailStrategy::GuardWithIf)
+                       .rfactor({{rxi, u}, {rxb, blk}});
+    // Lanes innermost in memory: the accumulators of a block are contiguous vectors.
+    partial.reorder_storage(u, blk, c);
     partial.compute_at(at).vectorize(u, k.lanes).unroll(u);
-    partial.update().vectorize(u, k.lanes).unroll(u);
+    partial.update()
+        .reorder(u, rxv, s.r.y, s.r.z, blk, c)
+        .vectorize(u, k.lanes)
+        .unroll(u);
+    if (split_channel.defined()) partial.update().specialize(split_channel).parallel(blk);
 }
 
-// A 4-D output that consumes per-channel sums: one parallel loop over channels, the sums of
-// channel c computed inside it, then the channel written while it is still in cache.
-// `side_outputs` are per-channel outputs (saved stats, parameter gradients) fused into the
-// same channel loop with compute_with, so the sums are computed once for all outputs.
-// Channels are grouped so that each parallel task has at least `grain` elements (2048
-// channels of 7x7x32 would otherwise be 2048 tiny tasks). A task computes the sums of its
-// group, then normalizes the group while it is still in L2 (grain * 4 bytes << L2).
-// `per_channel` are intermediates of one channel (computed once per channel, in the loop).
+// A 4-D output that consumes per-channel sums: one parallel loop over channel groups; a task
+// computes the sums of its group, then writes the group while it is still in L2, so the data
+// crosses DRAM once. `side_outputs` are per-channel outputs (saved stats, parameter gradients)
+// fused into the same loop with compute_with, so the sums are computed once for all outputs;
+// `per_channel_funcs` are per-channel intermediates computed in that loop.
+// Groups hold at least `grain` elements (2048 channels of 7x7x32 would otherwise be 2048
+// tiny tasks). With fewer than `min_channels` channels (C = 3 on a 1080p image) the channels
+// cannot keep the cores busy: the sums' W blocks and the output's rows run in parallel inside
+// each channel (nested parallelism).
 inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Func> &side_outputs,
                                  const std::vector<Func> &per_channel_funcs, const Vars &v,
                                  const Knobs &k) {
     Halide::OutputImageParam ob = out.output_buffer();
-    Expr per_channel = ob.dim(0).extent() * ob.dim(1).extent() * ob.dim(3).extent();
+    Expr W = ob.dim(0).extent(), C = ob.dim(2).extent();
+    Expr per_channel = W * ob.dim(1).extent() * ob.dim(3).extent();
+    Expr few_channels = C < k.min_channels;
     // ShiftInwards: the last group overlaps the one before instead of being guarded, so every
-    // group has the same constant-free bounds (C >= channels_per_task by the clamp).
-    Expr channels_per_task =
-        Halide::clamp(k.grain / Halide::max(per_channel, 1), 1, ob.dim(2).extent());
-    Var co("co"), ci("ci");
+    // group has the same bounds (C >= channels_per_task by the clamp).
+    Expr channels_per_task = Halide::clamp(k.grain / Halide::max(per_channel, 1), 1, C);
+    Var co("co"), ci("ci"), wo("wo"), wi("wi"), row("row"), rows("rows");
     out.reorder(v.w, v.h, v.n, v.c)
         .split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
-        .parallel(co)
-        .vectorize(v.w, k.lanes, TailStrategy::GuardWithIf);
-    schedule_channel_sums(s, LoopLevel(out, co), k);
+        .parallel(co);
+    out.specialize(few_channels)
+        .split(v.w, wo, wi, Halide::min(W, k.chunk), TailStrategy::ShiftInwards)
+        .vectorize(wi, k.lanes, TailStrategy::GuardWithIf)
+        .fuse(wo, v.h, row)
+        .fuse(row, v.n, rows)
+        .parallel(rows);
+    out.vectorize(v.w, k.lanes, TailStrategy::GuardWithIf);
+    schedule_channel_sums(s, LoopLevel(out, co), k, few_channels);
     for (Func f : per_channel_funcs) f.compute_at(out, co);
     for (Func f : side_outputs) {
         f.split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
@@ -97,7 +120,7 @@ inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &
                                     const Knobs &k) {
     Func first = outs.front();
     first.parallel(v.c);
-    schedule_channel_sums(s, LoopLevel(first, v.c), k);
+    schedule_channel_sums(s, LoopLevel(first, v.c), k, Expr());
     for (size_t i = 1; i < outs.size(); ++i) Func(outs[i]).parallel(v.c).compute_with(first, v.c);
 }
 
