@@ -76,6 +76,14 @@ inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Kno
     if (split_channel.defined()) partial.update().specialize(split_channel).parallel(blk);
 }
 
+// Channels per parallel task: enough for `grain` elements, at most C. Splits by it use
+// ShiftInwards: the last group overlaps the one before instead of being guarded, so every
+// group has the same bounds.
+inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
+    Expr per_channel = s.r.x.extent() * s.r.y.extent() * s.r.z.extent();
+    return Halide::clamp(k.grain / Halide::max(per_channel, 1), 1, C);
+}
+
 // A 4-D output that consumes per-channel sums: one parallel loop over channel groups; a task
 // computes the sums of its group, then writes the group while it is still in L2, so the data
 // crosses DRAM once. `side_outputs` are per-channel outputs (saved stats, parameter gradients)
@@ -90,11 +98,8 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
                                  const Knobs &k) {
     Halide::OutputImageParam ob = out.output_buffer();
     Expr W = ob.dim(0).extent(), C = ob.dim(2).extent();
-    Expr per_channel = W * ob.dim(1).extent() * ob.dim(3).extent();
     Expr few_channels = C < k.min_channels;
-    // ShiftInwards: the last group overlaps the one before instead of being guarded, so every
-    // group has the same bounds (C >= channels_per_task by the clamp).
-    Expr channels_per_task = Halide::clamp(k.grain / Halide::max(per_channel, 1), 1, C);
+    Expr channels_per_task = channel_group(s, C, k);
     Var co("co"), ci("ci"), wo("wo"), wi("wi"), row("row"), rows("rows");
     out.reorder(v.w, v.h, v.n, v.c)
         .split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
@@ -119,9 +124,15 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
 inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &s, const Vars &v,
                                     const Knobs &k) {
     Func first = outs.front();
-    first.parallel(v.c);
-    schedule_channel_sums(s, LoopLevel(first, v.c), k, Expr());
-    for (size_t i = 1; i < outs.size(); ++i) Func(outs[i]).parallel(v.c).compute_with(first, v.c);
+    Expr C = first.output_buffer().dim(0).extent();
+    Expr channels_per_task = channel_group(s, C, k);
+    Var co("co"), ci("ci");
+    for (size_t i = 0; i < outs.size(); ++i) {
+        Func f = outs[i];
+        f.split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards).parallel(co);
+        if (i > 0) f.compute_with(first, co);
+    }
+    schedule_channel_sums(s, LoopLevel(first, co), k, C < k.min_channels);
 }
 
 // A pointwise 4-D output: W split into row chunks of at most `chunk` elements; all chunks of
