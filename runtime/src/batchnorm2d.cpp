@@ -168,6 +168,33 @@ void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
              std::to_string(t.stride(3)) + " (NHWC and other layouts are not supported yet)");
 }
 
+// Whether the memory spans of two tensors intersect. Outputs must not alias inputs: a channel
+// group's statistics are read from x after other groups may have written their outputs.
+bool overlaps(const Tensor &a, const Tensor &b) {
+    if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+    auto span = [](const Tensor &t) {
+        int64_t lo = 0, hi = 0;
+        for (int i = 0; i < t.dim(); ++i) {
+            const int64_t reach = (t.size(i) - 1) * t.stride(i);
+            (reach < 0 ? lo : hi) += reach;
+        }
+        const char *base = t.device() == Device::CPU
+                               ? reinterpret_cast<const char *>(t.data())
+                               : reinterpret_cast<const char *>(t.device_handle());
+        return std::make_pair(base + lo * 4, base + (hi + 1) * 4);
+    };
+    auto [a0, a1] = span(a);
+    auto [b0, b1] = span(b);
+    return a0 < b1 && b0 < a1;
+}
+
+void check_no_alias(const char *out_name, const Tensor &out, const char *in_name,
+                    const Tensor &in) {
+    if (overlaps(out, in))
+        fail(std::string(out_name) + " overlaps " + in_name +
+             " in memory; in-place operation is not supported");
+}
+
 bool dense_plane(const Tensor &t) {
     return (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
 }
@@ -178,6 +205,7 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     State &s = *s_;
     check_nchw("input", x, s.C, s.device, {});
     check_nchw("out", out, s.C, s.device, x.sizes());
+    check_no_alias("out", out, "input", x);
 
     // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
     const bool batch_stats = s.training || !s.track;
@@ -257,7 +285,11 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
                           "before forward(), or train() before backward()");
     const std::vector<int64_t> &shape = s.forward_x.sizes();
     check_nchw("grad_out", grad_out, s.C, s.device, shape);
-    if (mask.input) check_nchw("grad_input", grad_input, s.C, s.device, shape);
+    if (mask.input) {
+        check_nchw("grad_input", grad_input, s.C, s.device, shape);
+        check_no_alias("grad_input", grad_input, "grad_out", grad_out);
+        check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
+    }
     const bool params = mask.params && s.affine;
     if (!mask.input && !params) return;
     if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
