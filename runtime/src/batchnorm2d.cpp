@@ -145,12 +145,15 @@ namespace {
 // (empty: any N, H, W with C = num_features).
 void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
                 const std::vector<int64_t> &expect) {
-    if (!t.defined()) fail(std::string(name) + " is null (no data pointer)");
+    // Null data is fine only for an empty tensor (PyTorch accepts empty batches).
+    if (!t.defined() && (t.dim() != 4 || t.numel() > 0))
+        fail(std::string(name) + " is null (no data pointer)");
     if (t.dim() != 4)
         fail(std::string(name) + " must be 4-D (N, C, H, W), got " + std::to_string(t.dim()) +
              "-D " + t.shape_string());
     for (int i = 0; i < 4; ++i)
         if (t.size(i) < 0) fail(std::string(name) + " has a negative size " + t.shape_string());
+
     if (!expect.empty() && t.sizes() != expect) {
         Tensor e(nullptr, expect);
         fail(std::string(name) + " has shape " + t.shape_string() + ", expected " +
@@ -172,6 +175,8 @@ void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
 // group's statistics are read from x after other groups may have written their outputs.
 bool overlaps(const Tensor &a, const Tensor &b) {
     if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+    // A cl_mem is an opaque object: the same object is the only overlap we can see.
+    if (a.device() == Device::OpenCL) return a.device_handle() == b.device_handle();
     auto span = [](const Tensor &t) {
         int64_t lo = 0, hi = 0;
         for (int i = 0; i < t.dim(); ++i) {

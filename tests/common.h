@@ -1,0 +1,103 @@
+// Shared test helpers: the shape list, random data, poisoning, comparisons with messages that
+// name the element.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bn2d/bn2d.h"
+#include "reference.h"
+
+namespace bn2d::test {
+
+using reference::Shape;
+
+inline std::string name(const Shape &s) {
+    return std::to_string(s.n) + "x" + std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
+           std::to_string(s.w);
+}
+
+// The shape list: the seed, C = 1, H = W = 1, N = 1, primes, W under a vector, and a large one.
+inline std::vector<Shape> grid_shapes() {
+    return {{20, 100, 35, 45}, {4, 1, 9, 11},  {16, 8, 1, 1},    {1, 6, 13, 17},
+            {3, 7, 13, 17},    {2, 5, 3, 7},   {8, 64, 56, 56}};
+}
+
+inline Tensor view(std::vector<float> &v, const Shape &s) {
+    return Tensor::nchw(v.data(), s.n, s.c, s.h, s.w);
+}
+
+// Fresh random data: normal(mean, stddev), never all zeros.
+inline std::vector<float> random_vector(std::mt19937 &rng, int64_t n, float mean = 0.0f,
+                                        float stddev = 1.0f) {
+    std::normal_distribution<float> d(mean, stddev);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float &x : v) x = d(rng);
+    return v;
+}
+
+inline std::vector<float> poisoned(int64_t n) {
+    return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
+}
+
+inline std::string where(const Shape &s, int64_t i) {
+    const int64_t w = i % s.w, h = (i / s.w) % s.h, c = (i / (s.w * s.h)) % s.c,
+                  n = i / (s.w * s.h * s.c);
+    return "at n,c,h,w = " + std::to_string(n) + "," + std::to_string(c) + "," +
+           std::to_string(h) + "," + std::to_string(w);
+}
+
+// |got - want| <= atol + rtol * |want| for every element, and every element written (no NaN).
+// Reports the first few failures with their position.
+template<typename Got, typename Want, typename Where>
+::testing::AssertionResult all_close(const Got &got, const Want &want, double atol, double rtol,
+                                     Where &&where_of) {
+    if (got.size() != want.size())
+        return ::testing::AssertionFailure()
+               << "size " << got.size() << " != " << want.size();
+    int bad = 0;
+    ::testing::AssertionResult r = ::testing::AssertionFailure();
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double g = got[i], w = want[i];
+        if (std::isnan(g) || std::abs(g - w) > atol + rtol * std::abs(w)) {
+            if (bad < 5)
+                r << where_of(static_cast<int64_t>(i)) << ": got " << g << ", want " << w
+                  << " (diff " << std::abs(g - w) << ")\n";
+            ++bad;
+        }
+    }
+    if (bad == 0) return ::testing::AssertionSuccess();
+    return r << bad << " of " << got.size() << " elements differ";
+}
+
+template<typename Got, typename Want>
+::testing::AssertionResult all_close(const Got &got, const Want &want, double atol, double rtol) {
+    return all_close(got, want, atol, rtol,
+                     [](int64_t i) { return "at index " + std::to_string(i); });
+}
+
+inline std::vector<float> to_vector(const Tensor &t) {
+    if (!t.defined()) return {};
+    return std::vector<float>(t.data(), t.data() + t.numel());
+}
+
+// Copies parameters of the reference into the module (weight/bias random, so affine matters).
+inline void randomize_parameters(std::mt19937 &rng, BatchNorm2d &bn, reference::Module &ref) {
+    const int64_t C = bn.num_features();
+    std::vector<float> w = random_vector(rng, C, 1.0f, 0.3f), b = random_vector(rng, C, 0.0f, 0.5f);
+    StateDict d = bn.state_dict();
+    if (bn.affine()) {
+        d.weight = w;
+        d.bias = b;
+        ref.weight.assign(w.begin(), w.end());
+        ref.bias.assign(b.begin(), b.end());
+    }
+    bn.load_state_dict(d);
+}
+
+}  // namespace bn2d::test
