@@ -41,6 +41,7 @@ function(bn2d_add_kernels)
             USE_RUNTIME bn2d_halide_runtime
             TARGETS ${ARG_TARGETS}
             PARAMS ${params} "schedule_file=${BN2D_SCHEDULE_FILE}"
+            DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
             ${ARG_EXTRA}
             ${stmt}
         )
