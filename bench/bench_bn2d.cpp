@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bn2d/bn2d.h"
+#include "suite.h"
 
 #if BN2D_BENCH_ONEDNN
 #include <dnnl.hpp>
@@ -26,25 +27,10 @@
 
 namespace {
 
-struct Shape {
-    int64_t n, c, h, w;
-    int64_t numel() const { return n * c * h * w; }
-    std::string name() const {
-        return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
-               std::to_string(w);
-    }
-};
-
-const std::vector<Shape> kShapes = {{20, 100, 35, 45}, {32, 64, 112, 112}, {32, 256, 56, 56},
-                                    {32, 512, 28, 28}, {32, 2048, 7, 7},   {1, 3, 1080, 1920}};
-
-enum class Op { TrainFwd, EvalFwd, Bwd };
-const char *op_name(Op op) {
-    return op == Op::TrainFwd ? "train_fwd" : op == Op::EvalFwd ? "eval_fwd" : "bwd";
-}
-int64_t op_bytes(Op op, const Shape &s) {
-    return (op == Op::Bwd ? 3 : 2) * s.numel() * int64_t(sizeof(float));
-}
+using bn2d::bench::Op;
+using bn2d::bench::op_bytes;
+using bn2d::bench::op_name;
+using bn2d::bench::Shape;
 
 int g_threads = 0;  // resolved in main
 
@@ -238,8 +224,8 @@ void bench_torch(benchmark::State &state, Op op, Shape s) {
 #endif
 
 void register_all() {
-    for (const Shape &s : kShapes)
-        for (Op op : {Op::TrainFwd, Op::EvalFwd, Op::Bwd}) {
+    for (const Shape &s : bn2d::bench::suite_shapes())
+        for (Op op : bn2d::bench::kOps) {
             const std::string tail = "/" + s.name();
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
                 benchmark::RegisterBenchmark((std::string(op_name(op)) + "/" + impl + tail).c_str(),

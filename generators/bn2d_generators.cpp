@@ -49,7 +49,6 @@ public:
 protected:
     bn2d::Vars v;
 
-    ScheduleParams params() const { return ScheduleParams::load(schedule_file); }
     bool gpu() const { return this->get_target().has_gpu_feature(); }
     std::string backend() const { return gpu() ? "gpu" : "cpu"; }
     Type accumulator_type() const {
@@ -58,6 +57,21 @@ protected:
         if (a == "float64") return Float(64);
         if (a != "auto") throw std::runtime_error("accumulator must be auto, float32 or float64");
         return gpu() ? Float(32) : Float(64);
+    }
+
+    // THE SCHEDULE: the CPU or GPU schedule of `kernel` with this machine's parameters; a
+    // parameter of this kernel that no schedule read fails the build (a typo in a tuned file).
+    template<typename CpuSchedule, typename GpuSchedule>
+    void apply_schedule(const std::string &kernel, CpuSchedule &&cpu_schedule,
+                        GpuSchedule &&gpu_schedule) {
+        if (this->using_autoscheduler()) return;
+        ScheduleParams sp = ScheduleParams::load(schedule_file);
+        if (gpu()) {
+            gpu_schedule(sp);
+        } else {
+            cpu_schedule(sp);
+        }
+        check_all_params_used(sp, backend(), kernel);
     }
 };
 
@@ -107,15 +121,10 @@ public:
         eps.set_estimate(1e-5f);
         factor.set_estimate(0.1f);
 
-        // THE SCHEDULE
-        if (using_autoscheduler()) return;
-        ScheduleParams sp = params();
-        if (gpu()) {
-            bn2d::gpu::schedule_train_forward(p, v, sp, get_target());
-        } else {
-            bn2d::cpu::schedule_train_forward(p, v, sp, get_target());
-        }
-        check_all_params_used(sp, backend(), "train_fwd");
+        apply_schedule(
+            "train_fwd",
+            [&](const ScheduleParams &sp) { bn2d::cpu::schedule_train_forward(p, v, sp, get_target()); },
+            [&](const ScheduleParams &sp) { bn2d::gpu::schedule_train_forward(p, v, sp, get_target()); });
     }
 };
 
@@ -150,14 +159,10 @@ public:
         if (affine) estimate_c(*weight), estimate_c(*bias);
         eps.set_estimate(1e-5f);
 
-        if (using_autoscheduler()) return;
-        ScheduleParams sp = params();
-        if (gpu()) {
-            bn2d::gpu::schedule_eval_forward(p, v, sp, get_target());
-        } else {
-            bn2d::cpu::schedule_eval_forward(p, v, sp, get_target());
-        }
-        check_all_params_used(sp, backend(), "eval_fwd");
+        apply_schedule(
+            "eval_fwd",
+            [&](const ScheduleParams &sp) { bn2d::cpu::schedule_eval_forward(p, v, sp, get_target()); },
+            [&](const ScheduleParams &sp) { bn2d::gpu::schedule_eval_forward(p, v, sp, get_target()); });
     }
 };
 
@@ -238,15 +243,11 @@ public:
             estimate_c(*grad_weight_in), estimate_c(*grad_bias_in);
         }
 
-        if (using_autoscheduler()) return;
-        ScheduleParams sp = params();
         const std::string kernel = training ? "train_bwd" : "eval_bwd";
-        if (gpu()) {
-            bn2d::gpu::schedule_backward(p, kernel, v, sp, get_target());
-        } else {
-            bn2d::cpu::schedule_backward(p, kernel, v, sp, get_target());
-        }
-        check_all_params_used(sp, backend(), kernel);
+        apply_schedule(
+            kernel,
+            [&](const ScheduleParams &sp) { bn2d::cpu::schedule_backward(p, kernel, v, sp, get_target()); },
+            [&](const ScheduleParams &sp) { bn2d::gpu::schedule_backward(p, kernel, v, sp, get_target()); });
     }
 };
 

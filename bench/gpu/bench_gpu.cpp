@@ -13,21 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "../suite.h"
 #include "bn2d/bn2d.h"
 
 namespace {
 
-struct Shape {
-    int64_t n, c, h, w;
-    int64_t numel() const { return n * c * h * w; }
-    std::string name() const {
-        return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
-               std::to_string(w);
-    }
-};
-
-const std::vector<Shape> kShapes = {{20, 100, 35, 45}, {32, 64, 112, 112}, {32, 256, 56, 56},
-                                    {32, 512, 28, 28}, {32, 2048, 7, 7},   {1, 3, 1080, 1920}};
+using bn2d::bench::Op;
+using bn2d::bench::op_bytes;
+using bn2d::bench::op_name;
+using bn2d::bench::Shape;
 
 #define CUDA_OK(x)                                                                         \
     do {                                                                                   \
@@ -107,14 +101,6 @@ void run_timed(benchmark::State &state, int64_t bytes, F &&body) {
     state.SetBytesProcessed(state.iterations() * bytes);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
-}
-
-enum class Op { TrainFwd, EvalFwd, Bwd };
-const char *op_name(Op op) {
-    return op == Op::TrainFwd ? "train_fwd" : op == Op::EvalFwd ? "eval_fwd" : "bwd";
-}
-int64_t op_bytes(Op op, const Shape &s) {
-    return (op == Op::Bwd ? 3 : 2) * s.numel() * int64_t(sizeof(float));
 }
 
 void bench_ours(benchmark::State &state, Op op, Shape s) {
@@ -204,8 +190,8 @@ void bench_copy(benchmark::State &state, Op op, Shape s) {
 }
 
 int register_all() {
-    for (const Shape &s : kShapes)
-        for (Op op : {Op::TrainFwd, Op::EvalFwd, Op::Bwd}) {
+    for (const Shape &s : bn2d::bench::suite_shapes())
+        for (Op op : bn2d::bench::kOps) {
             const std::string base = std::string(op_name(op)) + "/";
             benchmark::RegisterBenchmark((base + "ours_cuda/" + s.name()).c_str(), bench_ours, op, s)
                 ->UseManualTime()->Unit(benchmark::kMicrosecond);
