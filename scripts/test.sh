@@ -7,4 +7,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/build.sh"
 build="${BN2D_BUILD_DIR:-$root/build}"
 cd "$build"
-exec "$root/.venv/bin/ctest" --output-on-failure "$@"
+rc=0
+"$root/.venv/bin/ctest" --output-on-failure "$@" || rc=$?
+# ctest shows only a count of skipped tests; say why they were skipped, once per reason.
+log="$build/Testing/Temporary/LastTest.log"
+if [[ -f "$log" ]] && grep -q ": Skipped$" "$log"; then
+  echo "Skip reasons:"
+  grep -A1 ": Skipped$" "$log" | grep -v -E ": Skipped$|^--$" | sort | uniq -c | sed 's/^/  /'
+fi
+exit "$rc"

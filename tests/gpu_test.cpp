@@ -103,7 +103,8 @@ INSTANTIATE_TEST_SUITE_P(Grid, Gpu,
                          param_name);
 
 TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
-    if (!device_available(kDevice)) GTEST_SKIP() << device_unavailable_reason(kDevice);
+    if (!device_available(kDevice))
+        GTEST_SKIP() << device_name(kDevice) << " not available: " << device_unavailable_reason(kDevice);
     BatchNorm2d bn(4);
     bn.to(kDevice);
     EXPECT_EQ(bn.weight().device(), kDevice);

@@ -233,7 +233,8 @@ Availability probe(Device d) {
         if (back != 1.0f) return {false, "device round trip returned wrong data"};
         return {true, ""};
     } catch (const Error &e) {
-        return {false, e.what()};
+        return {false, std::string("no usable ") + device_name(d) + " device or driver (" +
+                           e.what() + ")"};
     }
 #endif
 }
