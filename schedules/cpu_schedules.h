@@ -1,16 +1,19 @@
 // CPU schedules for the batchnorm2d pipelines (x86-64 SIMD, any ISA Halide targets).
 //
 // Memory-bound op, so the schedule is about DRAM passes:
-//  * Per-channel fusion. A channel's statistics (or gradient sums) are computed right before
-//    that channel is normalized, inside the same parallel-over-channels loop, so the second
-//    read of the channel hits L2 instead of DRAM when the channel fits (N*H*W*4 bytes: 126 KB
-//    for the seed's 20x35x45, 1.6 MB for 32x112x112). Training forward then moves ~1 read +
-//    1 write of the tensor, the streaming bound.
-//  * Reductions vectorized along W by rfactor into `lanes * accumulators` partial sums: several
-//    independent accumulator vectors hide the add latency, and the partials are a two-level
-//    (pairwise-like) summation that keeps float32 rounding error small.
-//  * Pointwise kernels (eval forward, eval grad_input) split W into chunks and parallelize over
-//    (chunk, h, c, n), so even C = 3, N = 1 keeps every core busy.
+//  * Per-channel fusion. A group of channels has its statistics (or gradient sums) computed
+//    right before it is normalized, in the same parallel task, so the second read hits cache
+//    instead of DRAM when the group fits (N*H*W*4 bytes per channel: 126 KB for the seed's
+//    20x35x45; 1.6 MB for 32x112x112 comes back from L3). Training forward then moves ~1 read
+//    + 1 write of the tensor from DRAM.
+//  * Reductions vectorized along W by rfactor into `lanes * accumulators` partial sums (several
+//    independent accumulator vectors hide the add latency), per block of `chunk` elements.
+//  * Pointwise kernels (eval forward, eval grad_input): one task per batch item when there are
+//    enough, else row chunks of all (h, c, n) cut into tasks of `grain` elements, so even
+//    C = 3, N = 1 keeps every core busy.
+// Measured on a 2-core Zen 4 VM (README): eval at 1.02-1.08x the streaming bound; training
+// forward 1.44-1.62x and backward 1.28-1.57x on DRAM-bound shapes. Known weak spot: 7x7
+// planes, where the per-row cost of the rfactored reduction dominates 49-float rows.
 // Tunables come from ScheduleParams (schedules/machines/*.params); defaults below.
 #pragma once
 
