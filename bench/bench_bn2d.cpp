@@ -1,17 +1,36 @@
 // CPU benchmarks, one binary: for each suite shape (NCHW float32) and op (training forward,
 // eval forward, backward), ours against the streaming bound (the same bytes moved by a trivial
 // multiply-add on all cores), oneDNN in NCHW and NHWC, libtorch, and a naive two-pass loop.
-// Names read op/implementation/shape; bytes per second count the bytes the op must move:
-// forward 2 tensors (read x, write y), backward 3 (read x and dy, write dx).
-//   --bn2d_threads=N (or BN2D_BENCH_THREADS) sets the thread count of every implementation.
+//
+// Names read op/implementation/shape, e.g. train_fwd/ours/20x100x35x45 (Google Benchmark adds
+// /real_time). Bytes per second count the bytes the op must move (bench/suite.h): forward 2
+// tensors (read x, write y), backward 3 (read x and dy, write dx).
+//
+//   --bn2d_threads=N (or BN2D_BENCH_THREADS=N): threads of every implementation (default: all
+//   cores). Ours: bn2d::set_num_threads; the bound: its own std::thread pool; oneDNN and
+//   libtorch: omp_set_num_threads / torch::set_num_threads. The naive loop is single-threaded.
+//   --benchmark_min_time defaults to 0.1 s here (pass it to override).
+//
+// Inputs are random and never zero, generated once per shape and shared by every benchmark of
+// that shape (each implementation reads the same bytes); outputs are preallocated and touched.
+// Every benchmark sleeps 20 ms (other implementations' pools go idle), then runs its op twice
+// before timing (thread pools, caches, oneDNN JIT).
 #include <benchmark/benchmark.h>
-#include <omp.h>
+#include <immintrin.h>
+#include <malloc.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <random>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bn2d/bn2d.h"
@@ -19,6 +38,9 @@
 
 #if BN2D_BENCH_ONEDNN
 #include <dnnl.hpp>
+#endif
+#if BN2D_BENCH_OPENMP
+#include <omp.h>
 #endif
 #if BN2D_BENCH_TORCH
 #include <ATen/ATen.h>
@@ -33,14 +55,55 @@ using bn2d::bench::op_name;
 using bn2d::bench::Shape;
 
 int g_threads = 0;  // resolved in main
+constexpr int kWarmupCalls = 2;
 
-// Random data; a fresh seed per tensor, never zeros.
-std::vector<float> random_data(int64_t n, unsigned seed, float mean = 0.3f, float stddev = 1.5f) {
-    std::vector<float> v(static_cast<size_t>(n));
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(mean, stddev);
-    for (float &x : v) x = d(rng);
-    return v;
+// ---- data: 64-byte aligned, generated once per shape ------------------------------------------
+struct FreeDeleter {
+    void operator()(float *p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+Buffer allocate(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+    auto *p = static_cast<float *>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);  // touch every page now, not in the first timed call
+    return Buffer(p);
+}
+
+// Uniform in +-[0.05, 2.5) plus an offset, from a counter-based hash: fast for 100 MB tensors,
+// never zero.
+void fill_random(float *p, int64_t n, uint64_t seed, float offset) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint64_t z = (seed << 40) + static_cast<uint64_t>(i) + 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+        const float mag = 0.05f + 2.45f * u;
+        p[i] = offset + ((z & 1) ? mag : -mag);
+        if (p[i] == 0.0f) p[i] = 0.5f;
+    }
+}
+
+struct ShapeData {
+    Buffer x, dy, y, dx;  // inputs x, dy; outputs y, dx
+};
+
+ShapeData &data_for(const Shape &s) {
+    static std::map<std::string, std::unique_ptr<ShapeData>> cache;
+    auto &slot = cache[s.name()];
+    if (!slot) {
+        slot = std::make_unique<ShapeData>();
+        const int64_t n = s.numel();
+        slot->x = allocate(n);
+        slot->dy = allocate(n);
+        slot->y = allocate(n);
+        slot->dx = allocate(n);
+        fill_random(slot->x.get(), n, 1, 0.3f);
+        fill_random(slot->dy.get(), n, 2, 0.0f);
+    }
+    return *slot;
 }
 
 void finish(benchmark::State &state, Op op, const Shape &s) {
@@ -48,54 +111,189 @@ void finish(benchmark::State &state, Op op, const Shape &s) {
     state.counters["threads"] = g_threads;
 }
 
-// ---- ours ----
+// ---- ours ---------------------------------------------------------------------------------------
 void bench_ours(benchmark::State &state, Op op, Shape s) {
-    std::vector<float> x = random_data(s.numel(), 1), y(s.numel()), dy = random_data(s.numel(), 2),
-                       dx(s.numel());
-    auto view = [&](std::vector<float> &v) { return bn2d::Tensor::nchw(v.data(), s.n, s.c, s.h, s.w); };
-    bn2d::BatchNorm2d bn(s.c);
+    ShapeData &d = data_for(s);
+    const bn2d::Tensor x = bn2d::Tensor::nchw(d.x.get(), s.n, s.c, s.h, s.w);
+    const bn2d::Tensor dy = bn2d::Tensor::nchw(d.dy.get(), s.n, s.c, s.h, s.w);
+    const bn2d::Tensor y = bn2d::Tensor::nchw(d.y.get(), s.n, s.c, s.h, s.w);
+    const bn2d::Tensor dx = bn2d::Tensor::nchw(d.dx.get(), s.n, s.c, s.h, s.w);
+    bn2d::BatchNorm2d bn(s.c);  // training mode, affine, tracking running stats
+    // One training forward: running stats for eval, saved batch stats for backward.
+    bn.forward(x, y);
     if (op == Op::EvalFwd) bn.eval();
-    bn.forward(view(x), view(y));
-    for (auto _ : state) {
+    auto call = [&] {
         if (op == Op::Bwd) {
-            bn.backward(view(dy), view(dx));
+            bn.backward(dy, dx, bn2d::BackwardMask{true, true});
         } else {
-            bn.forward(view(x), view(y));
+            bn.forward(x, y);  // training: also updates the running stats, every iteration
         }
+    };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
         benchmark::ClobberMemory();
     }
     finish(state, op, s);
     state.SetLabel(bn2d::isa_name(bn2d::last_cpu_isa_used()));
 }
 
-// ---- the streaming bound: the op's bytes, one multiply-add per element, all cores ----
-void bench_bound(benchmark::State &state, Op op, Shape s) {
-    const int64_t n = s.numel();
-    std::vector<float> x = random_data(n, 1), dy = random_data(n, 2), out(n);
-    const float *px = x.data(), *pdy = dy.data();
-    float *po = out.data();
-    float a = 1.0001f, b = 0.5f;
-    for (auto _ : state) {
-        if (op == Op::Bwd) {
-#pragma omp parallel for simd num_threads(g_threads) schedule(static)
-            for (int64_t i = 0; i < n; ++i) po[i] = a * px[i] + b * pdy[i];
-        } else {
-#pragma omp parallel for simd num_threads(g_threads) schedule(static)
-            for (int64_t i = 0; i < n; ++i) po[i] = a * px[i] + b;
+// ---- the streaming bound ------------------------------------------------------------------------
+// The op's bytes moved by one multiply-add per element, on g_threads threads:
+// forward reads x and writes y (y = a*x + b); backward reads x and dy and writes dx
+// (dx = a*x + b*dy). Plain stores, like every implementation here. The loops are compiled for
+// the best of x86-64-v4 / v3 / baseline this CPU runs (ifunc), only they.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
+stream_fwd(const float *__restrict x, float *__restrict y, int64_t n, float a, float b) {
+    for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + b;
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
+stream_bwd(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t n,
+           float a, float b) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = a * x[i] + b * dy[i];
+}
+
+// A persistent pool of g_threads threads (the caller and g_threads-1 workers; OpenMP-free) that
+// runs one streaming job at a time. The job is cut into chunks of whole cache lines, claimed
+// dynamically like the tasks of Halide's thread pool, so that a core the host takes away for a
+// while (this machine is a VM) slows the bound as it slows ours, instead of leaving the caller
+// waiting on a fixed half. Workers spin briefly for the next job (a benchmark loop calls back to
+// back), then sleep, so an idle pool takes no core from the other implementations.
+class StreamPool {
+public:
+    explicit StreamPool(int n) {
+        for (int i = 1; i < std::max(1, n); ++i) workers_.emplace_back([this] { work(); });
+    }
+    ~StreamPool() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            stop_ = true;
+            wake_.fetch_add(1, std::memory_order_release);
         }
+        cv_.notify_all();
+        for (auto &t : workers_) t.join();
+    }
+    // out = a*x + b (dy null) or out = a*x + b*dy, over n floats; returns when all is written.
+    void run(const float *x, const float *dy, float *out, int64_t n, float a, float b) {
+        x_ = x;
+        dy_ = dy;
+        out_ = out;
+        n_ = n;
+        a_ = a;
+        b_ = b;
+        const int64_t threads = static_cast<int64_t>(workers_.size()) + 1;
+        chunk_ = std::clamp<int64_t>((n / (threads * 8) + 15) / 16 * 16, 16384, 262144);
+        nchunks_ = static_cast<uint32_t>((n + chunk_ - 1) / chunk_);
+        if (nchunks_ >= (1u << 20)) throw std::runtime_error("stream bound: tensor too large");
+        done_.store(0, std::memory_order_relaxed);
+        // Publish the job: generation | chunk count | next chunk (0), one word.
+        gen_ = (gen_ + 1) & 0xffffffu;
+        claim_.store(gen_ << 40 | uint64_t(nchunks_) << 20, std::memory_order_release);
+        if (!workers_.empty()) {
+            {
+                std::lock_guard<std::mutex> lk(m_);
+                wake_.fetch_add(1, std::memory_order_release);
+            }
+            cv_.notify_all();
+        }
+        drain(gen_);
+        while (done_.load(std::memory_order_acquire) != nchunks_) _mm_pause();
+    }
+
+private:
+    // Claims and runs chunks of generation gen until none is left. The claim word holds the
+    // generation (24 bits), the job's chunk count (20) and the next chunk (20), so a claim is
+    // checked against its own job only.
+    void drain(uint64_t gen) {
+        for (;;) {
+            uint64_t v = claim_.load(std::memory_order_acquire);
+            uint32_t c;
+            do {
+                c = static_cast<uint32_t>(v & 0xfffff);
+                if ((v >> 40) != gen || c >= ((v >> 20) & 0xfffff)) return;
+            } while (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel));
+            // Claimed chunk c of job gen: that job cannot finish, nor the next start, before
+            // done_ counts it, so the job's fields are stable here.
+            const int64_t lo = c * chunk_, hi = std::min(n_, lo + chunk_);
+            if (dy_) {
+                stream_bwd(x_ + lo, dy_ + lo, out_ + lo, hi - lo, a_, b_);
+            } else {
+                stream_fwd(x_ + lo, out_ + lo, hi - lo, a_, b_);
+            }
+            done_.fetch_add(1, std::memory_order_release);
+        }
+    }
+
+    void work() {
+        uint64_t seen = 0;
+        for (;;) {
+            uint64_t w;
+            auto spin_start = std::chrono::steady_clock::now();
+            for (unsigned spins = 0; (w = wake_.load(std::memory_order_acquire)) == seen; ++spins) {
+                _mm_pause();
+                if ((spins & 255) == 255 &&
+                    std::chrono::steady_clock::now() - spin_start > std::chrono::microseconds(500)) {
+                    std::unique_lock<std::mutex> lk(m_);
+                    cv_.wait(lk, [&] { return wake_.load(std::memory_order_acquire) != seen; });
+                    spin_start = std::chrono::steady_clock::now();
+                }
+            }
+            seen = w;
+            {
+                std::lock_guard<std::mutex> lk(m_);
+                if (stop_) return;
+            }
+            drain(claim_.load(std::memory_order_acquire) >> 40);
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    std::atomic<uint64_t> wake_{0};   // bumped once per job (and to stop)
+    std::atomic<uint64_t> claim_{0};  // generation << 40 | chunk count << 20 | next chunk
+    std::atomic<uint32_t> done_{0};   // chunks finished in the current job
+    bool stop_ = false;               // under m_
+    uint64_t gen_ = 0;                // caller only
+    // The current job; written by the caller only while no chunk of any job is in flight.
+    const float *x_ = nullptr, *dy_ = nullptr;
+    float *out_ = nullptr;
+    int64_t n_ = 0, chunk_ = 1;
+    uint32_t nchunks_ = 0;  // caller only (workers read the count from claim_)
+    float a_ = 0, b_ = 0;
+};
+
+StreamPool &stream_pool() {
+    static StreamPool pool(g_threads);
+    return pool;
+}
+
+void bench_bound(benchmark::State &state, Op op, Shape s) {
+    ShapeData &d = data_for(s);
+    const bool bwd = op == Op::Bwd;
+    const float *x = d.x.get(), *dy = bwd ? d.dy.get() : nullptr;
+    float *out = bwd ? d.dx.get() : d.y.get();
+    float a = 1.0001f;
+    StreamPool &pool = stream_pool();
+    for (int i = 0; i < kWarmupCalls; ++i) pool.run(x, dy, out, s.numel(), a, 0.5f);
+    for (auto _ : state) {
+        pool.run(x, dy, out, s.numel(), a, 0.5f);
         benchmark::ClobberMemory();
-        a += 1e-7f;
+        a += 1e-7f;  // a different result every time
     }
     finish(state, op, s);
 }
 
-// ---- naive: single-threaded two-pass, what one writes first ----
+// ---- naive: single-threaded two-pass, what one writes first -----------------------------------
 void bench_naive(benchmark::State &state, Op op, Shape s) {
-    std::vector<float> x = random_data(s.numel(), 1), dy = random_data(s.numel(), 2), out(s.numel());
-    std::vector<float> mean(s.c), invstd(s.c, 1.0f), w(s.c, 1.0f), b(s.c, 0.0f);
+    ShapeData &d = data_for(s);
+    const float *x = d.x.get(), *dy = d.dy.get();
+    float *out = op == Op::Bwd ? d.dx.get() : d.y.get();
+    std::vector<float> mean(s.c, 0.0f), invstd(s.c, 1.0f), w(s.c, 1.0f), b(s.c, 0.0f);
     const int64_t hw = s.h * s.w;
     const double m = double(s.n * hw);
-    auto stats = [&] {
+    auto stats = [&] {  // pass 1: mean; pass 2: variance
         for (int64_t c = 0; c < s.c; ++c) {
             double sum = 0, sq = 0;
             for (int64_t n = 0; n < s.n; ++n)
@@ -103,14 +301,15 @@ void bench_naive(benchmark::State &state, Op op, Shape s) {
             const double mu = sum / m;
             for (int64_t n = 0; n < s.n; ++n)
                 for (int64_t i = 0; i < hw; ++i) {
-                    const double d = x[(n * s.c + c) * hw + i] - mu;
-                    sq += d * d;
+                    const double t = x[(n * s.c + c) * hw + i] - mu;
+                    sq += t * t;
                 }
             mean[c] = float(mu);
             invstd[c] = float(1.0 / std::sqrt(sq / m + 1e-5));
         }
     };
-    std::vector<float> k_dy(s.c), k_x(s.c), k_0(s.c);  // backward: dx = dy*k_dy + (x-mean)*k_x + k_0
+    // backward: dx = dy*k_dy + (x-mean)*k_x + k_0 per channel
+    std::vector<float> k_dy(s.c), k_x(s.c), k_0(s.c);
     auto grad_coefficients = [&] {
         for (int64_t c = 0; c < s.c; ++c) {
             double sdy = 0, sdyx = 0;
@@ -126,8 +325,7 @@ void bench_naive(benchmark::State &state, Op op, Shape s) {
             k_0[c] = float(-g * sdy / m);
         }
     };
-    if (op == Op::Bwd) stats();  // the forward's saved statistics
-    for (auto _ : state) {
+    auto call = [&] {
         if (op == Op::TrainFwd) stats();
         if (op == Op::Bwd) grad_coefficients();
         for (int64_t n = 0; n < s.n; ++n)
@@ -135,91 +333,144 @@ void bench_naive(benchmark::State &state, Op op, Shape s) {
                 const int64_t base = (n * s.c + c) * hw;
                 if (op == Op::Bwd) {
                     for (int64_t i = 0; i < hw; ++i)
-                        out[base + i] = dy[base + i] * k_dy[c] + (x[base + i] - mean[c]) * k_x[c] + k_0[c];
+                        out[base + i] =
+                            dy[base + i] * k_dy[c] + (x[base + i] - mean[c]) * k_x[c] + k_0[c];
                 } else {
                     for (int64_t i = 0; i < hw; ++i)
                         out[base + i] = (x[base + i] - mean[c]) * invstd[c] * w[c] + b[c];
                 }
             }
+    };
+    stats();  // the training forward's statistics (backward) or the running stats (eval)
+    call();   // one warm-up call: the naive loop is slow enough
+    for (auto _ : state) {
+        call();
         benchmark::ClobberMemory();
     }
     finish(state, op, s);
+    state.counters["threads"] = 1;
 }
 
 #if BN2D_BENCH_ONEDNN
-// ---- oneDNN, NCHW or NHWC ----
+// ---- oneDNN 2.6, NCHW or NHWC ------------------------------------------------------------------
+// Same bytes in both layouts (the data is random, so the layout only changes the access
+// pattern). Scale and shift (use_scale | use_shift); eval uses global stats; backward is
+// prop_kind::backward (diff_src, diff_scale, diff_shift) of a training forward run once.
 void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
     using namespace dnnl;
     using tag = memory::format_tag;
+    ShapeData &d = data_for(s);
     engine eng(engine::kind::cpu, 0);
     stream strm(eng);
-    memory::desc md({s.n, s.c, s.h, s.w}, memory::data_type::f32, nhwc ? tag::nhwc : tag::nchw);
-    memory::desc cd({s.c}, memory::data_type::f32, tag::x);
-    std::vector<float> x = random_data(s.numel(), 1), y(s.numel()), dy = random_data(s.numel(), 2),
-                       dx(s.numel()), mean = random_data(s.c, 3), var(s.c, 1.0f),
-                       scale(s.c, 1.0f), shift(s.c, 0.0f), dscale(s.c), dshift(s.c);
-    auto mem = [&](const memory::desc &d, std::vector<float> &v) { return memory(d, eng, v.data()); };
+    const memory::desc md({s.n, s.c, s.h, s.w}, memory::data_type::f32,
+                          nhwc ? tag::nhwc : tag::nchw);
+    const memory::desc cd({s.c}, memory::data_type::f32, tag::x);
+    std::vector<float> mean(s.c, 0.0f), var(s.c, 1.0f), scale(s.c, 1.0f), shift(s.c, 0.0f),
+        dscale(s.c), dshift(s.c);
+    auto mem = [&](const memory::desc &m, float *p) { return memory(m, eng, p); };
     const auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
     const float eps = 1e-5f;
-    auto fwd_train_pd = batch_normalization_forward::primitive_desc(
+    const auto fwd_train_pd = batch_normalization_forward::primitive_desc(
         batch_normalization_forward::desc(prop_kind::forward_training, md, eps, flags), eng);
     std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, x)},        {DNNL_ARG_DST, mem(md, y)},
-        {DNNL_ARG_MEAN, mem(cd, mean)},    {DNNL_ARG_VARIANCE, mem(cd, var)},
-        {DNNL_ARG_SCALE, mem(cd, scale)},  {DNNL_ARG_SHIFT, mem(cd, shift)}};
+        {DNNL_ARG_SRC, mem(md, d.x.get())},       {DNNL_ARG_DST, mem(md, d.y.get())},
+        {DNNL_ARG_MEAN, mem(cd, mean.data())},    {DNNL_ARG_VARIANCE, mem(cd, var.data())},
+        {DNNL_ARG_SCALE, mem(cd, scale.data())},  {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
+    // The training forward once: batch statistics for backward (and eval's "running" stats).
+    batch_normalization_forward(fwd_train_pd).execute(strm, args);
+    strm.wait();
     primitive prim;
+    std::string impl;
     if (op == Op::TrainFwd) {
         prim = batch_normalization_forward(fwd_train_pd);
+        impl = fwd_train_pd.impl_info_str();
     } else if (op == Op::EvalFwd) {
-        prim = batch_normalization_forward(batch_normalization_forward::primitive_desc(
+        const auto pd = batch_normalization_forward::primitive_desc(
             batch_normalization_forward::desc(prop_kind::forward_inference, md, eps,
                                               flags | normalization_flags::use_global_stats),
-            eng));
+            eng);
+        prim = batch_normalization_forward(pd);
+        impl = pd.impl_info_str();
     } else {
-        batch_normalization_forward(fwd_train_pd).execute(strm, args);  // mean/var for backward
-        auto bwd_pd = batch_normalization_backward::primitive_desc(
+        const auto pd = batch_normalization_backward::primitive_desc(
             batch_normalization_backward::desc(prop_kind::backward, md, md, eps, flags), eng,
             fwd_train_pd);
-        prim = batch_normalization_backward(bwd_pd);
-        args = {{DNNL_ARG_SRC, mem(md, x)},         {DNNL_ARG_DIFF_DST, mem(md, dy)},
-                {DNNL_ARG_MEAN, mem(cd, mean)},     {DNNL_ARG_VARIANCE, mem(cd, var)},
-                {DNNL_ARG_SCALE, mem(cd, scale)},   {DNNL_ARG_SHIFT, mem(cd, shift)},
-                {DNNL_ARG_DIFF_SRC, mem(md, dx)},
-                {DNNL_ARG_DIFF_SCALE, mem(cd, dscale)}, {DNNL_ARG_DIFF_SHIFT, mem(cd, dshift)}};
+        prim = batch_normalization_backward(pd);
+        impl = pd.impl_info_str();
+        args = {{DNNL_ARG_SRC, mem(md, d.x.get())},
+                {DNNL_ARG_DIFF_DST, mem(md, d.dy.get())},
+                {DNNL_ARG_MEAN, mem(cd, mean.data())},
+                {DNNL_ARG_VARIANCE, mem(cd, var.data())},
+                {DNNL_ARG_SCALE, mem(cd, scale.data())},
+                {DNNL_ARG_SHIFT, mem(cd, shift.data())},
+                {DNNL_ARG_DIFF_SRC, mem(md, d.dx.get())},
+                {DNNL_ARG_DIFF_SCALE, mem(cd, dscale.data())},
+                {DNNL_ARG_DIFF_SHIFT, mem(cd, dshift.data())}};
     }
+    for (int i = 0; i < kWarmupCalls; ++i) prim.execute(strm, args);
+    strm.wait();
     for (auto _ : state) {
         prim.execute(strm, args);
         strm.wait();
+        benchmark::ClobberMemory();
     }
     finish(state, op, s);
-    state.SetLabel(nhwc ? "nhwc" : "nchw");
+    state.SetLabel(impl);
 }
 #endif
 
 #if BN2D_BENCH_TORCH
-// ---- libtorch CPU (1.13 has no CPU native_batch_norm.out: the output is allocated per call,
-// as it is for PyTorch users) ----
+// ---- libtorch CPU ---------------------------------------------------------------------------------
+// at::native_batch_norm (forward, training or eval) and at::native_batch_norm_backward (train,
+// output mask all three), what torch.nn.BatchNorm2d runs on the CPU. libtorch 1.13 has no CPU
+// kernel for native_batch_norm.out and only a copying out= wrapper for the backward, so torch
+// allocates its outputs per call, as it does for its users (label "alloc"); main() keeps freed
+// memory in the heap so that this costs no fresh page faults. If a real forward out= kernel is
+// found, forward writes into the preallocated output instead (label "out").
 void bench_torch(benchmark::State &state, Op op, Shape s) {
     torch::NoGradGuard no_grad;
-    std::vector<float> xv = random_data(s.numel(), 1), dyv = random_data(s.numel(), 2);
-    at::Tensor x = torch::from_blob(xv.data(), {s.n, s.c, s.h, s.w});
-    at::Tensor dy = torch::from_blob(dyv.data(), {s.n, s.c, s.h, s.w});
+    ShapeData &d = data_for(s);
+    const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
+    at::Tensor x = torch::from_blob(d.x.get(), {s.n, s.c, s.h, s.w}, opts);
+    at::Tensor dy = torch::from_blob(d.dy.get(), {s.n, s.c, s.h, s.w}, opts);
+    at::Tensor y = torch::from_blob(d.y.get(), {s.n, s.c, s.h, s.w}, opts);
     at::Tensor w = torch::ones({s.c}), b = torch::zeros({s.c});
     at::Tensor rm = torch::zeros({s.c}), rv = torch::ones({s.c});
-    at::Tensor y, save_mean, save_invstd;
-    std::tie(y, save_mean, save_invstd) = at::native_batch_norm(x, w, b, rm, rv, true, 0.1, 1e-5);
-    for (auto _ : state) {
+    at::Tensor save_mean, save_invstd;
+    std::tie(std::ignore, save_mean, save_invstd) =
+        at::native_batch_norm(x, w, b, rm, rv, true, 0.1, 1e-5);
+    const bool training = op == Op::TrainFwd;
+    bool use_out = false;
+    at::Tensor out_mean = torch::empty({s.c}), out_invstd = torch::empty({s.c});
+    if (op != Op::Bwd) {
+        try {
+            at::native_batch_norm_out(y, out_mean, out_invstd, x, w, b, rm, rv, training, 0.1,
+                                      1e-5);
+            use_out = y.data_ptr() == d.y.get();
+        } catch (const c10::Error &) {
+            use_out = false;
+        }
+    }
+    auto call = [&] {
         if (op == Op::Bwd) {
-            auto g = at::native_batch_norm_backward(dy, x, w, rm, rv, save_mean, save_invstd, true,
-                                                    1e-5, {true, true, true});
+            auto g = at::native_batch_norm_backward(dy, x, w, rm, rv, save_mean, save_invstd,
+                                                    true, 1e-5, {true, true, true});
             benchmark::DoNotOptimize(std::get<0>(g).data_ptr());
+        } else if (use_out) {
+            at::native_batch_norm_out(y, out_mean, out_invstd, x, w, b, rm, rv, training, 0.1,
+                                      1e-5);
         } else {
-            auto r = at::native_batch_norm(x, w, b, rm, rv, op == Op::TrainFwd, 0.1, 1e-5);
+            auto r = at::native_batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5);
             benchmark::DoNotOptimize(std::get<0>(r).data_ptr());
         }
+    };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
         benchmark::ClobberMemory();
     }
     finish(state, op, s);
+    state.SetLabel(use_out ? "out" : "alloc");
 }
 #endif
 
@@ -228,8 +479,20 @@ void register_all() {
         for (Op op : bn2d::bench::kOps) {
             const std::string tail = "/" + s.name();
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
+                // A failure (a bn2d::Error, a oneDNN or torch exception) marks that benchmark
+                // as errored in the output instead of ending the run.
+                auto guarded = [fn, op, s, extra...](benchmark::State &state) {
+                    // Let the previous benchmark's thread pools (OpenMP's spin for a few ms)
+                    // go idle, so they take no core from this one.
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                    try {
+                        fn(state, op, s, extra...);
+                    } catch (const std::exception &e) {
+                        state.SkipWithError(e.what());
+                    }
+                };
                 benchmark::RegisterBenchmark((std::string(op_name(op)) + "/" + impl + tail).c_str(),
-                                             fn, op, s, extra...)
+                                             guarded)
                     ->UseRealTime()
                     ->Unit(benchmark::kMillisecond);
             };
@@ -249,27 +512,66 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char **argv) {
-    // Our own flag first: --bn2d_threads=N; else BN2D_BENCH_THREADS; else all cores.
+    // Our flag first: --bn2d_threads=N; else BN2D_BENCH_THREADS; else all cores.
     std::vector<char *> rest;
+    bool min_time_given = false;
     for (int i = 0; i < argc; ++i) {
         if (std::strncmp(argv[i], "--bn2d_threads=", 15) == 0) {
             g_threads = std::atoi(argv[i] + 15);
-        } else {
-            rest.push_back(argv[i]);
+            if (g_threads <= 0) {
+                std::fprintf(stderr, "--bn2d_threads: expected a positive integer, got '%s'\n",
+                             argv[i] + 15);
+                return 2;
+            }
+            continue;
         }
+        if (std::strncmp(argv[i], "--benchmark_min_time", 20) == 0) min_time_given = true;
+        rest.push_back(argv[i]);
     }
     if (g_threads <= 0 && std::getenv("BN2D_BENCH_THREADS"))
         g_threads = std::atoi(std::getenv("BN2D_BENCH_THREADS"));
-    if (g_threads <= 0) g_threads = omp_get_num_procs();
+    if (g_threads <= 0) g_threads = static_cast<int>(std::thread::hardware_concurrency());
+    if (g_threads <= 0) g_threads = 1;
+    // A modest default: the tensors are 13-100 MB and a 2-core machine should get through the
+    // whole suite in minutes.
+    static char default_min_time[] = "--benchmark_min_time=0.1";
+    if (!min_time_given) rest.insert(rest.begin() + 1, default_min_time);
+
     bn2d::set_num_threads(g_threads);
-    omp_set_num_threads(g_threads);
+#if BN2D_BENCH_OPENMP
+    omp_set_num_threads(g_threads);  // oneDNN's threads (its CPU runtime is OpenMP)
+#endif
 #if BN2D_BENCH_TORCH
     torch::set_num_threads(g_threads);
+    // libtorch allocates outputs per call: keep large freed blocks in the heap (as caching
+    // allocators do) instead of returning them to the OS and faulting them in again.
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
 #endif
+
+    benchmark::AddCustomContext("bn2d_threads", std::to_string(g_threads));
+    benchmark::AddCustomContext("bn2d_num_threads", std::to_string(bn2d::num_threads()));
+    benchmark::AddCustomContext("bn2d_max_cpu_isa", bn2d::isa_name(bn2d::max_cpu_isa()));
+#if BN2D_BENCH_ONEDNN
+    const dnnl_version_t *v = dnnl_version();
+    benchmark::AddCustomContext("onednn_version", std::to_string(v->major) + "." +
+                                                      std::to_string(v->minor) + "." +
+                                                      std::to_string(v->patch));
+#endif
+#if BN2D_BENCH_TORCH
+    benchmark::AddCustomContext("torch_num_threads", std::to_string(at::get_num_threads()));
+#endif
+
     int rest_argc = static_cast<int>(rest.size());
     benchmark::Initialize(&rest_argc, rest.data());
+    if (benchmark::ReportUnrecognizedArguments(rest_argc, rest.data())) return 1;
     register_all();
-    benchmark::RunSpecifiedBenchmarks();
+    try {
+        benchmark::RunSpecifiedBenchmarks();
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "bn2d_bench: %s\n", e.what());
+        return 1;
+    }
     benchmark::Shutdown();
     return 0;
 }

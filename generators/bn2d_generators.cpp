@@ -43,7 +43,7 @@ template<typename Self>
 class Bn2dGenerator : public Generator<Self> {
 public:
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
-    // Type of the per-channel sums: auto = float64 on CPU, float32 on GPU (bn2d_algorithm.h).
+    // Type of the per-channel sums: auto = float64 (see bn2d::Shape in bn2d_algorithm.h).
     GeneratorParam<std::string> accumulator{"accumulator", "auto"};
 
 protected:
@@ -56,7 +56,7 @@ protected:
         if (a == "float32") return Float(32);
         if (a == "float64") return Float(64);
         if (a != "auto") throw std::runtime_error("accumulator must be auto, float32 or float64");
-        return gpu() ? Float(32) : Float(64);
+        return Float(64);
     }
 
     // THE SCHEDULE: the CPU or GPU schedule of `kernel` with this machine's parameters; a

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Turns Google Benchmark JSON (bench/bn2d_bench or bench/gpu/bn2d_bench_gpu) into a table:
-shape x op with ours, the bound, the best peer, and the ratios, plus a PNG plot of achieved
-bandwidth when matplotlib is available.
+"""Turns Google Benchmark JSON (bench/bn2d_bench, or bench/gpu/bn2d_bench_gpu) into a markdown
+table, shape x op: ours (ms), the best peer (name, ms), the streaming bound (ms), ours/bound and
+best_peer/ours; and a PNG plot of achieved bandwidth (GB/s) per shape, op and implementation
+when matplotlib can be imported (the table needs only the standard library).
 
-Benchmark names read op/impl/shape[/...]. Medians are used when the run has repetitions
-(--benchmark_repetitions=N); otherwise the single run's time.
+Benchmark names read op/impl/shape[/...], e.g. train_fwd/ours/20x100x35x45/real_time.
+Times: the median aggregate when the run has one (--benchmark_repetitions=N), else the mean
+aggregate, else the mean over the iteration runs of that name.
+Peers: every implementation in the file other than ours and the bound (or --peers).
 
-  scripts/bench_report.py out/bench.json [--markdown-out FILE] [--png FILE]
-      [--ours ours] [--bound-name bound] [--peers onednn_nchw,onednn_nhwc,torch]
+  scripts/bench_report.py out/bench.json [--markdown-out FILE] [--png FILE | --no-plot]
+      [--ours ours] [--bound-name bound] [--peers onednn_nchw,onednn_nhwc,torch,naive]
 """
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 
@@ -18,94 +22,146 @@ OPS = ["train_fwd", "eval_fwd", "bwd"]
 # bench/suite.h's order; shapes not in it follow in the order first seen.
 SUITE = ["20x100x35x45", "32x64x112x112", "32x256x56x56", "32x512x28x28", "32x2048x7x7",
          "1x3x1080x1920"]
+TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def load(path):
+    """Returns (context, {(op, impl, shape): (ms, bytes_per_second)}, impls in order seen)."""
     with open(path) as f:
         data = json.load(f)
-    times = {}  # (op, impl, shape) -> (ms, bytes_per_second)
-    have_median = any(b.get("aggregate_name") == "median" for b in data["benchmarks"])
-    for b in data["benchmarks"]:
+    # key -> {"median": [...], "mean": [...], "iteration": [...]} of (ms, B/s)
+    found = defaultdict(lambda: defaultdict(list))
+    order = []
+    for b in data.get("benchmarks", []):
         if b.get("error_occurred"):
-            continue
-        if have_median and b.get("aggregate_name") != "median":
+            print("skipped (error): {}: {}".format(b.get("name"), b.get("error_message", "")),
+                  file=sys.stderr)
             continue
         parts = b.get("run_name", b["name"]).split("/")
         if len(parts) < 3:
             continue
-        op, impl, shape = parts[0], parts[1], parts[2]
-        scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
-        times[(op, impl, shape)] = (b["real_time"] * scale, b.get("bytes_per_second", 0.0))
-    return data.get("context", {}), times
+        key = (parts[0], parts[1], parts[2])
+        if b.get("run_type") == "aggregate":
+            kind = b.get("aggregate_name")
+            if kind not in ("median", "mean") or b.get("aggregate_unit", "time") != "time":
+                continue
+        else:
+            kind = "iteration"
+        ms = b["real_time"] * TO_MS[b.get("time_unit", "ns")]
+        found[key][kind].append((ms, b.get("bytes_per_second", 0.0)))
+        if key[1] not in order:
+            order.append(key[1])
+    times = {}
+    for key, kinds in found.items():
+        vals = kinds.get("median") or kinds.get("mean") or kinds.get("iteration")
+        times[key] = (sum(v[0] for v in vals) / len(vals), sum(v[1] for v in vals) / len(vals))
+    return data.get("context", {}), times, order
+
+
+def fmt(v, spec="{:.3f}"):
+    return spec.format(v) if v is not None else "-"
+
+
+def table(context, times, shapes, ours, bound, peers):
+    rows = ["| shape | op | ours ms | best peer | peer ms | bound ms | ours/bound | peer/ours |",
+            "|---|---|---:|---|---:|---:|---:|---:|"]
+    for shape in shapes:
+        for op in OPS:
+            o = times.get((op, ours, shape))
+            if not o:
+                continue
+            bd = times.get((op, bound, shape))
+            cands = [(times[(op, p, shape)][0], p) for p in peers if (op, p, shape) in times]
+            best = min(cands) if cands else None
+            # The bound moves the op's bytes with the least work: anything faster than it was
+            # measured while the machine (shared memory bandwidth) was in a better state.
+            beaten = bd and min([o[0]] + [c[0] for c in cands]) < bd[0]
+            rows.append("| {} | {} | {} | {} | {} | {}{} | {} | {} |".format(
+                shape, op, fmt(o[0]),
+                best[1] if best else "-",
+                fmt(best[0] if best else None),
+                fmt(bd[0] if bd else None), " *" if beaten else "",
+                fmt(o[0] / bd[0] if bd else None, "{:.2f}x"),
+                fmt(best[0] / o[0] if best else None, "{:.2f}x")))
+    header = "Machine: {} CPUs @ {} MHz; host {}; date {}; threads {}".format(
+        context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
+        context.get("host_name", "?"), context.get("date", "?"),
+        context.get("bn2d_threads", "?"))
+    legend = ("Times in ms ({}). ours/bound: how far ours is from streaming the op's bytes "
+              "(1.00x = at the bound); peer/ours > 1: ours is faster than the best peer.")
+    stat = "medians" if context.get("_has_median") else "means"
+    text = header + "\n\n" + legend.format(stat) + "\n\n" + "\n".join(rows) + "\n"
+    if any(" *" in r for r in rows):
+        text += ("\n\\* an implementation beat the streaming bound here: the bound was measured "
+                 "at a moment of lower memory bandwidth (noisy machine); rerun, or use "
+                 "--benchmark_enable_random_interleaving=true with more repetitions.\n")
+    return text
+
+
+def plot(path, times, shapes, impls):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not importable: no plot written (pip install matplotlib)",
+              file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, len(OPS), figsize=(6 * len(OPS), 5), sharey=True)
+    width = 0.8 / max(1, len(impls))
+    for ax, op in zip(axes, OPS):
+        for k, impl in enumerate(impls):
+            vals = [times.get((op, impl, s), (0.0, 0.0))[1] / 1e9 for s in shapes]
+            ax.bar([i + k * width for i in range(len(shapes))], vals, width, label=impl)
+        ax.set_title(op)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
+        ax.set_xticklabels(shapes, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("achieved GB/s (bytes the op must move)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("plot: " + path, file=sys.stderr)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json")
-    ap.add_argument("--markdown-out")
-    ap.add_argument("--png")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", help="Google Benchmark output (--benchmark_out_format=json)")
+    ap.add_argument("--markdown-out", metavar="FILE", help="also write the table here")
+    ap.add_argument("--png", metavar="FILE",
+                    help="bandwidth plot (default: <json without .json>_bandwidth.png)")
+    ap.add_argument("--no-plot", action="store_true", help="write no plot")
     ap.add_argument("--ours", default="ours")
     ap.add_argument("--bound-name", default="bound")
-    ap.add_argument("--peers", default="onednn_nchw,onednn_nhwc,torch")
+    ap.add_argument("--peers", help="comma-separated; default: every other implementation")
     args = ap.parse_args()
-    peers = [p for p in args.peers.split(",") if p]
 
-    context, times = load(args.json)
-    seen = [shape for (_, _, shape) in times]
-    shapes = [s for s in SUITE if s in seen]
-    for shape in seen:
-        if shape not in shapes:
-            shapes.append(shape)
+    context, times, order = load(args.json)
+    if not times:
+        sys.exit("no benchmark results in " + args.json)
+    with open(args.json) as f:
+        context["_has_median"] = any(b.get("aggregate_name") == "median"
+                                     for b in json.load(f).get("benchmarks", []))
+    if args.peers is not None:
+        peers = [p for p in args.peers.split(",") if p]
+    else:
+        peers = [i for i in order if i not in (args.ours, args.bound_name)]
+    seen = []
+    for (_, _, shape) in times:
+        if shape not in seen:
+            seen.append(shape)
+    shapes = [s for s in SUITE if s in seen] + [s for s in seen if s not in SUITE]
 
-    rows = ["| shape | op | ours ms | bound ms | ours/bound | best peer | peer ms | peer/ours |",
-            "|---|---|---:|---:|---:|---|---:|---:|"]
-    for shape in shapes:
-        for op in OPS:
-            ours = times.get((op, args.ours, shape))
-            bound = times.get((op, args.bound_name, shape))
-            if not ours:
-                continue
-            cands = [(times[(op, p, shape)][0], p) for p in peers if (op, p, shape) in times]
-            best = min(cands) if cands else None
-            rows.append("| {} | {} | {:.3f} | {} | {} | {} | {} | {} |".format(
-                shape, op, ours[0],
-                "{:.3f}".format(bound[0]) if bound else "-",
-                "{:.2f}x".format(ours[0] / bound[0]) if bound else "-",
-                best[1] if best else "-",
-                "{:.3f}".format(best[0]) if best else "-",
-                "{:.2f}x".format(best[0] / ours[0]) if best else "-"))
-    header = "Machine: {} CPUs @ {} MHz; {}; date {}".format(
-        context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
-        context.get("host_name", ""), context.get("date", "?"))
-    text = header + "\n\n" + "\n".join(rows) + "\n"
+    text = table(context, times, shapes, args.ours, args.bound_name, peers)
     print(text)
     if args.markdown_out:
         with open(args.markdown_out, "w") as f:
             f.write(text)
-
-    if args.png:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib not available: no plot (pip install matplotlib)", file=sys.stderr)
-            return
-        impls = [args.ours, args.bound_name] + peers
-        fig, axes = plt.subplots(1, len(OPS), figsize=(6 * len(OPS), 5), sharey=True)
-        for ax, op in zip(axes, OPS):
-            width = 0.8 / len(impls)
-            for k, impl in enumerate(impls):
-                vals = [times.get((op, impl, s), (0, 0))[1] / 1e9 for s in shapes]
-                ax.bar([i + k * width for i in range(len(shapes))], vals, width, label=impl)
-            ax.set_title(op)
-            ax.set_xticks([i + 0.4 for i in range(len(shapes))])
-            ax.set_xticklabels(shapes, rotation=30, ha="right", fontsize=8)
-            ax.set_ylabel("GB/s (bytes the op must move)")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=110)
-        print("plot:", args.png)
+    if not args.no_plot:
+        png = args.png or os.path.splitext(args.json)[0] + "_bandwidth.png"
+        impls = [i for i in [args.ours, args.bound_name] + peers if i in order]
+        plot(png, times, shapes, impls)
 
 
 if __name__ == "__main__":

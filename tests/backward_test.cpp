@@ -15,21 +15,28 @@ namespace {
 // products: their error grows like sqrt(M) ulps of a term.
 double input_atol(const std::vector<double> &want) {
     double m = 0;
-    for (double v : want) m = std::max(m, std::abs(v));
+    for (double v : want)
+        m = std::max(m, std::abs(v));
     return 2e-6 * (1.0 + m);
 }
-double param_atol(const Shape &s) { return 2e-6 * (1.0 + std::sqrt(double(s.per_channel()))); }
+double param_atol(const Shape &s) {
+    return 2e-6 * (1.0 + std::sqrt(double(s.per_channel())));
+}
 
-using Param = std::tuple<Shape, bool, bool>;  // shape, affine, training
+// shape, affine, track_running_stats, training. Untracked modules use batch statistics in eval
+// mode too, so their eval backward is the full batch-statistics gradient. Momentum does not
+// enter backward.
+using Param = std::tuple<Shape, bool, bool, bool>;
 
 class BackwardGrid : public ::testing::TestWithParam<Param> {};
 
 TEST_P(BackwardGrid, EveryMaskMatchesReference) {
-    const auto [shape, affine, training] = GetParam();
-    std::mt19937 rng(std::hash<std::string>()(name(shape)) + affine + 2 * training);
-    BatchNorm2d bn(shape.c, 1e-5, 0.1, affine, true);
+    const auto [shape, affine, track, training] = GetParam();
+    std::mt19937 rng(std::hash<std::string>()(name(shape)) + affine + 2 * training + 4 * track);
+    BatchNorm2d bn(shape.c, 1e-5, 0.1, affine, track);
     reference::Module ref(shape.c);
     ref.affine = affine;
+    ref.track = track;
     randomize_parameters(rng, bn, ref);
     // A training step first, so eval uses non-trivial running statistics.
     std::vector<float> x0 = random_vector(rng, shape.numel(), 0.5f, 2.0f), y(shape.numel());
@@ -45,8 +52,8 @@ TEST_P(BackwardGrid, EveryMaskMatchesReference) {
     reference::Module::Grads want = ref.backward(shape, x, dy);
     const double atol_in = input_atol(want.input), atol_p = param_atol(shape);
 
-    for (BackwardMask mask : {BackwardMask{true, true}, BackwardMask{true, false},
-                              BackwardMask{false, true}}) {
+    for (BackwardMask mask :
+         {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}}) {
         SCOPED_TRACE(std::string("mask input=") + (mask.input ? "1" : "0") +
                      " params=" + (mask.params ? "1" : "0"));
         bn.zero_grad();
@@ -61,6 +68,7 @@ TEST_P(BackwardGrid, EveryMaskMatchesReference) {
         }
         if (!affine) {
             EXPECT_FALSE(bn.weight_grad().defined());
+            EXPECT_FALSE(bn.bias_grad().defined());
             continue;
         }
         std::vector<float> zeros(shape.c, 0.0f);
@@ -75,13 +83,14 @@ TEST_P(BackwardGrid, EveryMaskMatchesReference) {
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param> &info) {
-    const auto [shape, affine, training] = info.param;
-    return name(shape) + (affine ? "_affine" : "_plain") + (training ? "_train" : "_eval");
+    const auto [shape, affine, track, training] = info.param;
+    return name(shape) + (affine ? "_affine" : "_plain") + (track ? "_track" : "_notrack") +
+           (training ? "_train" : "_eval");
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, BackwardGrid,
                          ::testing::Combine(::testing::ValuesIn(grid_shapes()), ::testing::Bool(),
-                                            ::testing::Bool()),
+                                            ::testing::Bool(), ::testing::Bool()),
                          param_name);
 
 TEST(Backward, ParameterGradientsAccumulateUntilZeroed) {
@@ -121,14 +130,20 @@ TEST(Backward, AllocatingOverloadMatches) {
 }
 
 // The reference's gradients are those of its forward: central differences in float64 of the
-// scalar loss L = sum(y * r), with respect to x, weight and bias, in training and eval mode.
+// scalar loss L = sum(y * r), through reference::Module::forward itself (on double inputs),
+// with respect to x, weight and bias, in training (batch statistics) and eval mode.
+// With h = 1e-5 the truncation error of central differences is O(h^2) ~ 1e-10 and the rounding
+// error ~ 1e-16 * |L| / h ~ 1e-11, so 1e-7 is a tight bound that still fails on any formula
+// mistake (a missing term changes a gradient by O(0.1-1)).
 TEST(Backward, ReferenceGradientsMatchFiniteDifferences) {
     const Shape s{2, 3, 2, 3};
     std::mt19937 rng(23);
     for (bool training : {true, false}) {
         SCOPED_TRACE(training ? "training" : "eval");
         std::vector<float> xf = random_vector(rng, s.numel(), 0.5f, 1.5f);
-        std::vector<float> r = random_vector(rng, s.numel());
+        std::vector<double> r(s.numel());
+        for (double &v : r)
+            v = std::normal_distribution<double>(0.0, 1.0)(rng);
         reference::Module base(s.c);
         for (int64_t c = 0; c < s.c; ++c) {
             base.weight[c] = 0.5 + 0.3 * c;
@@ -137,71 +152,82 @@ TEST(Backward, ReferenceGradientsMatchFiniteDifferences) {
             base.running_var[c] = 1.0 + 0.5 * c;
         }
         base.training = training;
-        base.track = true;
-        // Forward in double: the reference takes float inputs, so differentiate a double copy
-        // through a tiny local re-implementation of the loss on the same Module math.
-        auto loss = [&](const std::vector<double> &x, const std::vector<double> &w,
-                        const std::vector<double> &b) {
-            reference::Module m = base;
+        std::vector<double> x(xf.begin(), xf.end()), w = base.weight, b = base.bias;
+        auto loss = [&] {
+            reference::Module m = base; // fresh state each time: running stats fixed
             m.weight = w;
             m.bias = b;
-            m.momentum = 0.0;  // keep running stats fixed across evaluations
-            std::vector<double> mean(s.c), invstd(s.c);
-            const double M = double(s.per_channel());
-            for (int64_t c = 0; c < s.c; ++c) {
-                if (training) {
-                    double sum = 0, sq = 0;
-                    reference::for_channel(s, c, [&](int64_t i) { sum += x[i]; });
-                    mean[c] = sum / M;
-                    reference::for_channel(s, c, [&](int64_t i) {
-                        sq += (x[i] - mean[c]) * (x[i] - mean[c]);
-                    });
-                    invstd[c] = 1.0 / std::sqrt(sq / M + m.eps);
-                } else {
-                    mean[c] = m.running_mean[c];
-                    invstd[c] = 1.0 / std::sqrt(m.running_var[c] + m.eps);
-                }
-            }
+            const std::vector<double> y = m.forward(s, x);
             double L = 0;
-            for (int64_t c = 0; c < s.c; ++c)
-                reference::for_channel(s, c, [&](int64_t i) {
-                    L += r[i] * ((x[i] - mean[c]) * invstd[c] * w[c] + b[c]);
-                });
+            for (size_t i = 0; i < y.size(); ++i)
+                L += r[i] * y[i];
             return L;
         };
-        // The same loss through the reference's forward, to tie the local copy to it.
-        {
-            reference::Module m = base;
-            m.momentum = 0.0;
-            std::vector<double> y = m.forward(s, xf);
-            double L = 0;
-            for (size_t i = 0; i < y.size(); ++i) L += r[i] * y[i];
-            std::vector<double> xd(xf.begin(), xf.end());
-            ASSERT_NEAR(L, loss(xd, base.weight, base.bias), 1e-9);
-        }
         reference::Module m = base;
-        m.momentum = 0.0;
-        m.forward(s, xf);
-        reference::Module::Grads g = m.backward(s, xf, r);  // dL/dy = r
-        std::vector<double> x(xf.begin(), xf.end()), w = base.weight, b = base.bias;
-        const double h = 1e-6;
+        m.forward(s, x);
+        const reference::Module::Grads g = m.backward(s, x, r); // dL/dy = r
+        EXPECT_EQ(m.used_batch_stats, training);
+        const double h = 1e-5;
         auto central = [&](std::vector<double> &v, size_t i) {
             const double keep = v[i];
             v[i] = keep + h;
-            const double up = loss(x, w, b);
+            const double up = loss();
             v[i] = keep - h;
-            const double down = loss(x, w, b);
+            const double down = loss();
             v[i] = keep;
             return (up - down) / (2 * h);
         };
         for (size_t i = 0; i < x.size(); ++i)
-            EXPECT_NEAR(g.input[i], central(x, i), 1e-6) << where(s, int64_t(i));
+            EXPECT_NEAR(g.input[i], central(x, i), 1e-7) << where(s, int64_t(i));
         for (int64_t c = 0; c < s.c; ++c) {
-            EXPECT_NEAR(g.weight[c], central(w, c), 1e-6) << "weight " << c;
-            EXPECT_NEAR(g.bias[c], central(b, c), 1e-6) << "bias " << c;
+            EXPECT_NEAR(g.weight[c], central(w, c), 1e-7) << "weight " << c;
+            EXPECT_NEAR(g.bias[c], central(b, c), 1e-7) << "bias " << c;
         }
+        // Not vacuous: in training the input gradient is far from the eval-mode shortcut
+        // dy * w * invstd (the batch statistics depend on x); in eval it is exactly that.
+        double shortcut_gap = 0;
+        for (int64_t c = 0; c < s.c; ++c)
+            reference::for_channel(s, c, [&](int64_t i) {
+                const double shortcut = r[i] * base.weight[c] * m.saved_invstd[c];
+                shortcut_gap = std::max(shortcut_gap, std::abs(g.input[i] - shortcut));
+            });
+        if (training)
+            EXPECT_GT(shortcut_gap, 1e-2);
+        else
+            EXPECT_LT(shortcut_gap, 1e-12);
     }
 }
 
-}  // namespace
-}  // namespace bn2d::test
+// Backward with an empty batch: no gradient to compute, parameter gradients += 0.
+TEST(Backward, EmptyBatchIsANoOp) {
+    BatchNorm2d bn(3);
+    std::mt19937 rng(24);
+    const Shape s{2, 3, 4, 5};
+    std::vector<float> x = random_vector(rng, s.numel()), y(s.numel());
+    std::vector<float> dy = random_vector(rng, s.numel()), dx(s.numel());
+    bn.forward(view(x, s), view(y, s));
+    bn.backward(view(dy, s), view(dx, s));
+    const std::vector<float> gw = to_vector(bn.weight_grad()), gb = to_vector(bn.bias_grad());
+    const Tensor empty(nullptr, {0, 3, 4, 5});
+    bn.forward(empty, empty);
+    bn.backward(empty, empty);
+    bn.backward(empty, Tensor(), {false, true});
+    EXPECT_EQ(to_vector(bn.weight_grad()), gw);
+    EXPECT_EQ(to_vector(bn.bias_grad()), gb);
+}
+
+// A mask that asks for nothing computes nothing: no write to grad_input, gradients unchanged.
+TEST(Backward, EmptyMaskWritesNothing) {
+    const Shape s{2, 3, 4, 5};
+    std::mt19937 rng(25);
+    BatchNorm2d bn(s.c);
+    std::vector<float> x = random_vector(rng, s.numel()), y(s.numel());
+    std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
+    bn.forward(view(x, s), view(y, s));
+    bn.backward(view(dy, s), view(dx, s), {false, false});
+    EXPECT_TRUE(std::all_of(dx.begin(), dx.end(), [](float v) { return std::isnan(v); }));
+    EXPECT_EQ(to_vector(bn.weight_grad()), std::vector<float>(s.c, 0.0f));
+}
+
+} // namespace
+} // namespace bn2d::test

@@ -1,6 +1,12 @@
 // Every error: a bn2d::Error whose message names the problem, and the module state exactly as
-// it was (parameters, buffers, gradients, counters).
+// it was: parameters, buffers, gradients, counters (compared bitwise), and the hidden state a
+// later backward() depends on (the last forward's input and batch statistics), checked by
+// running the same backward and forward on the failed module and on a twin that never saw the
+// failing call.
 #include <gmock/gmock.h>
+
+#include <array>
+#include <cstring>
 
 #include "common.h"
 
@@ -9,111 +15,267 @@ namespace {
 
 using ::testing::HasSubstr;
 
+bool bitwise_equal(const std::vector<float> &a, const std::vector<float> &b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
 struct Snapshot {
     StateDict state;
     std::vector<float> weight_grad, bias_grad;
     bool training;
-    bool operator==(const Snapshot &o) const {
-        return state.weight == o.state.weight && state.bias == o.state.bias &&
-               state.running_mean == o.state.running_mean &&
-               state.running_var == o.state.running_var &&
-               state.num_batches_tracked == o.state.num_batches_tracked &&
-               weight_grad == o.weight_grad && bias_grad == o.bias_grad && training == o.training;
-    }
+    double eps;
+    std::optional<double> momentum;
 };
 
 Snapshot snapshot(const BatchNorm2d &bn) {
-    return {bn.state_dict(), to_vector(bn.weight_grad()), to_vector(bn.bias_grad()),
-            bn.is_training()};
+    return {bn.state_dict(),
+            to_vector(bn.weight_grad()),
+            to_vector(bn.bias_grad()),
+            bn.is_training(),
+            bn.eps(),
+            bn.momentum()};
 }
 
-// A module with non-trivial state: a training step and a backward already done.
+::testing::AssertionResult same(const Snapshot &a, const Snapshot &b) {
+    ::testing::AssertionResult r = ::testing::AssertionFailure();
+    bool ok = true;
+    auto cmp = [&](const char *what, const std::vector<float> &x, const std::vector<float> &y) {
+        if (!bitwise_equal(x, y)) {
+            r << what << " changed; ";
+            ok = false;
+        }
+    };
+    cmp("weight", a.state.weight, b.state.weight);
+    cmp("bias", a.state.bias, b.state.bias);
+    cmp("running_mean", a.state.running_mean, b.state.running_mean);
+    cmp("running_var", a.state.running_var, b.state.running_var);
+    cmp("weight_grad", a.weight_grad, b.weight_grad);
+    cmp("bias_grad", a.bias_grad, b.bias_grad);
+    if (a.state.num_batches_tracked != b.state.num_batches_tracked) {
+        r << "num_batches_tracked " << a.state.num_batches_tracked << " -> "
+          << b.state.num_batches_tracked << "; ";
+        ok = false;
+    }
+    if (a.training != b.training || a.eps != b.eps || a.momentum != b.momentum) {
+        r << "mode, eps or momentum changed; ";
+        ok = false;
+    }
+    return ok ? ::testing::AssertionSuccess() : r;
+}
+
+// A module with non-trivial state (random parameters, a training step and a backward done,
+// then a second forward whose input backward() will read), and its twin, given the same calls.
 class Errors : public ::testing::Test {
 protected:
     Shape s{4, 3, 5, 6};
     std::mt19937 rng{31};
-    BatchNorm2d bn{3};
-    std::vector<float> x, y, dy, dx;
+    BatchNorm2d bn{3}, twin{3};
+    std::vector<float> x, x2, y, dy, dx;
 
     void SetUp() override {
+        reference::Module ref(3);
+        randomize_parameters(rng, bn, ref);
+        twin.load_state_dict(bn.state_dict());
         x = random_vector(rng, s.numel(), 1.0f, 2.0f);
+        x2 = random_vector(rng, s.numel(), -1.0f, 0.5f);
         y = poisoned(s.numel());
         dy = random_vector(rng, s.numel());
         dx = poisoned(s.numel());
-        bn.forward(view(x, s), view(y, s));
-        bn.backward(view(dy, s), view(dx, s));
-        bn.forward(view(x, s), view(y, s));
+        for (BatchNorm2d *m : {&bn, &twin}) {
+            m->forward(view(x, s), view(y, s));
+            m->backward(view(dy, s), view(dx, s));
+            m->forward(view(x2, s), view(y, s));
+        }
     }
 
-    // Runs f, expects an Error mentioning every one of `words`, and the state unchanged.
-    template<typename F>
-    void expect_error(F &&f, std::initializer_list<const char *> words) {
+    // Runs f, expects an Error mentioning every one of `words`, the visible state bitwise
+    // unchanged and, with check_hidden, the same backward and forward results as the twin.
+    template <typename F>
+    void expect_error(F &&f, std::initializer_list<const char *> words, bool check_hidden = true) {
         const Snapshot before = snapshot(bn);
         try {
             f();
             ADD_FAILURE() << "no exception";
         } catch (const Error &e) {
-            for (const char *w : words) EXPECT_THAT(e.what(), HasSubstr(w));
+            for (const char *w : words)
+                EXPECT_THAT(e.what(), HasSubstr(w));
+        } catch (const std::exception &e) {
+            ADD_FAILURE() << "not a bn2d::Error: " << e.what();
         }
-        EXPECT_TRUE(snapshot(bn) == before) << "state changed by a failed call";
+        EXPECT_TRUE(same(before, snapshot(bn))) << "state changed by a failed call";
+        if (check_hidden)
+            expect_same_as_twin();
+    }
+
+    void expect_same_as_twin() {
+        SCOPED_TRACE("after the failed call, compared with a twin that never made it");
+        std::vector<float> dx_a = poisoned(s.numel()), dx_b = poisoned(s.numel());
+        bn.backward(view(dy, s), view(dx_a, s));
+        twin.backward(view(dy, s), view(dx_b, s));
+        EXPECT_TRUE(bitwise_equal(dx_a, dx_b)) << "backward saw a different forward";
+        EXPECT_TRUE(bitwise_equal(to_vector(bn.weight_grad()), to_vector(twin.weight_grad())));
+        // The same forward as SetUp's last, so x2 stays the input backward() reads.
+        std::vector<float> y_a = poisoned(s.numel()), y_b = poisoned(s.numel());
+        bn.forward(view(x2, s), view(y_a, s));
+        twin.forward(view(x2, s), view(y_b, s));
+        EXPECT_TRUE(bitwise_equal(y_a, y_b));
+        EXPECT_TRUE(same(snapshot(bn), snapshot(twin)));
     }
 };
 
 TEST_F(Errors, RankNotFour) {
-    expect_error([&] { bn.forward(Tensor(x.data(), {4, 3, 30}), Tensor(y.data(), {4, 3, 30})); },
-                 {"input", "4-D", "3-D"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x.data(), {4, 3, 30}), Tensor(y.data(), {4, 3, 30}));
+        },
+        {"input", "4-D", "3-D"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x.data(), {1, 4, 3, 5, 6}), Tensor(y.data(), {1, 4, 3, 5, 6}));
+        },
+        {"input", "4-D", "5-D"});
+    expect_error([&] { bn.forward(view(x, s), Tensor(y.data(), {4, 3, 30})); }, {"out", "4-D"});
+    expect_error(
+        [&] {
+            bn.backward(Tensor(dy.data(), {4, 3, 30}), view(dx, s));
+        },
+        {"grad_out", "4-D"});
 }
 
 TEST_F(Errors, ChannelsNotNumFeatures) {
-    expect_error([&] { bn.forward(Tensor(x.data(), {4, 5, 3, 6}), Tensor(y.data(), {4, 5, 3, 6})); },
-                 {"3 channels", "C = 5"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x.data(), {4, 5, 3, 6}), Tensor(y.data(), {4, 5, 3, 6}));
+        },
+        {"3 channels", "C = 5"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x.data(), {4, 1, 15, 6}), Tensor(y.data(), {4, 1, 15, 6}));
+        },
+        {"3 channels", "C = 1"});
 }
 
 TEST_F(Errors, OutWrongShape) {
-    expect_error([&] { bn.forward(view(x, s), Tensor(y.data(), {4, 3, 6, 5})); },
-                 {"out", "[4, 3, 6, 5]", "expected [4, 3, 5, 6]"});
+    expect_error(
+        [&] {
+            bn.forward(view(x, s), Tensor(y.data(), {4, 3, 6, 5}));
+        },
+        {"out", "[4, 3, 6, 5]", "expected [4, 3, 5, 6]"});
+    expect_error(
+        [&] {
+            bn.forward(view(x, s), Tensor(y.data(), {2, 3, 5, 6}));
+        },
+        {"out", "[2, 3, 5, 6]", "expected [4, 3, 5, 6]"});
 }
 
 TEST_F(Errors, NullData) {
     expect_error([&] { bn.forward(Tensor(nullptr, {4, 3, 5, 6}), view(y, s)); }, {"input", "null"});
     expect_error([&] { bn.forward(view(x, s), Tensor()); }, {"out", "null"});
+    expect_error([&] { bn.forward(view(x, s), Tensor(nullptr, {4, 3, 5, 6})); }, {"out", "null"});
+    expect_error(
+        [&] {
+            bn.backward(Tensor(nullptr, {4, 3, 5, 6}), view(dx, s));
+        },
+        {"grad_out", "null"});
+}
+
+TEST_F(Errors, NegativeSize) {
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x.data(), {4, 3, -5, 6}), Tensor(y.data(), {4, 3, -5, 6}));
+        },
+        {"negative"});
 }
 
 TEST_F(Errors, OutOverlapsInput) {
     expect_error([&] { bn.forward(view(x, s), view(x, s)); }, {"overlaps", "in-place"});
+    // A partial overlap: out starts in the middle of x.
+    std::vector<float> big(2 * s.numel(), 1.0f);
+    expect_error(
+        [&] {
+            bn.forward(view(big, s), Tensor(big.data() + s.numel() / 2, {4, 3, 5, 6}));
+        },
+        {"overlaps"});
+    expect_error([&] { bn.backward(view(dy, s), view(dy, s)); }, {"grad_input", "overlaps"});
+    // grad_input over the forward's input (backward reads it).
+    expect_error([&] { bn.backward(view(dy, s), view(x2, s)); }, {"grad_input", "overlaps"});
 }
 
 TEST_F(Errors, InnermostStrideNotOne) {
-    expect_error([&] {
-        bn.forward(Tensor(x.data(), {2, 3, 5, 3}, {90, 30, 6, 2}), Tensor(y.data(), {2, 3, 5, 3}));
-    }, {"innermost (W) stride must be 1"});
+    std::vector<float> wide(2 * s.numel(), 1.0f);
+    const std::vector<int64_t> sizes = {4, 3, 5, 6}, w_stride_2 = {180, 60, 12, 2};
+    expect_error([&] { bn.forward(Tensor(wide.data(), sizes, w_stride_2), view(y, s)); },
+                 {"input", "innermost (W) stride must be 1", "got 2"});
+    expect_error([&] { bn.forward(view(x, s), Tensor(wide.data(), sizes, w_stride_2)); },
+                 {"out", "innermost (W) stride must be 1"});
+    // NHWC (channels last) is not supported: W stride = C.
+    expect_error(
+        [&] {
+            bn.forward(Tensor(wide.data(), sizes, {90, 1, 18, 3}), view(y, s));
+        },
+        {"innermost (W) stride must be 1", "got 3"});
+    expect_error([&] { bn.backward(Tensor(wide.data(), sizes, w_stride_2), view(dx, s)); },
+                 {"grad_out", "innermost (W) stride must be 1"});
+    expect_error([&] { bn.backward(view(dy, s), Tensor(wide.data(), sizes, w_stride_2)); },
+                 {"grad_input", "innermost (W) stride must be 1"});
+}
+
+TEST_F(Errors, StridesDoNotMatchSizes) {
+    EXPECT_THROW(Tensor(x.data(), {4, 3, 5, 6}, {90, 30, 6}), Error);
+}
+
+// Kernels index with 32 bits; a view whose element span does not fit must be rejected before
+// any kernel runs. The data pointers are never dereferenced (validation fails first); x is on
+// the heap and out on the stack, so their claimed spans do not overlap.
+TEST_F(Errors, TooLargeForThirtyTwoBitIndexing) {
+    std::vector<float> x_small(16, 1.0f);
+    std::array<float, 48> out{};
+    const std::vector<int64_t> sizes = {2, 3, 2, 4};
+    expect_error(
+        [&] {
+            bn.forward(Tensor(x_small.data(), sizes, {int64_t(1) << 31, 8, 4, 1}),
+                       Tensor(out.data(), sizes));
+        },
+        {"too large"});
 }
 
 TEST_F(Errors, BadEps) {
-    for (double eps : {-1e-5, std::nan(""), double(INFINITY)}) {
+    for (double eps : {-1e-5, std::nan(""), double(INFINITY), -double(INFINITY)}) {
         SCOPED_TRACE(eps);
-        EXPECT_THROW(
-            {
-                try {
-                    BatchNorm2d b(3, eps);
-                } catch (const Error &e) {
-                    EXPECT_THAT(e.what(), HasSubstr("eps"));
-                    throw;
-                }
-            },
-            Error);
+        try {
+            BatchNorm2d b(3, eps);
+            ADD_FAILURE() << "constructor accepted eps " << eps;
+        } catch (const Error &e) {
+            EXPECT_THAT(e.what(), HasSubstr("eps must be finite and >= 0"));
+        }
+        try {
+            BatchNorm2d b(3, Options{eps});
+            ADD_FAILURE() << "constructor (Options) accepted eps " << eps;
+        } catch (const Error &e) {
+            EXPECT_THAT(e.what(), HasSubstr("eps"));
+        }
         expect_error([&] { bn.set_eps(eps); }, {"eps must be finite and >= 0"});
     }
     EXPECT_EQ(bn.eps(), 1e-5);
 }
 
 TEST_F(Errors, MomentumOutsideUnitInterval) {
-    for (double m : {-0.1, 1.5, std::nan("")}) {
+    for (double m : {-0.1, 1.5, std::nan(""), double(INFINITY)}) {
         SCOPED_TRACE(m);
-        EXPECT_THROW(BatchNorm2d(3, 1e-5, m), Error);
+        try {
+            BatchNorm2d b(3, 1e-5, m);
+            ADD_FAILURE() << "constructor accepted momentum " << m;
+        } catch (const Error &e) {
+            EXPECT_THAT(e.what(), HasSubstr("momentum must be in [0, 1]"));
+        }
         expect_error([&] { bn.set_momentum(m); }, {"momentum must be in [0, 1]"});
     }
     EXPECT_EQ(bn.momentum(), 0.1);
+    // The bounds themselves and None are fine.
+    for (std::optional<double> m :
+         {std::optional<double>(0.0), std::optional<double>(1.0), std::optional<double>()}) {
+        EXPECT_NO_THROW(BatchNorm2d(3, 1e-5, m));
+    }
 }
 
 TEST_F(Errors, NumFeaturesNotPositive) {
@@ -123,36 +285,61 @@ TEST_F(Errors, NumFeaturesNotPositive) {
 
 TEST_F(Errors, SingleValuePerChannelWhenTraining) {
     std::vector<float> one = random_vector(rng, 3), out = poisoned(3);
-    expect_error([&] { bn.forward(Tensor(one.data(), {1, 3, 1, 1}), Tensor(out.data(), {1, 3, 1, 1})); },
-                 {"expected more than 1 value per channel when training"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(one.data(), {1, 3, 1, 1}), Tensor(out.data(), {1, 3, 1, 1}));
+        },
+        {"expected more than 1 value per channel when training", "[1, 3, 1, 1]"});
+    EXPECT_TRUE(std::isnan(out[0])) << "wrote the output of a rejected call";
     // Eval with tracked statistics is fine, as in PyTorch.
     bn.eval();
     EXPECT_NO_THROW(bn.forward(Tensor(one.data(), {1, 3, 1, 1}), Tensor(out.data(), {1, 3, 1, 1})));
     // Without tracked statistics eval uses batch statistics, so it is an error again.
     BatchNorm2d untracked(3, 1e-5, 0.1, true, false);
     untracked.eval();
-    EXPECT_THROW(untracked.forward(Tensor(one.data(), {1, 3, 1, 1}), Tensor(out.data(), {1, 3, 1, 1})),
-                 Error);
+    EXPECT_THROW(
+        untracked.forward(Tensor(one.data(), {1, 3, 1, 1}), Tensor(out.data(), {1, 3, 1, 1})),
+        Error);
 }
 
 TEST_F(Errors, BackwardBeforeForward) {
     BatchNorm2d fresh(3);
-    EXPECT_THROW(
-        {
-            try {
-                fresh.backward(view(dy, s), view(dx, s));
-            } catch (const Error &e) {
-                EXPECT_THAT(e.what(), HasSubstr("needs a forward() first"));
-                throw;
-            }
-        },
-        Error);
+    const Snapshot before = snapshot(fresh);
+    try {
+        fresh.backward(view(dy, s), view(dx, s));
+        ADD_FAILURE() << "no exception";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("needs a forward() first"));
+    }
+    EXPECT_TRUE(same(before, snapshot(fresh)));
+    // A failed forward does not count as one.
+    EXPECT_THROW(fresh.forward(Tensor(x.data(), {4, 5, 3, 6}), Tensor(y.data(), {4, 5, 3, 6})),
+                 Error);
+    EXPECT_THROW(fresh.backward(view(dy, s), view(dx, s)), Error);
 }
 
 TEST_F(Errors, BackwardShapeDiffersFromForward) {
     std::vector<float> dy2 = random_vector(rng, 2 * 3 * 5 * 6), dx2 = poisoned(2 * 3 * 5 * 6);
-    expect_error([&] { bn.backward(Tensor(dy2.data(), {2, 3, 5, 6}), Tensor(dx2.data(), {2, 3, 5, 6})); },
-                 {"grad_out", "[2, 3, 5, 6]", "expected [4, 3, 5, 6]"});
+    expect_error(
+        [&] {
+            bn.backward(Tensor(dy2.data(), {2, 3, 5, 6}), Tensor(dx2.data(), {2, 3, 5, 6}));
+        },
+        {"grad_out", "[2, 3, 5, 6]", "expected [4, 3, 5, 6]"});
+    expect_error(
+        [&] {
+            bn.backward(view(dy, s), Tensor(dx.data(), {4, 3, 6, 5}));
+        },
+        {"grad_input", "[4, 3, 6, 5]", "expected [4, 3, 5, 6]"});
+}
+
+// A failed forward must not replace the forward that backward() differentiates.
+TEST_F(Errors, FailedForwardKeepsTheLastGoodOne) {
+    std::vector<float> other = random_vector(rng, 2 * 3 * 5 * 6);
+    expect_error(
+        [&] {
+            bn.forward(Tensor(other.data(), {2, 3, 5, 6}), Tensor(y.data(), {2, 3, 6, 5}));
+        },
+        {"out"}); // expect_error then checks backward against the twin
 }
 
 TEST_F(Errors, TrainingBackwardAfterEvalForward) {
@@ -160,12 +347,27 @@ TEST_F(Errors, TrainingBackwardAfterEvalForward) {
     bn.forward(view(x, s), view(y, s));
     bn.train();
     expect_error([&] { bn.backward(view(dy, s), view(dx, s)); },
-                 {"training-mode backward with no training forward"});
+                 {"training-mode backward with no training forward"}, false);
+}
+
+// The converse is rejected too (PyTorch's autograd would differentiate the recorded training
+// forward): the mode of backward must be the mode of the forward.
+TEST_F(Errors, EvalBackwardAfterTrainingForward) {
+    bn.eval();
+    expect_error([&] { bn.backward(view(dy, s), view(dx, s)); }, {"eval-mode backward"}, false);
 }
 
 TEST_F(Errors, GradInputRequestedButUndefined) {
-    expect_error([&] { bn.backward(view(dy, s), Tensor(), BackwardMask{true, true}); },
-                 {"grad_input", "null"});
+    expect_error(
+        [&] {
+            bn.backward(view(dy, s), Tensor(), BackwardMask{true, true});
+        },
+        {"grad_input", "null"});
+    expect_error(
+        [&] {
+            bn.backward(view(dy, s), Tensor(), BackwardMask{true, false});
+        },
+        {"grad_input", "null"});
 }
 
 TEST_F(Errors, LoadStateDictWrongSizes) {
@@ -173,35 +375,103 @@ TEST_F(Errors, LoadStateDictWrongSizes) {
     bad.running_var.pop_back();
     expect_error([&] { bn.load_state_dict(bad); }, {"running_var", "2 values, expected 3"});
     bad = bn.state_dict();
+    bad.running_mean.push_back(0.0f);
+    expect_error([&] { bn.load_state_dict(bad); }, {"running_mean", "4 values, expected 3"});
+    bad = bn.state_dict();
+    bad.weight.clear();
+    expect_error([&] { bn.load_state_dict(bad); }, {"weight", "0 values, expected 3"});
+    bad = bn.state_dict();
+    bad.bias.resize(5, 0.0f);
+    expect_error([&] { bn.load_state_dict(bad); }, {"bias", "5 values, expected 3"});
+    bad = bn.state_dict();
     bad.num_batches_tracked = -1;
     expect_error([&] { bn.load_state_dict(bad); }, {"num_batches_tracked"});
+    // All or nothing: a dict whose weight is fine but running_var is not loads nothing.
+    bad = bn.state_dict();
+    for (float &w : bad.weight)
+        w = 42.0f;
+    bad.running_var.clear();
+    expect_error([&] { bn.load_state_dict(bad); }, {"running_var"});
+}
+
+TEST(LoadStateDict, PresenceMustMatchOptions) {
+    BatchNorm2d plain(3, 1e-5, 0.1, /*affine=*/false, /*track=*/false);
+    StateDict d;
+    d.weight = {1, 2, 3};
+    try {
+        plain.load_state_dict(d);
+        ADD_FAILURE() << "loaded a weight into an affine=false module";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("weight has 3 values, expected 0"));
+    }
+    d = StateDict{};
+    d.running_mean = {0, 0, 0};
+    EXPECT_THROW(plain.load_state_dict(d), Error);
+    EXPECT_NO_THROW(plain.load_state_dict(StateDict{}));
 }
 
 TEST_F(Errors, IsaTheCpuLacks) {
+    const CpuIsa before = max_cpu_isa();
     for (CpuIsa isa : compiled_cpu_isas()) {
-        if (cpu_supports(isa)) continue;
-        EXPECT_THROW(set_max_cpu_isa(isa), Error);
+        if (cpu_supports(isa))
+            continue;
+        try {
+            set_max_cpu_isa(isa);
+            ADD_FAILURE() << "accepted " << isa_name(isa);
+        } catch (const Error &e) {
+            EXPECT_THAT(e.what(), HasSubstr(isa_name(isa)));
+            EXPECT_THAT(e.what(), HasSubstr("cannot run"));
+        }
+        EXPECT_EQ(max_cpu_isa(), before);
         return;
     }
     GTEST_SKIP() << "this CPU runs every compiled ISA variant";
 }
 
 TEST_F(Errors, UnknownIsaName) {
-    EXPECT_THROW(isa_from_name("avx9000"), Error);
+    try {
+        isa_from_name("avx9000");
+        ADD_FAILURE() << "no exception";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("avx9000"));
+    }
+    for (CpuIsa isa : compiled_cpu_isas())
+        EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+}
+
+TEST_F(Errors, NegativeThreadCount) {
+    const int before = num_threads();
+    EXPECT_THROW(set_num_threads(-1), Error);
+    EXPECT_EQ(num_threads(), before);
+}
+
+TEST_F(Errors, DeviceBufferUploadWrongSize) {
+    DeviceBuffer b(Device::CPU, {2, 3});
+    try {
+        b.upload(std::vector<float>(5, 1.0f));
+        ADD_FAILURE() << "no exception";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("5 floats for a buffer of 6"));
+    }
+    EXPECT_THROW(DeviceBuffer(Device::CPU, {2, -3}), Error);
 }
 
 TEST_F(Errors, DeviceTensorOnCpuModule) {
-    expect_error([&] {
-        bn.forward(Tensor::on_device(1234, {4, 3, 5, 6}, Device::OpenCL), view(y, s));
-    }, {"is on opencl but the module is on cpu"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor::on_device(1234, {4, 3, 5, 6}, Device::OpenCL), view(y, s));
+        },
+        {"is on opencl but the module is on cpu"});
+    EXPECT_THROW(Tensor::on_device(1234, {4, 3, 5, 6}, Device::CPU), Error);
 }
 
 TEST_F(Errors, MissingCudaGivesClearError) {
-    if (device_available(Device::Cuda)) GTEST_SKIP() << "a CUDA device is present";
+    if (device_available(Device::Cuda))
+        GTEST_SKIP() << "a CUDA device is present";
     EXPECT_FALSE(device_unavailable_reason(Device::Cuda).empty());
     expect_error([&] { bn.to(Device::Cuda); }, {"to(cuda)", "device not usable"});
     EXPECT_EQ(bn.device(), Device::CPU);
 }
 
-}  // namespace
-}  // namespace bn2d::test
+} // namespace
+} // namespace bn2d::test

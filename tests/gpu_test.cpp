@@ -1,6 +1,11 @@
 // The GPU kernels (built twice: OpenCL, run on PoCL in every CI run, and CUDA, skipped with the
 // reason when no NVIDIA GPU is present) against the float64 reference, for every op and option:
-// training forward steps, eval, backward with each mask; module state on the device.
+// training forward steps, eval, backward with each mask in both modes; module state on the
+// device. Inputs and outputs live in DeviceBuffers (upload, run, download).
+//
+// Tolerances are the CPU ones (forward 1e-5 abs + rel; gradients scaled by the largest value
+// and by sqrt(N*H*W) for the parameter sums): GPU kernels accumulate in float32, but in a tree
+// of per-thread and per-block partial sums whose rounding error grows like log of the count.
 #include <tuple>
 
 #include "common.h"
@@ -14,15 +19,35 @@ namespace {
 
 constexpr Device kDevice = Device::BN2D_TEST_DEVICE;
 
-using Param = std::tuple<Shape, bool, bool, bool>;  // shape, affine, track, momentum none
+#define SKIP_WITHOUT_DEVICE()                                                                      \
+    if (!device_available(kDevice))                                                                \
+    GTEST_SKIP() << device_name(kDevice) << " not available: " << device_unavailable_reason(kDevice)
+
+double max_abs(const std::vector<double> &v) {
+    double m = 0;
+    for (double x : v)
+        m = std::max(m, std::abs(x));
+    return m;
+}
+
+// Parameter gradients live on the device (weight_grad() is a device view); read them through
+// the host by moving the module there and back. to() forgets the last forward (its input is
+// on the old device), so callers run the forward again after this.
+struct Grads {
+    std::vector<float> weight, bias;
+};
+Grads read_grads(BatchNorm2d &bn) {
+    bn.to(Device::CPU);
+    Grads g{to_vector(bn.weight_grad()), to_vector(bn.bias_grad())};
+    bn.to(kDevice);
+    return g;
+}
+
+using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
 
 class Gpu : public ::testing::TestWithParam<Param> {
 protected:
-    void SetUp() override {
-        if (!device_available(kDevice))
-            GTEST_SKIP() << device_name(kDevice) << " not available: "
-                         << device_unavailable_reason(kDevice);
-    }
+    void SetUp() override { SKIP_WITHOUT_DEVICE(); }
 };
 
 TEST_P(Gpu, AllOpsMatchReference) {
@@ -34,60 +59,90 @@ TEST_P(Gpu, AllOpsMatchReference) {
     ref.momentum = momentum;
     ref.affine = affine;
     ref.track = track;
-    randomize_parameters(rng, bn, ref);  // on the host, then moved with the module
+    randomize_parameters(rng, bn, ref); // on the host, then moved with the module
     bn.to(kDevice);
     ASSERT_EQ(bn.device(), kDevice);
     const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
-    DeviceBuffer dx_in(kDevice, sizes), dy_out(kDevice, sizes), ddy(kDevice, sizes), ddx(kDevice, sizes);
-    auto where_s = [&](int64_t i) { return where(s, i); };
+    DeviceBuffer d_x(kDevice, sizes), d_y(kDevice, sizes), d_dy(kDevice, sizes),
+        d_dx(kDevice, sizes);
+    auto at = [&](int64_t i) { return where(s, i); };
+
+    auto check_state = [&] {
+        const StateDict st = bn.state_dict();
+        EXPECT_EQ(st.num_batches_tracked, ref.num_batches_tracked);
+        if (affine) { // parameters never change in forward/backward
+            EXPECT_TRUE(all_close(st.weight, ref.weight, 0, 0));
+            EXPECT_TRUE(all_close(st.bias, ref.bias, 0, 0));
+        } else {
+            EXPECT_TRUE(st.weight.empty());
+        }
+        if (track) {
+            EXPECT_TRUE(all_close(st.running_mean, ref.running_mean, 1e-6, 1e-5));
+            EXPECT_TRUE(all_close(st.running_var, ref.running_var, 1e-6, 1e-5));
+        } else {
+            EXPECT_TRUE(st.running_mean.empty());
+        }
+    };
+    auto forward = [&](const std::vector<float> &x, const char *what) {
+        d_x.upload(x);
+        d_y.upload(poisoned(s.numel()));
+        bn.forward(d_x.view(), d_y.view());
+        const std::vector<double> want = ref.forward(s, x);
+        EXPECT_TRUE(all_close(d_y.download(), want, 1e-5, 1e-5,
+                              [&](int64_t i) { return std::string(what) + " " + where(s, i); }));
+        check_state();
+    };
 
     std::vector<float> x;
     for (int step = 1; step <= 2; ++step) {
         SCOPED_TRACE("training step " + std::to_string(step));
         x = random_vector(rng, s.numel(), 0.5f * step, 1.0f + step);
-        dx_in.upload(x);
-        dy_out.upload(poisoned(s.numel()));
-        bn.forward(dx_in.view(), dy_out.view());
-        EXPECT_TRUE(all_close(dy_out.download(), ref.forward(s, x), 1e-5, 1e-5, where_s));
-        StateDict st = bn.state_dict();
-        EXPECT_EQ(st.num_batches_tracked, ref.num_batches_tracked);
-        if (track) {
-            EXPECT_TRUE(all_close(st.running_mean, ref.running_mean, 1e-6, 1e-5));
-            EXPECT_TRUE(all_close(st.running_var, ref.running_var, 1e-6, 1e-5));
+        forward(x, "training");
+    }
+
+    for (bool training : {true, false}) {
+        SCOPED_TRACE(training ? "training backward" : "eval backward");
+        if (!training) {
+            bn.eval();
+            ref.training = false;
+            x = random_vector(rng, s.numel(), -0.5f, 2.0f);
+            forward(x, "eval");
+        }
+        const std::vector<float> dy = random_vector(rng, s.numel());
+        d_dy.upload(dy);
+        const auto want = ref.backward(s, x, dy);
+        const double atol_in = 2e-6 * (1 + max_abs(want.input));
+        const double atol_p = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
+        for (BackwardMask mask :
+             {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}}) {
+            SCOPED_TRACE(std::string("mask input=") + (mask.input ? "1" : "0") +
+                         " params=" + (mask.params ? "1" : "0"));
+            bn.zero_grad();
+            d_dx.upload(poisoned(s.numel()));
+            bn.backward(d_dy.view(), mask.input ? d_dx.view() : Tensor(), mask);
+            const std::vector<float> dx = d_dx.download();
+            if (mask.input) {
+                EXPECT_TRUE(all_close(dx, want.input, atol_in, 1e-5, at));
+            } else {
+                EXPECT_TRUE(std::all_of(dx.begin(), dx.end(), [](float v) {
+                    return std::isnan(v);
+                })) << "grad_input written although not requested";
+            }
+            if (!affine) {
+                EXPECT_FALSE(bn.weight_grad().defined());
+                continue; // no to() round trip: the forward is still the last one
+            }
+            const Grads g = read_grads(bn);
+            if (mask.params) {
+                EXPECT_TRUE(all_close(g.weight, want.weight, atol_p, 1e-5));
+                EXPECT_TRUE(all_close(g.bias, want.bias, atol_p, 1e-5));
+            } else {
+                EXPECT_EQ(g.weight, std::vector<float>(s.c, 0.0f));
+                EXPECT_EQ(g.bias, std::vector<float>(s.c, 0.0f));
+            }
+            forward(x, "forward again after to()"); // same x: same saved statistics
         }
     }
-    std::vector<float> dy = random_vector(rng, s.numel());
-    ddy.upload(dy);
-    auto want = ref.backward(s, x, dy);
-    for (BackwardMask mask : {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}}) {
-        SCOPED_TRACE(std::string("mask ") + (mask.input ? "input " : "") + (mask.params ? "params" : ""));
-        bn.zero_grad();
-        ddx.upload(poisoned(s.numel()));
-        bn.backward(ddy.view(), mask.input ? ddx.view() : Tensor(), mask);
-        if (mask.input) EXPECT_TRUE(all_close(ddx.download(), want.input, 1e-4, 1e-5, where_s));
-        if (affine && mask.params) {
-            BatchNorm2d &m = bn;
-            m.to(Device::CPU);  // read gradients through the host (a transfer helper)
-            const double atol = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
-            EXPECT_TRUE(all_close(to_vector(m.weight_grad()), want.weight, atol, 1e-4));
-            EXPECT_TRUE(all_close(to_vector(m.bias_grad()), want.bias, atol, 1e-4));
-            m.to(kDevice);
-            // to() forgets the saved forward input: run the forward again for the next mask.
-            bn.forward(dx_in.view(), dy_out.view());
-            ref.forward(s, x);
-        }
-    }
-    bn.eval();
-    ref.training = false;
-    x = random_vector(rng, s.numel(), -0.5f, 2.0f);
-    dx_in.upload(x);
-    dy_out.upload(poisoned(s.numel()));
-    bn.forward(dx_in.view(), dy_out.view());
-    EXPECT_TRUE(all_close(dy_out.download(), ref.forward(s, x), 1e-5, 1e-5,
-                          [&](int64_t i) { return "eval " + where(s, i); }));
-    ddx.upload(poisoned(s.numel()));
-    bn.backward(ddy.view(), ddx.view(), {true, false});
-    EXPECT_TRUE(all_close(ddx.download(), ref.backward(s, x, dy).input, 1e-4, 1e-5, where_s));
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param> &info) {
@@ -96,15 +151,63 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
            (cumulative ? "_cumulative" : "_momentum");
 }
 
-INSTANTIATE_TEST_SUITE_P(Grid, Gpu,
-                         ::testing::Combine(::testing::Values(Shape{3, 5, 7, 37}, Shape{2, 3, 48, 64},
-                                                              Shape{4, 16, 1, 1}),
-                                            ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
-                         param_name);
+// C = 5 with W = 37 (not a multiple of the 32-wide tiles), C = 3 with H*W = 3072 (more than one
+// reduction block per row), H = W = 1, and C = 70 (more than one 64-channel tile).
+INSTANTIATE_TEST_SUITE_P(
+    Grid, Gpu,
+    ::testing::Combine(::testing::Values(Shape{3, 5, 7, 37}, Shape{2, 3, 48, 64},
+                                         Shape{4, 16, 1, 1}, Shape{2, 70, 5, 7}),
+                       ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
+    param_name);
+
+// The GPU kernels accumulate in float32: the shifted sums must still give the variance of data
+// whose mean is 1e4 times its spread (naive E[x^2] - E[x]^2 in float32 returns garbage here).
+TEST(GpuDevice, VarianceOfLargeMeanSmallSpreadIsAccurate) {
+    SKIP_WITHOUT_DEVICE();
+    const Shape s{8, 4, 64, 64};
+    std::mt19937 rng(61);
+    std::vector<float> x = random_vector(rng, s.numel(), 1e4f, 1.0f);
+    BatchNorm2d bn(s.c, 1e-5, 1.0); // momentum 1: running_var = unbiased batch variance
+    bn.to(kDevice);
+    DeviceBuffer d_x(kDevice, {s.n, s.c, s.h, s.w}), d_y(kDevice, {s.n, s.c, s.h, s.w});
+    d_x.upload(x);
+    bn.forward(d_x.view(), d_y.view());
+    const StateDict st = bn.state_dict();
+    const reference::Stats want = reference::batch_stats(s, x);
+    const double m = double(s.per_channel());
+    for (int64_t c = 0; c < s.c; ++c) {
+        const double var = want.var[c] * m / (m - 1);
+        EXPECT_LT(std::abs(st.running_var[c] - var) / var, 1e-4)
+            << "channel " << c << ": " << st.running_var[c] << " vs " << var;
+        EXPECT_LE(std::abs(st.running_mean[c] - want.mean[c]), 1e-3) << "channel " << c;
+    }
+}
+
+// The kernels shift each channel by its first sample; a first sample far from the mean (a hot
+// pixel 1000 std away) brings the E[(x-K)^2] - E[x-K]^2 cancellation back unless the sums are
+// wide enough. With float32 sums this measured 5e-4 to 3e-2 relative error on OpenCL (PoCL),
+// 1x1x1xM, M = 4096 to 1M; the kernels now accumulate in float64 on GPUs too.
+TEST(GpuDevice, OutlierFirstSampleKeepsVarianceAccurate) {
+    SKIP_WITHOUT_DEVICE();
+    for (int64_t M : {4096, 65536}) {
+        SCOPED_TRACE("M = " + std::to_string(M));
+        const Shape s{1, 1, 1, M};
+        std::mt19937 rng(63);
+        std::vector<float> x = random_vector(rng, s.numel());
+        x[0] = 1000.0f;
+        BatchNorm2d bn(1, 1e-5, 1.0);
+        bn.to(kDevice);
+        DeviceBuffer d_x(kDevice, {1, 1, 1, M}), d_y(kDevice, {1, 1, 1, M});
+        d_x.upload(x);
+        bn.forward(d_x.view(), d_y.view());
+        const double var = reference::batch_stats(s, x).var[0] * M / (M - 1);
+        const float got = bn.state_dict().running_var[0];
+        EXPECT_LT(std::abs(got - var) / var, 1e-4) << got << " vs " << var;
+    }
+}
 
 TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
-    if (!device_available(kDevice))
-        GTEST_SKIP() << device_name(kDevice) << " not available: " << device_unavailable_reason(kDevice);
+    SKIP_WITHOUT_DEVICE();
     BatchNorm2d bn(4);
     bn.to(kDevice);
     EXPECT_EQ(bn.weight().device(), kDevice);
@@ -114,5 +217,50 @@ TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
     EXPECT_EQ(bn.weight().device(), Device::CPU);
 }
 
-}  // namespace
-}  // namespace bn2d::test
+// State moves with the module both ways, bitwise, and load_state_dict / reset work on device.
+TEST(GpuDevice, StateSurvivesMovesAndLoads) {
+    SKIP_WITHOUT_DEVICE();
+    BatchNorm2d bn(6);
+    StateDict d = bn.state_dict();
+    std::mt19937 rng(62);
+    d.weight = random_vector(rng, 6);
+    d.bias = random_vector(rng, 6);
+    d.running_mean = random_vector(rng, 6);
+    d.running_var = random_vector(rng, 6, 2.0f, 0.1f);
+    d.num_batches_tracked = 7;
+    bn.load_state_dict(d);
+    bn.to(kDevice);
+    EXPECT_EQ(bn.state_dict().running_var, d.running_var);
+    EXPECT_EQ(bn.state_dict().num_batches_tracked, 7);
+    d.bias = random_vector(rng, 6);
+    bn.load_state_dict(d); // on the device
+    EXPECT_EQ(bn.state_dict().bias, d.bias);
+    bn.to(Device::CPU);
+    EXPECT_EQ(bn.state_dict().bias, d.bias);
+    EXPECT_EQ(bn.state_dict().weight, d.weight);
+    bn.to(kDevice);
+    bn.reset_running_stats();
+    EXPECT_EQ(bn.state_dict().running_var, std::vector<float>(6, 1.0f));
+    EXPECT_EQ(bn.state_dict().weight, d.weight);
+    bn.reset_parameters();
+    EXPECT_EQ(bn.state_dict().weight, std::vector<float>(6, 1.0f));
+}
+
+// Host tensors are rejected by a module on the device, with the reason.
+TEST(GpuDevice, HostTensorOnDeviceModule) {
+    SKIP_WITHOUT_DEVICE();
+    BatchNorm2d bn(3);
+    bn.to(kDevice);
+    std::vector<float> x(24, 1.0f), y(24);
+    try {
+        bn.forward(Tensor::nchw(x.data(), 2, 3, 2, 2), Tensor::nchw(y.data(), 2, 3, 2, 2));
+        ADD_FAILURE() << "no exception";
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("is on cpu but the module is on"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_EQ(bn.num_batches_tracked(), 0);
+}
+
+} // namespace
+} // namespace bn2d::test

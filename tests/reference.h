@@ -1,6 +1,7 @@
 // Plain float64 reference of batchnorm2d (PyTorch semantics), independent of the Halide code.
 // Shared by the tests, the demo and the benchmarks. Contiguous NCHW, double accumulation,
-// textbook two-pass statistics.
+// textbook two-pass statistics. Inputs may be float (the data the kernels see) or double (for
+// finite differences of the reference itself).
 #pragma once
 
 #include <cmath>
@@ -31,7 +32,8 @@ struct Stats {
     std::vector<double> mean, var;  // biased variance
 };
 
-inline Stats batch_stats(const Shape &s, const std::vector<float> &x) {
+template<typename T>
+Stats batch_stats(const Shape &s, const std::vector<T> &x) {
     Stats st{std::vector<double>(s.c), std::vector<double>(s.c)};
     const double m = static_cast<double>(s.per_channel());
     for (int64_t c = 0; c < s.c; ++c) {
@@ -68,7 +70,8 @@ struct Module {
     double w(int64_t ic) const { return affine ? weight[ic] : 1.0; }
     double b(int64_t ic) const { return affine ? bias[ic] : 0.0; }
 
-    std::vector<double> forward(const Shape &s, const std::vector<float> &x) {
+    template<typename T>
+    std::vector<double> forward(const Shape &s, const std::vector<T> &x) {
         const bool batch = training || !track;
         std::vector<double> y(s.numel());
         std::vector<double> mean(c), invstd(c);
@@ -111,8 +114,8 @@ struct Module {
     };
 
     // Gradients of the last forward, from the textbook formulas.
-    Grads backward(const Shape &s, const std::vector<float> &x,
-                   const std::vector<float> &dy) const {
+    template<typename T, typename U>
+    Grads backward(const Shape &s, const std::vector<T> &x, const std::vector<U> &dy) const {
         Grads g{std::vector<double>(s.numel()), std::vector<double>(c), std::vector<double>(c)};
         const double m = static_cast<double>(s.per_channel());
         for (int64_t ic = 0; ic < c; ++ic) {

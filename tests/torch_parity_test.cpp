@@ -17,7 +17,7 @@ std::vector<float> from_torch(const torch::Tensor &t) {
     return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
-using Param = std::tuple<Shape, bool, bool, bool>;  // shape, affine, track, momentum none
+using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
 
 class TorchParity : public ::testing::TestWithParam<Param> {};
 
@@ -26,12 +26,14 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     torch::manual_seed(0);
     std::mt19937 rng(std::hash<std::string>()(name(s)) + affine + 2 * track + 4 * cumulative);
     const std::optional<double> momentum = cumulative ? std::nullopt : std::optional<double>(0.1);
-    auto opts = torch::nn::BatchNorm2dOptions(s.c).eps(1e-5).affine(affine).track_running_stats(track);
+    auto opts =
+        torch::nn::BatchNorm2dOptions(s.c).eps(1e-5).affine(affine).track_running_stats(track);
     opts.momentum(cumulative ? c10::optional<double>() : c10::optional<double>(0.1));
     torch::nn::BatchNorm2d theirs(opts);
     BatchNorm2d ours(s.c, 1e-5, momentum, affine, track);
-    if (affine) {  // same random parameters in both
-        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f), b = random_vector(rng, s.c, 0.0f, 0.5f);
+    if (affine) { // same random parameters in both
+        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f),
+                           b = random_vector(rng, s.c, 0.0f, 0.5f);
         torch::NoGradGuard ng;
         theirs->weight.copy_(torch::from_blob(w.data(), {s.c}));
         theirs->bias.copy_(torch::from_blob(b.data(), {s.c}));
@@ -44,12 +46,14 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     // CPU): both round differently, so allow ~100 ulps of the values involved.
     for (int step = 0; step < 3; ++step) {
         SCOPED_TRACE("step " + std::to_string(step));
-        std::vector<float> x = random_vector(rng, s.numel(), 0.4f * step, 1.0f + step), y = poisoned(s.numel());
+        std::vector<float> x = random_vector(rng, s.numel(), 0.4f * step, 1.0f + step),
+                           y = poisoned(s.numel());
         std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
         torch::Tensor tx = to_torch(x, s).requires_grad_(true);
         torch::Tensor ty = theirs->forward(tx);
         ours.forward(view(x, s), view(y, s));
-        EXPECT_TRUE(all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return where(s, i); }));
+        EXPECT_TRUE(
+            all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return where(s, i); }));
         if (affine) {
             theirs->weight.mutable_grad() = torch::Tensor();
             theirs->bias.mutable_grad() = torch::Tensor();
@@ -58,15 +62,20 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
         ours.zero_grad();
         ours.backward(view(dy, s), view(dx, s));
         const double gscale = 1e-5 * (1 + tx.grad().abs().max().item<double>());
-        EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5, [&](int64_t i) { return where(s, i); }));
+        EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5,
+                              [&](int64_t i) { return where(s, i); }));
         if (affine) {
             const double pscale = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
-            EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()), pscale, 1e-5));
-            EXPECT_TRUE(all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()), pscale, 1e-5));
+            EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
+                                  pscale, 1e-5));
+            EXPECT_TRUE(all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()),
+                                  pscale, 1e-5));
         }
         if (track) {
-            EXPECT_TRUE(all_close(to_vector(ours.running_mean()), from_torch(theirs->running_mean), 1e-6, 1e-5));
-            EXPECT_TRUE(all_close(to_vector(ours.running_var()), from_torch(theirs->running_var), 1e-6, 1e-5));
+            EXPECT_TRUE(all_close(to_vector(ours.running_mean()), from_torch(theirs->running_mean),
+                                  1e-6, 1e-5));
+            EXPECT_TRUE(all_close(to_vector(ours.running_var()), from_torch(theirs->running_var),
+                                  1e-6, 1e-5));
             EXPECT_EQ(ours.num_batches_tracked(), theirs->num_batches_tracked.item<int64_t>());
         }
     }
@@ -77,10 +86,26 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     torch::Tensor tx = to_torch(x, s).requires_grad_(true);
     torch::Tensor ty = theirs->forward(tx);
     ours.forward(view(x, s), view(y, s));
-    EXPECT_TRUE(all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return "eval " + where(s, i); }));
+    EXPECT_TRUE(
+        all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return "eval " + where(s, i); }));
+    if (affine) {
+        theirs->weight.mutable_grad() = torch::Tensor();
+        theirs->bias.mutable_grad() = torch::Tensor();
+    }
     ty.backward(to_torch(dy, s));
-    ours.backward(view(dy, s), view(dx, s), {true, false});
-    EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), 1e-5, 1e-5, [&](int64_t i) { return "eval grad " + where(s, i); }));
+    ours.zero_grad();
+    ours.backward(view(dy, s), view(dx, s));
+    const double gscale = 1e-5 * (1 + tx.grad().abs().max().item<double>());
+    EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5,
+                          [&](int64_t i) { return "eval grad " + where(s, i); }));
+    if (affine) {
+        SCOPED_TRACE("eval parameter gradients");
+        const double pscale = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
+        EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
+                              pscale, 1e-5));
+        EXPECT_TRUE(
+            all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()), pscale, 1e-5));
+    }
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param> &info) {
@@ -89,11 +114,50 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
            (cumulative ? "_cumulative" : "_momentum");
 }
 
-INSTANTIATE_TEST_SUITE_P(Grid, TorchParity,
-                         ::testing::Combine(::testing::Values(Shape{20, 100, 35, 45}, Shape{3, 7, 13, 17},
-                                                              Shape{16, 8, 1, 1}, Shape{1, 3, 31, 29}),
-                                            ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
-                         param_name);
+INSTANTIATE_TEST_SUITE_P(
+    Grid, TorchParity,
+    ::testing::Combine(::testing::Values(Shape{20, 100, 35, 45}, Shape{3, 7, 13, 17},
+                                         Shape{16, 8, 1, 1}, Shape{1, 3, 31, 29}),
+                       ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
+    param_name);
 
-}  // namespace
-}  // namespace bn2d::test
+// An empty batch in libtorch: empty output, running statistics untouched, the batch counted
+// (so the next cumulative-average factor is 1/2). Ours does the same.
+TEST(TorchParityEdge, EmptyBatchThenRealBatch) {
+    auto opts = torch::nn::BatchNorm2dOptions(3).momentum(c10::optional<double>());
+    torch::nn::BatchNorm2d theirs(opts);
+    BatchNorm2d ours(3, 1e-5, std::nullopt);
+    torch::Tensor empty = torch::empty({0, 3, 4, 4});
+    EXPECT_EQ(theirs->forward(empty).numel(), 0);
+    ours.forward(Tensor(nullptr, {0, 3, 4, 4}), Tensor(nullptr, {0, 3, 4, 4}));
+    EXPECT_EQ(ours.num_batches_tracked(), theirs->num_batches_tracked.item<int64_t>());
+    EXPECT_TRUE(all_close(to_vector(ours.running_var()), from_torch(theirs->running_var), 0, 0));
+    const Shape s{2, 3, 4, 4};
+    std::mt19937 rng(51);
+    std::vector<float> x = random_vector(rng, s.numel(), 2.0f, 3.0f), y = poisoned(s.numel());
+    torch::NoGradGuard ng;
+    torch::Tensor ty = theirs->forward(to_torch(x, s));
+    ours.forward(view(x, s), view(y, s));
+    EXPECT_EQ(ours.num_batches_tracked(), theirs->num_batches_tracked.item<int64_t>());
+    EXPECT_TRUE(all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return where(s, i); }));
+    EXPECT_TRUE(
+        all_close(to_vector(ours.running_mean()), from_torch(theirs->running_mean), 1e-6, 1e-5));
+    EXPECT_TRUE(
+        all_close(to_vector(ours.running_var()), from_torch(theirs->running_var), 1e-6, 1e-5));
+}
+
+// Both reject a training batch with one value per channel. (libtorch's C++ module increments
+// num_batches_tracked before its check throws; ours leaves the state untouched on any error,
+// so only the error is compared.)
+TEST(TorchParityEdge, OneValuePerChannelIsAnErrorInBoth) {
+    torch::nn::BatchNorm2d theirs(torch::nn::BatchNorm2dOptions(3));
+    BatchNorm2d ours(3);
+    std::vector<float> x = {1, 2, 3}, y(3);
+    EXPECT_THROW(theirs->forward(torch::ones({1, 3, 1, 1})), c10::Error);
+    EXPECT_THROW(ours.forward(Tensor(x.data(), {1, 3, 1, 1}), Tensor(y.data(), {1, 3, 1, 1})),
+                 Error);
+    EXPECT_EQ(ours.num_batches_tracked(), 0);
+}
+
+} // namespace
+} // namespace bn2d::test

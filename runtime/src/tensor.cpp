@@ -111,7 +111,9 @@ void view_nchw(const Tensor &t, bool fuse_plane, HalideView &out) {
         out.dim[0] = {0, to_i32(H * W, "H*W"), 1, 0};
         out.dim[1] = {0, 1, to_i32(H * W, "H*W"), 0};
     } else {
-        out.dim[0] = {0, to_i32(W, "W"), to_i32(t.stride(3), "stride"), 0};
+        // The kernels require a unit W stride; a size-1 W's stride is meaningless (PyTorch's
+        // x[..., ::8] of a W = 8 tensor has W = 1, stride 8).
+        out.dim[0] = {0, to_i32(W, "W"), W == 1 ? 1 : to_i32(t.stride(3), "stride"), 0};
         out.dim[1] = {0, to_i32(H, "H"), to_i32(t.stride(2), "stride"), 0};
     }
     out.dim[2] = {0, to_i32(C, "C"), to_i32(t.stride(1), "stride"), 0};
