@@ -11,8 +11,8 @@
 //  * Pointwise kernels (eval forward, eval grad_input): one task per batch item when there are
 //    enough, else row chunks of all (h, c, n) cut into tasks of `grain` elements, so even
 //    C = 3, N = 1 keeps every core busy.
-// Measured on a 2-core Zen 4 VM (README): eval at 1.02-1.08x the streaming bound; training
-// forward 1.44-1.62x and backward 1.28-1.57x on DRAM-bound shapes. Known weak spot: 7x7
+// Measured on a 2-core Zen 4 VM (README): on DRAM-bound shapes eval at 0.96-1.03x the
+// streaming bound, training forward 1.32-1.62x, backward 1.32-1.61x. Known weak spot: 7x7
 // planes, where the per-row cost of the rfactored reduction dominates 49-float rows.
 // Tunables come from ScheduleParams (schedules/machines/*.params); defaults below.
 #pragma once
