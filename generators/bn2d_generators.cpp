@@ -38,16 +38,32 @@ void check_all_params_used(const ScheduleParams &sp, const std::string &backend,
         throw std::runtime_error(sp.path() + ": unknown or unused schedule keys: " + unused);
 }
 
-// Common to every kernel: the schedule file, read once per generator run.
+// Common to every kernel: the schedule file, the accumulator type, and the affine parameters.
 template<typename Self>
 class Bn2dGenerator : public Generator<Self> {
 public:
+    GeneratorParam<bool> affine{"affine", true};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
     // Type of the per-channel sums: auto = float64 (see bn2d::Shape in bn2d_algorithm.h).
     GeneratorParam<std::string> accumulator{"accumulator", "auto"};
 
 protected:
     bn2d::Vars v;
+    // Added by configure() when affine, after the declared inputs.
+    GeneratorInput<Buffer<const float, 1>> *weight = nullptr, *bias = nullptr;
+
+    void add_affine_inputs(bool with_bias) {
+        if (!affine) return;
+        weight = this->template add_input<Buffer<const float, 1>>("weight");
+        if (with_bias) bias = this->template add_input<Buffer<const float, 1>>("bias");
+    }
+    // Undefined Funcs when absent: the algorithm then uses weight 1, bias 0.
+    Func weight_func() const { return weight ? Func(*weight) : Func(); }
+    Func bias_func() const { return bias ? Func(*bias) : Func(); }
+    void estimate_affine() {
+        if (weight) estimate_c(*weight);
+        if (bias) estimate_c(*bias);
+    }
 
     bool gpu() const { return this->get_target().has_gpu_feature(); }
     std::string backend() const { return gpu() ? "gpu" : "cpu"; }
@@ -77,7 +93,6 @@ protected:
 
 class TrainForward : public Bn2dGenerator<TrainForward> {
 public:
-    GeneratorParam<bool> affine{"affine", true};
 
     Input<Buffer<const float, 4>> x{"x"};
     Input<Buffer<const float, 1>> running_mean{"running_mean"};
@@ -85,7 +100,6 @@ public:
     Input<float> eps{"eps"};
     // exponential_average_factor: momentum, or 1/num_batches_tracked when momentum is None.
     Input<float> factor{"factor"};
-    Input<Buffer<const float, 1>> *weight = nullptr, *bias = nullptr;
 
     Output<Buffer<float, 4>> y{"y"};
     Output<Buffer<float, 1>> saved_mean{"saved_mean"};
@@ -93,17 +107,12 @@ public:
     Output<Buffer<float, 1>> running_mean_out{"running_mean_out"};
     Output<Buffer<float, 1>> running_var_out{"running_var_out"};
 
-    void configure() {
-        if (affine) {
-            weight = add_input<Buffer<const float, 1>>("weight");
-            bias = add_input<Buffer<const float, 1>>("bias");
-        }
-    }
+    void configure() { add_affine_inputs(true); }
 
     void generate() {
         // THE ALGORITHM
         bn2d::TrainForward p = bn2d::train_forward(
-            x, affine ? Func(*weight) : Func(), affine ? Func(*bias) : Func(), running_mean,
+            x, weight_func(), bias_func(), running_mean,
             running_var, eps, factor, shape_of(x, accumulator_type()), v);
         y = p.y;
         saved_mean = p.saved_mean;
@@ -117,7 +126,7 @@ public:
         for (auto *b : {&running_mean, &running_var}) estimate_c(*b);
         for (auto *b : {&saved_mean, &saved_invstd, &running_mean_out, &running_var_out})
             estimate_c(*b);
-        if (affine) estimate_c(*weight), estimate_c(*bias);
+        estimate_affine();
         eps.set_estimate(1e-5f);
         factor.set_estimate(0.1f);
 
@@ -130,33 +139,26 @@ public:
 
 class EvalForward : public Bn2dGenerator<EvalForward> {
 public:
-    GeneratorParam<bool> affine{"affine", true};
 
     Input<Buffer<const float, 4>> x{"x"};
     Input<Buffer<const float, 1>> running_mean{"running_mean"};
     Input<Buffer<const float, 1>> running_var{"running_var"};
     Input<float> eps{"eps"};
-    Input<Buffer<const float, 1>> *weight = nullptr, *bias = nullptr;
 
     Output<Buffer<float, 4>> y{"y"};
 
-    void configure() {
-        if (affine) {
-            weight = add_input<Buffer<const float, 1>>("weight");
-            bias = add_input<Buffer<const float, 1>>("bias");
-        }
-    }
+    void configure() { add_affine_inputs(true); }
 
     void generate() {
         bn2d::EvalForward p =
-            bn2d::eval_forward(x, affine ? Func(*weight) : Func(), affine ? Func(*bias) : Func(),
+            bn2d::eval_forward(x, weight_func(), bias_func(),
                                running_mean, running_var, eps, v);
         y = p.y;
 
         estimate_nchw(x);
         estimate_nchw(y);
         for (auto *b : {&running_mean, &running_var}) estimate_c(*b);
-        if (affine) estimate_c(*weight), estimate_c(*bias);
+        estimate_affine();
         eps.set_estimate(1e-5f);
 
         apply_schedule(
@@ -174,7 +176,6 @@ class Backward : public Bn2dGenerator<Backward> {
 public:
     enum class Mode { Train, Eval };
     GeneratorParam<Mode> mode{"mode", Mode::Train, {{"train", Mode::Train}, {"eval", Mode::Eval}}};
-    GeneratorParam<bool> affine{"affine", true};
     GeneratorParam<bool> grad_input_out{"with_grad_input", true};
     GeneratorParam<bool> grad_params_out{"with_grad_params", true};
 
@@ -184,7 +185,6 @@ public:
     Input<Buffer<const float, 1>> mean{"mean"};
     Input<Buffer<const float, 1>> invstd_or_var{"invstd_or_var"};
     Input<float> eps{"eps"};  // used in eval mode only
-    Input<Buffer<const float, 1>> *weight = nullptr;
     // Accumulated parameter gradients so far: the outputs are these plus this call's gradient,
     // as autograd accumulates .grad, without a separate pass on the device.
     Input<Buffer<const float, 1>> *grad_weight_in = nullptr, *grad_bias_in = nullptr;
@@ -197,7 +197,7 @@ public:
             throw std::runtime_error("backward: at least one of with_grad_input, with_grad_params");
         if (grad_params_out && !affine)
             throw std::runtime_error("backward: with_grad_params needs affine=true");
-        if (affine) weight = add_input<Buffer<const float, 1>>("weight");
+        add_affine_inputs(false);
         if (grad_params_out) {
             grad_weight_in = add_input<Buffer<const float, 1>>("grad_weight_in");
             grad_bias_in = add_input<Buffer<const float, 1>>("grad_bias_in");
@@ -219,7 +219,7 @@ public:
         }
         bn2d::Backward p =
             bn2d::backward(training, grad_input_out, grad_params_out, x, grad_out, mean, invstd,
-                           affine ? Func(*weight) : Func(), shape_of(x, accumulator_type()), v);
+                           weight_func(), shape_of(x, accumulator_type()), v);
         if (grad_input_out) *grad_input = p.grad_input;
         if (grad_params_out) {
             Func acc_weight("acc_grad_weight"), acc_bias("acc_grad_bias");
@@ -236,7 +236,7 @@ public:
         estimate_c(mean);
         estimate_c(invstd_or_var);
         eps.set_estimate(1e-5f);
-        if (affine) estimate_c(*weight);
+        estimate_affine();
         if (grad_input_out) estimate_nchw(*grad_input);
         if (grad_params_out) {
             estimate_c(*grad_weight), estimate_c(*grad_bias);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -98,6 +99,28 @@ inline void randomize_parameters(std::mt19937 &rng, BatchNorm2d &bn, reference::
         ref.bias.assign(b.begin(), b.end());
     }
     bn.load_state_dict(d);
+}
+
+// Backward tolerances, shared by every backward check. grad_input is a float32 combination of
+// dy and x_hat scaled by invstd * weight: its error is a few ulps of the largest term, so the
+// absolute tolerance scales with the largest reference value. Parameter gradients are sums over
+// M = N*H*W terms accumulated in float64 from float32 products: their error grows like sqrt(M)
+// ulps of a term.
+inline double input_grad_atol(const std::vector<double> &want) {
+    double m = 0;
+    for (double v : want) m = std::max(m, std::abs(v));
+    return 2e-6 * (1.0 + m);
+}
+inline double param_grad_atol(const Shape &s) {
+    return 2e-6 * (1.0 + std::sqrt(double(s.per_channel())));
+}
+
+// Every output mask backward() accepts that computes something.
+inline std::vector<BackwardMask> all_masks() {
+    return {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}};
+}
+inline std::string mask_name(const BackwardMask &m) {
+    return std::string("mask input=") + (m.input ? "1" : "0") + " params=" + (m.params ? "1" : "0");
 }
 
 }  // namespace bn2d::test

@@ -23,13 +23,6 @@ constexpr Device kDevice = Device::BN2D_TEST_DEVICE;
     if (!device_available(kDevice))                                                                \
     GTEST_SKIP() << device_name(kDevice) << " not available: " << device_unavailable_reason(kDevice)
 
-double max_abs(const std::vector<double> &v) {
-    double m = 0;
-    for (double x : v)
-        m = std::max(m, std::abs(x));
-    return m;
-}
-
 // Parameter gradients live on the device (weight_grad() is a device view); read them through
 // the host by moving the module there and back. to() forgets the last forward (its input is
 // on the old device), so callers run the forward again after this.
@@ -111,12 +104,10 @@ TEST_P(Gpu, AllOpsMatchReference) {
         const std::vector<float> dy = random_vector(rng, s.numel());
         d_dy.upload(dy);
         const auto want = ref.backward(s, x, dy);
-        const double atol_in = 2e-6 * (1 + max_abs(want.input));
-        const double atol_p = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
-        for (BackwardMask mask :
-             {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}}) {
-            SCOPED_TRACE(std::string("mask input=") + (mask.input ? "1" : "0") +
-                         " params=" + (mask.params ? "1" : "0"));
+        const double atol_in = input_grad_atol(want.input);
+        const double atol_p = param_grad_atol(s);
+        for (BackwardMask mask : all_masks()) {
+            SCOPED_TRACE(mask_name(mask));
             bn.zero_grad();
             d_dx.upload(poisoned(s.numel()));
             bn.backward(d_dy.view(), mask.input ? d_dx.view() : Tensor(), mask);

@@ -65,7 +65,7 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
         EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5,
                               [&](int64_t i) { return where(s, i); }));
         if (affine) {
-            const double pscale = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
+            const double pscale = param_grad_atol(s);
             EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
                                   pscale, 1e-5));
             EXPECT_TRUE(all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()),
@@ -100,7 +100,7 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
                           [&](int64_t i) { return "eval grad " + where(s, i); }));
     if (affine) {
         SCOPED_TRACE("eval parameter gradients");
-        const double pscale = 2e-6 * (1 + std::sqrt(double(s.per_channel())));
+        const double pscale = param_grad_atol(s);
         EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
                               pscale, 1e-5));
         EXPECT_TRUE(
