@@ -66,26 +66,26 @@ struct KernelTable {
 // the same order of preference, after the same Halide CPU-feature check (cpu_supports()).
 // Those names are not C identifiers, so CMake generates an assembly file of tail-call
 // aliases, <name>_<isa> (cmake/Bn2dKernels.cmake, from BN2D_CPU_TARGETS).
-#define BN2D_DECLARE_ISA(name, isa, suffix) extern "C" decltype(name) name##_##isa;
-#define BN2D_DECLARE_ALL(isa, suffix)                                                            \
-    BN2D_DECLARE_ISA(bn2d_train_fwd_affine_f32_nchw_cpu, isa, suffix)                            \
-    BN2D_DECLARE_ISA(bn2d_train_fwd_plain_f32_nchw_cpu, isa, suffix)                             \
-    BN2D_DECLARE_ISA(bn2d_eval_fwd_affine_f32_nchw_cpu, isa, suffix)                             \
-    BN2D_DECLARE_ISA(bn2d_eval_fwd_plain_f32_nchw_cpu, isa, suffix)                              \
-    BN2D_DECLARE_ISA(bn2d_train_bwd_full_f32_nchw_cpu, isa, suffix)                              \
-    BN2D_DECLARE_ISA(bn2d_train_bwd_input_affine_f32_nchw_cpu, isa, suffix)                      \
-    BN2D_DECLARE_ISA(bn2d_train_bwd_input_plain_f32_nchw_cpu, isa, suffix)                       \
-    BN2D_DECLARE_ISA(bn2d_train_bwd_params_f32_nchw_cpu, isa, suffix)                            \
-    BN2D_DECLARE_ISA(bn2d_eval_bwd_full_f32_nchw_cpu, isa, suffix)                               \
-    BN2D_DECLARE_ISA(bn2d_eval_bwd_input_affine_f32_nchw_cpu, isa, suffix)                       \
-    BN2D_DECLARE_ISA(bn2d_eval_bwd_input_plain_f32_nchw_cpu, isa, suffix)                        \
-    BN2D_DECLARE_ISA(bn2d_eval_bwd_params_f32_nchw_cpu, isa, suffix)
+#define BN2D_DECLARE_ISA(name, isa) extern "C" decltype(name) name##_##isa;
+#define BN2D_DECLARE_ALL(isa)                                                            \
+    BN2D_DECLARE_ISA(bn2d_train_fwd_affine_f32_nchw_cpu, isa)                            \
+    BN2D_DECLARE_ISA(bn2d_train_fwd_plain_f32_nchw_cpu, isa)                             \
+    BN2D_DECLARE_ISA(bn2d_eval_fwd_affine_f32_nchw_cpu, isa)                             \
+    BN2D_DECLARE_ISA(bn2d_eval_fwd_plain_f32_nchw_cpu, isa)                              \
+    BN2D_DECLARE_ISA(bn2d_train_bwd_full_f32_nchw_cpu, isa)                              \
+    BN2D_DECLARE_ISA(bn2d_train_bwd_input_affine_f32_nchw_cpu, isa)                      \
+    BN2D_DECLARE_ISA(bn2d_train_bwd_input_plain_f32_nchw_cpu, isa)                       \
+    BN2D_DECLARE_ISA(bn2d_train_bwd_params_f32_nchw_cpu, isa)                            \
+    BN2D_DECLARE_ISA(bn2d_eval_bwd_full_f32_nchw_cpu, isa)                               \
+    BN2D_DECLARE_ISA(bn2d_eval_bwd_input_affine_f32_nchw_cpu, isa)                       \
+    BN2D_DECLARE_ISA(bn2d_eval_bwd_input_plain_f32_nchw_cpu, isa)                        \
+    BN2D_DECLARE_ISA(bn2d_eval_bwd_params_f32_nchw_cpu, isa)
 }  // namespace
 }  // namespace bn2d::detail
-BN2D_DECLARE_ALL(avx512, )
-BN2D_DECLARE_ALL(avx2, )
-BN2D_DECLARE_ALL(sse41, )
-BN2D_DECLARE_ALL(baseline, )
+BN2D_DECLARE_ALL(avx512)
+BN2D_DECLARE_ALL(avx2)
+BN2D_DECLARE_ALL(sse41)
+BN2D_DECLARE_ALL(baseline)
 namespace bn2d::detail {
 namespace {
 
