@@ -1,4 +1,5 @@
-// Global run-time settings: Halide error capture, CPU ISA cap and probe, threads, GPU checks.
+// Global run-time settings: Halide error capture, CPU ISA cap, threads, device interfaces.
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 
@@ -25,8 +26,8 @@ void capture_error(void *, const char *msg) {
     g_any_halide_error = m;
 }
 
-// ---- CPU ISA cap ----
-CpuIsa g_max_isa = CpuIsa::AVX512;
+// ---- CPU ISA cap (process-wide; read on every kernel call, possibly from several threads) ----
+std::atomic<CpuIsa> g_max_isa{CpuIsa::AVX512};
 thread_local CpuIsa g_last_isa = CpuIsa::Baseline;
 
 // Lower enum value = better ISA.
