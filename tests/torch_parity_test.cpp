@@ -42,12 +42,11 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
         d.bias = b;
         ours.load_state_dict(d);
     }
-    // Forward and backward tolerances: float32 against libtorch's float32 (double-accumulated on
-    // CPU): both round differently, so allow ~100 ulps of the values involved.
-    for (int step = 0; step < 3; ++step) {
-        SCOPED_TRACE("step " + std::to_string(step));
-        std::vector<float> x = random_vector(rng, s.numel(), 0.4f * step, 1.0f + step),
-                           y = poisoned(s.numel());
+    // One forward and backward through both, outputs and gradients compared. Tolerances:
+    // float32 against libtorch's float32 (double-accumulated on CPU): both round differently,
+    // so allow ~100 ulps of the values involved.
+    auto forward_backward_agree = [&](float mean, float stddev) {
+        std::vector<float> x = random_vector(rng, s.numel(), mean, stddev), y = poisoned(s.numel());
         std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
         torch::Tensor tx = to_torch(x, s).requires_grad_(true);
         torch::Tensor ty = theirs->forward(tx);
@@ -63,14 +62,19 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
         ours.backward(view(dy, s), view(dx, s));
         const double gscale = 1e-5 * (1 + tx.grad().abs().max().item<double>());
         EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5,
-                              [&](int64_t i) { return where(s, i); }));
+                              [&](int64_t i) { return "grad " + where(s, i); }));
         if (affine) {
+            SCOPED_TRACE("parameter gradients");
             const double pscale = param_grad_atol(s);
             EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
                                   pscale, 1e-5));
             EXPECT_TRUE(all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()),
                                   pscale, 1e-5));
         }
+    };
+    for (int step = 0; step < 3; ++step) {
+        SCOPED_TRACE("training step " + std::to_string(step));
+        forward_backward_agree(0.4f * step, 1.0f + step);
         if (track) {
             EXPECT_TRUE(all_close(to_vector(ours.running_mean()), from_torch(theirs->running_mean),
                                   1e-6, 1e-5));
@@ -81,31 +85,8 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     }
     theirs->eval();
     ours.eval();
-    std::vector<float> x = random_vector(rng, s.numel(), -1.0f, 2.0f), y = poisoned(s.numel());
-    std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
-    torch::Tensor tx = to_torch(x, s).requires_grad_(true);
-    torch::Tensor ty = theirs->forward(tx);
-    ours.forward(view(x, s), view(y, s));
-    EXPECT_TRUE(
-        all_close(y, from_torch(ty), 1e-5, 1e-5, [&](int64_t i) { return "eval " + where(s, i); }));
-    if (affine) {
-        theirs->weight.mutable_grad() = torch::Tensor();
-        theirs->bias.mutable_grad() = torch::Tensor();
-    }
-    ty.backward(to_torch(dy, s));
-    ours.zero_grad();
-    ours.backward(view(dy, s), view(dx, s));
-    const double gscale = 1e-5 * (1 + tx.grad().abs().max().item<double>());
-    EXPECT_TRUE(all_close(dx, from_torch(tx.grad()), gscale, 1e-5,
-                          [&](int64_t i) { return "eval grad " + where(s, i); }));
-    if (affine) {
-        SCOPED_TRACE("eval parameter gradients");
-        const double pscale = param_grad_atol(s);
-        EXPECT_TRUE(all_close(to_vector(ours.weight_grad()), from_torch(theirs->weight.grad()),
-                              pscale, 1e-5));
-        EXPECT_TRUE(
-            all_close(to_vector(ours.bias_grad()), from_torch(theirs->bias.grad()), pscale, 1e-5));
-    }
+    SCOPED_TRACE("eval");
+    forward_backward_agree(-1.0f, 2.0f);
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param> &info) {
