@@ -21,9 +21,7 @@ TEST_P(BackwardGrid, EveryMaskMatchesReference) {
     const auto [shape, affine, track, training] = GetParam();
     std::mt19937 rng(std::hash<std::string>()(name(shape)) + affine + 2 * training + 4 * track);
     BatchNorm2d bn(shape.c, 1e-5, 0.1, affine, track);
-    reference::Module ref(shape.c);
-    ref.affine = affine;
-    ref.track = track;
+    reference::Module ref = reference_like(bn);
     randomize_parameters(rng, bn, ref);
     // A training step first, so eval uses non-trivial running statistics.
     std::vector<float> x0 = random_vector(rng, shape.numel(), 0.5f, 2.0f), y(shape.numel());

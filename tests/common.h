@@ -87,6 +87,17 @@ inline std::vector<float> to_vector(const Tensor &t) {
     return std::vector<float>(t.data(), t.data() + t.numel());
 }
 
+// A float64 reference module with the same options (eps, momentum, affine, tracking, mode).
+inline reference::Module reference_like(const BatchNorm2d &bn) {
+    reference::Module ref(bn.num_features());
+    ref.eps = bn.eps();
+    ref.momentum = bn.momentum();
+    ref.affine = bn.affine();
+    ref.track = bn.track_running_stats();
+    ref.training = bn.is_training();
+    return ref;
+}
+
 // Copies parameters of the reference into the module (weight/bias random, so affine matters).
 inline void randomize_parameters(std::mt19937 &rng, BatchNorm2d &bn, reference::Module &ref) {
     const int64_t C = bn.num_features();

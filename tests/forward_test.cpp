@@ -29,10 +29,7 @@ TEST_P(ForwardGrid, TrainingStepsThenEvalMatchReference) {
     std::mt19937 rng(std::hash<std::string>()(name(shape)) + affine * 2 + track * 4 + cumulative);
     const std::optional<double> momentum = cumulative ? std::nullopt : std::optional<double>(0.1);
     BatchNorm2d bn(shape.c, 1e-5, momentum, affine, track);
-    reference::Module ref(shape.c);
-    ref.momentum = momentum;
-    ref.affine = affine;
-    ref.track = track;
+    reference::Module ref = reference_like(bn);
     randomize_parameters(rng, bn, ref);
 
     for (int step = 1; step <= 3; ++step) {

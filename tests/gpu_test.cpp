@@ -48,10 +48,7 @@ TEST_P(Gpu, AllOpsMatchReference) {
     std::mt19937 rng(std::hash<std::string>()(name(s)) + affine + 2 * track + 4 * cumulative);
     const std::optional<double> momentum = cumulative ? std::nullopt : std::optional<double>(0.1);
     BatchNorm2d bn(s.c, 1e-5, momentum, affine, track);
-    reference::Module ref(s.c);
-    ref.momentum = momentum;
-    ref.affine = affine;
-    ref.track = track;
+    reference::Module ref = reference_like(bn);
     randomize_parameters(rng, bn, ref); // on the host, then moved with the module
     bn.to(kDevice);
     ASSERT_EQ(bn.device(), kDevice);

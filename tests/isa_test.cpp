@@ -31,8 +31,7 @@ TEST_P(IsaVariant, TrainEvalBackwardMatchReference) {
         auto at = [&](int64_t i) { return where(s, i); };
         std::mt19937 rng(static_cast<unsigned>(isa) * 100 + s.c + 7 * affine);
         BatchNorm2d bn(s.c, 1e-5, 0.1, affine);
-        reference::Module ref(s.c);
-        ref.affine = affine;
+        reference::Module ref = reference_like(bn);
         randomize_parameters(rng, bn, ref);
         for (bool training : {true, false}) {
             SCOPED_TRACE(training ? "training" : "eval");

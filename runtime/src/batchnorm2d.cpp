@@ -74,20 +74,13 @@ struct BatchNorm2d::State {
     }
 
     std::vector<float> read(Buf &b) {
-        if (device != Device::CPU) {
-            b.set_host_dirty(false);
-            b.set_device_dirty();
-            detail::check_halide(b.copy_to_host(), "copying module state to the host");
-        }
+        detail::sync_to_host(b, device, "copying module state to the host");
         return std::vector<float>(b.data(), b.data() + C);
     }
 
     void write(Buf &b, const std::vector<float> &v) {
         std::copy(v.begin(), v.end(), b.data());
-        if (device != Device::CPU) {
-            b.set_host_dirty();
-            detail::check_halide(b.copy_to_device(iface()), "copying module state to the device");
-        }
+        detail::sync_to_device(b, device, "copying module state to the device");
     }
 
     void fill(Buf &b, float value) { write(b, std::vector<float>(C, value)); }
@@ -429,11 +422,7 @@ BatchNorm2d &BatchNorm2d::to(Device device) {
     for (size_t i = 0; i < bufs.size(); ++i) {
         Buf b(static_cast<int>(s.C));
         std::copy(host[i].begin(), host[i].end(), b.data());
-        if (device != Device::CPU) {
-            b.set_host_dirty();
-            detail::check_halide(b.copy_to_device(detail::device_interface(device)),
-                                 "moving module state to the device");
-        }
+        detail::sync_to_device(b, device, "moving module state to the device");
         moved.push_back(std::move(b));
     }
     for (size_t i = 0; i < bufs.size(); ++i) *bufs[i] = std::move(moved[i]);

@@ -39,6 +39,11 @@ void view_nchw(const Tensor &t, bool fuse_plane, HalideView &out);
 // The handle an application sees for a device allocation of ours: a CUdeviceptr, or a cl_mem
 // (Halide's OpenCL buffers hold a wrapper struct in `device`, not the cl_mem itself).
 uint64_t app_device_handle(Halide::Runtime::Buffer<float> &b, Device d);
+// Host <-> device copies of a whole Buffer; no-ops on the CPU. Kernels write device memory
+// through a copy of the halide_buffer_t, so sync_to_host() first marks the device side as the
+// fresh one.
+void sync_to_device(Halide::Runtime::Buffer<float> &b, Device d, const char *what);
+void sync_to_host(Halide::Runtime::Buffer<float> &b, Device d, const char *what);
 // A 1-D module buffer of C floats (host or device).
 void view_vector(Halide::Runtime::Buffer<float> &b, Device d, HalideView &out);
 

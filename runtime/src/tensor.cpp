@@ -131,12 +131,24 @@ uint64_t app_device_handle(Halide::Runtime::Buffer<float> &b, Device d) {
     throw Error(std::string("no device handle on ") + device_name(d));
 }
 
+void sync_to_device(Halide::Runtime::Buffer<float> &b, Device d, const char *what) {
+    if (d == Device::CPU) return;
+    b.set_host_dirty();
+    check_halide(b.copy_to_device(device_interface(d)), what);
+}
+
+void sync_to_host(Halide::Runtime::Buffer<float> &b, Device d, const char *what) {
+    if (d == Device::CPU) return;
+    b.set_host_dirty(false);
+    b.set_device_dirty();
+    check_halide(b.copy_to_host(), what);
+}
+
 void view_vector(Halide::Runtime::Buffer<float> &b, Device d, HalideView &out) {
     out.buf = *b.raw_buffer();
     out.dim[0] = b.raw_buffer()->dim[0];
     out.buf.dim = out.dim;
     out.device = d;
-    (void)d;
 }
 
 }  // namespace detail
@@ -179,19 +191,11 @@ Device DeviceBuffer::device() const { return impl_->device; }
 
 void DeviceBuffer::upload(const float *host) {
     std::memcpy(impl_->buf.data(), host, sizeof(float) * numel());
-    if (impl_->device == Device::CPU) return;
-    impl_->buf.set_host_dirty();
-    detail::check_halide(impl_->buf.copy_to_device(detail::device_interface(impl_->device)),
-                         "DeviceBuffer::upload");
+    detail::sync_to_device(impl_->buf, impl_->device, "DeviceBuffer::upload");
 }
 
 void DeviceBuffer::download(float *host) const {
-    if (impl_->device != Device::CPU) {
-        // Kernels wrote the device memory behind the Buffer's back: mark it, then copy.
-        impl_->buf.set_host_dirty(false);
-        impl_->buf.set_device_dirty();
-        detail::check_halide(impl_->buf.copy_to_host(), "DeviceBuffer::download");
-    }
+    detail::sync_to_host(impl_->buf, impl_->device, "DeviceBuffer::download");
     std::memcpy(host, impl_->buf.data(), sizeof(float) * numel());
 }
 
