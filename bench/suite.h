@@ -1,4 +1,4 @@
-// The benchmark suite, shared by the CPU and GPU benchmarks: shapes, ops and the bytes each op
+// The benchmark suite, shared by the CPU and GPU benchmarks: shapes (tests/problems.txt), ops and the bytes each op
 // must move (each input read once, each output written once).
 #pragma once
 
@@ -6,21 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "problems.h"
+
 namespace bn2d::bench {
 
-struct Shape {
-    int64_t n, c, h, w;
-    int64_t numel() const { return n * c * h * w; }
-    std::string name() const {
-        return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
-               std::to_string(w);
-    }
-};
+using problems::Shape;
 
+// The `suite` set of tests/problems.txt.
 inline const std::vector<Shape> &suite_shapes() {
-    static const std::vector<Shape> shapes = {{20, 100, 35, 45}, {32, 64, 112, 112},
-                                              {32, 256, 56, 56}, {32, 512, 28, 28},
-                                              {32, 2048, 7, 7},  {1, 3, 1080, 1920}};
+    static const std::vector<Shape> shapes = problems::load("suite");
     return shapes;
 }
 

@@ -3,18 +3,25 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(DIRECTORY runtime/include/bn2d DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY runtime/include/bn2d ${BN2D_GENERATED_INCLUDE_DIR}/bn2d
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS bn2d ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 
 # The kernel libraries and the runtime are imported targets made by Halide's helpers: install
 # their archives as files, and name them in the package config.
 set(bn2d_installed_archives "")
-foreach (lib IN LISTS BN2D_ALL_KERNELS ITEMS bn2d_halide_runtime)
+foreach (lib IN LISTS BN2D_ALL_KERNELS ITEMS bn2d_halide_support)
     install(FILES $<TARGET_FILE:${lib}> DESTINATION ${CMAKE_INSTALL_LIBDIR}/bn2d)
     list(APPEND bn2d_installed_archives "lib${lib}.a")
 endforeach ()
 
 set(BN2D_CONFIG_ARCHIVES "${bn2d_installed_archives}")
+set(BN2D_CUDA_TARGET_IF_BUILT "")
+set(BN2D_OPENCL_TARGET_IF_BUILT "")
+if (BN2D_GPU)
+    set(BN2D_CUDA_TARGET_IF_BUILT "${BN2D_CUDA_TARGET}")
+    set(BN2D_OPENCL_TARGET_IF_BUILT "${BN2D_OPENCL_TARGET}")
+endif ()
 configure_package_config_file(cmake/bn2dConfig.cmake.in
     "${CMAKE_CURRENT_BINARY_DIR}/bn2dConfig.cmake"
     INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/bn2d)

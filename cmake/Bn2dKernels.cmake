@@ -1,73 +1,217 @@
-# The one list of kernel variants. Every variant is built for every backend; the runtime's
-# dispatch table (runtime/src/kernels.cpp) names the same variants.
+# Builds the kernel libraries from the variant table (generators/variants.cmake) and generates
+# what the runtime needs to dispatch them, so the table is the only list of variants:
+#   bn2d_kernel_table.h          private: kernel headers, one KernelSet per CPU ISA and GPU
+#                                backend, ISA features, build facts (machine file, Halide version)
+#   include/bn2d/cpu_isa.h       public: enum class CpuIsa, one enumerator per CPU target
+#   bn2d_cpu_isa_entry_points.S  C-callable aliases of each ISA's code in the multitarget libraries
 #
-# Each entry: <variant>|<generator>|<generator params>
-set(BN2D_KERNEL_VARIANTS
-    "train_fwd_affine|bn2d_train_forward|affine=true"
-    "train_fwd_plain|bn2d_train_forward|affine=false"
-    "eval_fwd_affine|bn2d_eval_forward|affine=true"
-    "eval_fwd_plain|bn2d_eval_forward|affine=false"
-    "train_bwd_full|bn2d_backward|mode=train,affine=true,with_grad_input=true,with_grad_params=true"
-    "train_bwd_input_affine|bn2d_backward|mode=train,affine=true,with_grad_input=true,with_grad_params=false"
-    "train_bwd_input_plain|bn2d_backward|mode=train,affine=false,with_grad_input=true,with_grad_params=false"
-    "train_bwd_params|bn2d_backward|mode=train,affine=true,with_grad_input=false,with_grad_params=true"
-    "eval_bwd_full|bn2d_backward|mode=eval,affine=true,with_grad_input=true,with_grad_params=true"
-    "eval_bwd_input_affine|bn2d_backward|mode=eval,affine=true,with_grad_input=true,with_grad_params=false"
-    "eval_bwd_input_plain|bn2d_backward|mode=eval,affine=false,with_grad_input=true,with_grad_params=false"
-    "eval_bwd_params|bn2d_backward|mode=eval,affine=true,with_grad_input=false,with_grad_params=true"
-)
+# Inputs: BN2D_SCHEDULE_FILE, BN2D_GPU, Halide_VERSION. Outputs: BN2D_ALL_KERNELS (library
+# targets), BN2D_KERNEL_SOURCES (generated files to compile into the module),
+# BN2D_GENERATED_INCLUDE_DIR, BN2D_CPU_TARGETS, BN2D_CUDA_TARGET, BN2D_OPENCL_TARGET.
 
-# bn2d_add_kernels(BACKEND <cpu|cuda|opencl> TARGETS <halide targets...> OUT <list var>)
-# Adds one Halide library per variant, named bn2d_<variant>_f32_nchw_<backend>, and appends
-# the library targets to OUT.
-function(bn2d_add_kernels)
-    cmake_parse_arguments(PARSE_ARGV 0 ARG "" "BACKEND;OUT" "TARGETS;EXTRA")
-    set(libs "")
-    foreach (entry IN LISTS BN2D_KERNEL_VARIANTS)
-        string(REPLACE "|" ";" fields "${entry}")
-        list(GET fields 0 variant)
-        list(GET fields 1 generator)
-        list(GET fields 2 params)
-        string(REPLACE "," ";" params "${params}")
-        set(name "bn2d_${variant}_f32_nchw_${ARG_BACKEND}")
+set(BN2D_KERNELS "")
+set(BN2D_CPU_ISAS "")
+set(BN2D_CPU_TARGETS "")
+set(BN2D_CUDA_TARGET "")
+set(BN2D_OPENCL_TARGET "")
+
+# ---- the table's vocabulary -------------------------------------------------------------------
+function(bn2d_kernel kernel dtype layout)
+    cmake_parse_arguments(PARSE_ARGV 3 ARG "" "GENERATOR" "PARAMS")
+    if (NOT ARG_GENERATOR)
+        message(FATAL_ERROR "variants.cmake: bn2d_kernel(${kernel} ...) needs GENERATOR")
+    endif ()
+    set(key "${kernel}_${dtype}_${layout}")
+    if (key IN_LIST BN2D_KERNELS)
+        message(FATAL_ERROR "variants.cmake: kernel ${key} is listed twice")
+    endif ()
+    set(BN2D_KERNELS ${BN2D_KERNELS} ${key} PARENT_SCOPE)
+    set(BN2D_KERNEL_${key}_GENERATOR ${ARG_GENERATOR} PARENT_SCOPE)
+    set(BN2D_KERNEL_${key}_PARAMS ${ARG_PARAMS} PARENT_SCOPE)
+endfunction()
+
+function(bn2d_target backend name target)
+    if (backend STREQUAL "cpu")
+        if (name IN_LIST BN2D_CPU_ISAS)
+            message(FATAL_ERROR "variants.cmake: CPU ISA ${name} is listed twice")
+        endif ()
+        set(BN2D_CPU_ISAS ${BN2D_CPU_ISAS} ${name} PARENT_SCOPE)
+        set(BN2D_CPU_TARGETS ${BN2D_CPU_TARGETS} ${target} PARENT_SCOPE)
+    elseif (backend STREQUAL "cuda" OR backend STREQUAL "opencl")
+        string(TOUPPER "${backend}" up)
+        if (BN2D_${up}_TARGET)
+            message(FATAL_ERROR "variants.cmake: one ${backend} target only")
+        endif ()
+        set(BN2D_${up}_TARGET ${target} PARENT_SCOPE)
+    else ()
+        message(FATAL_ERROR "variants.cmake: unknown backend '${backend}' (cpu, cuda, opencl)")
+    endif ()
+endfunction()
+
+include(${CMAKE_CURRENT_SOURCE_DIR}/generators/variants.cmake)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+             ${CMAKE_CURRENT_SOURCE_DIR}/generators/variants.cmake)
+if (NOT BN2D_KERNELS OR NOT BN2D_CPU_ISAS)
+    message(FATAL_ERROR "variants.cmake: needs at least one kernel and one cpu target")
+endif ()
+
+set(BN2D_BACKENDS cpu)
+if (BN2D_GPU)
+    list(APPEND BN2D_BACKENDS cuda opencl)
+endif ()
+
+# ---- libraries --------------------------------------------------------------------------------
+set(BN2D_ALL_KERNELS "")
+foreach (backend IN LISTS BN2D_BACKENDS)
+    if (backend STREQUAL "cpu")
+        set(targets ${BN2D_CPU_TARGETS})
+    else ()
+        string(TOUPPER "${backend}" up)
+        set(targets ${BN2D_${up}_TARGET})
+    endif ()
+    foreach (key IN LISTS BN2D_KERNELS)
+        set(name "bn2d_${key}_${backend}")
         set(stmt "")
         if (BN2D_EMIT_STMT)
             set(stmt STMT "${name}_stmt" ASSEMBLY "${name}_asm")
         endif ()
         add_halide_library(
             ${name} FROM bn2d_generators
-            GENERATOR ${generator}
+            GENERATOR ${BN2D_KERNEL_${key}_GENERATOR}
             FUNCTION_NAME ${name}
-            USE_RUNTIME bn2d_halide_runtime
-            TARGETS ${ARG_TARGETS}
-            PARAMS ${params} "schedule_file=${BN2D_SCHEDULE_FILE}"
+            USE_RUNTIME bn2d_halide_support
+            TARGETS ${targets}
+            PARAMS ${BN2D_KERNEL_${key}_PARAMS} "schedule_file=${BN2D_SCHEDULE_FILE}"
             DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
-            ${ARG_EXTRA}
-            ${stmt}
-        )
-        list(APPEND libs ${name})
+            ${stmt})
+        list(APPEND BN2D_ALL_KERNELS ${name})
     endforeach ()
-    set(${ARG_OUT} ${libs} PARENT_SCOPE)
+endforeach ()
+
+# ---- generated sources ------------------------------------------------------------------------
+set(BN2D_GENERATED_INCLUDE_DIR "${CMAKE_CURRENT_BINARY_DIR}/include")
+set(note "Auto-generated by cmake/Bn2dKernels.cmake from generators/variants.cmake. Do not edit.")
+
+# CPU features a target asks for: the tokens after arch-bits-os (x86-64-linux-avx2-fma-f16c:
+# avx2, fma, f16c), the same check Halide's multitarget wrapper makes.
+function(bn2d_target_features target out)
+    string(REPLACE "-" ";" tokens "${target}")
+    list(LENGTH tokens n)
+    set(features "")
+    if (n GREATER 3)
+        list(SUBLIST tokens 3 -1 features)
+    endif ()
+    set(${out} ${features} PARENT_SCOPE)
 endfunction()
 
-# bn2d_cpu_isa_entry_points(OUT <file var> TARGETS <cpu targets> ISAS <isa names>)
-# A multitarget Halide library also exports each ISA's entry point as
-# `<name>-<target>-no_runtime`, which is not a C identifier. This writes an assembly file of
-# tail-call aliases `<name>_<isa>` so the runtime can call a chosen ISA directly.
-function(bn2d_cpu_isa_entry_points)
-    cmake_parse_arguments(PARSE_ARGV 0 ARG "" "OUT" "TARGETS;ISAS")
-    set(asm "# Auto-generated by cmake/Bn2dKernels.cmake. Do not edit.\n    .text\n")
-    foreach (entry IN LISTS BN2D_KERNEL_VARIANTS)
-        string(REPLACE "|" ";" fields "${entry}")
-        list(GET fields 0 variant)
-        set(name "bn2d_${variant}_f32_nchw_cpu")
-        foreach (target isa IN ZIP_LISTS ARG_TARGETS ARG_ISAS)
-            string(APPEND asm "    .globl ${name}_${isa}\n    .type ${name}_${isa}, @function\n"
-                   "${name}_${isa}:\n    jmp \"${name}-${target}-no_runtime\"\n")
-        endforeach ()
+# Public: the ISA enum.
+set(enumerators "")
+foreach (isa IN LISTS BN2D_CPU_ISAS)
+    string(APPEND enumerators "    ${isa},\n")
+endforeach ()
+file(CONFIGURE OUTPUT "${BN2D_GENERATED_INCLUDE_DIR}/bn2d/cpu_isa.h" CONTENT
+"// ${note}
+#pragma once
+
+namespace bn2d {
+
+// The ISA variants compiled into every CPU kernel library, best first.
+enum class CpuIsa {
+${enumerators}};
+
+}  // namespace bn2d
+" @ONLY)
+
+# Private: the dispatch table.
+set(includes "")
+set(members "")
+set(names "")
+set(cpu_sets "")
+set(gpu_sets "")
+foreach (key IN LISTS BN2D_KERNELS)
+    string(APPEND members "    decltype(&bn2d_${key}_cpu) ${key};\n")
+    string(APPEND names "    \"${key}\",\n")
+    foreach (backend IN LISTS BN2D_BACKENDS)
+        string(APPEND includes "#include \"bn2d_${key}_${backend}.h\"\n")
     endforeach ()
-    string(APPEND asm "    .section .note.GNU-stack,\"\",@progbits\n")
-    set(file "${CMAKE_CURRENT_BINARY_DIR}/bn2d_cpu_isa_entry_points.S")
-    file(CONFIGURE OUTPUT "${file}" CONTENT "${asm}")
-    set(${ARG_OUT} "${file}" PARENT_SCOPE)
-endfunction()
+endforeach ()
+set(entry_decls "")
+foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
+    bn2d_target_features(${target} features)
+    set(feature_list "")
+    foreach (f IN LISTS features)
+        string(APPEND feature_list "halide_target_feature_${f}, ")
+    endforeach ()
+    set(fns "")
+    foreach (key IN LISTS BN2D_KERNELS)
+        string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_${isa};\n")
+        string(APPEND fns "bn2d_${key}_cpu_${isa}, ")
+    endforeach ()
+    string(APPEND cpu_sets "    {\"${isa}\", \"${target}\", {${feature_list}halide_target_feature_end}, {${fns}}},\n")
+endforeach ()
+set(gpu_backends cuda opencl)
+set(gpu_set_names kCudaKernels kOpenclKernels)
+foreach (backend set_name IN ZIP_LISTS gpu_backends gpu_set_names)
+    set(fns "")
+    foreach (key IN LISTS BN2D_KERNELS)
+        string(APPEND fns "bn2d_${key}_${backend}, ")
+    endforeach ()
+    if (BN2D_GPU)
+        string(APPEND gpu_sets "inline const KernelSet ${set_name}{${fns}};\n")
+    endif ()
+endforeach ()
+list(LENGTH BN2D_KERNELS kernel_count)
+string(REPLACE ";" " " cpu_targets_str "${BN2D_CPU_TARGETS}")
+file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
+"// ${note}
+#pragma once
+
+#include \"HalideRuntime.h\"
+@includes@
+// Each CPU ISA's code in the multitarget libraries (bn2d_cpu_isa_entry_points.S).
+@entry_decls@
+namespace bn2d::detail {
+
+// One member per kernel of the table; every backend's kernels have the same signatures.
+struct KernelSet {
+@members@};
+
+constexpr int kKernelCount = @kernel_count@;
+constexpr const char *kKernelNames[kKernelCount] = {
+@names@};
+
+// CPU ISAs, best first, in CpuIsa order. features ends with halide_target_feature_end.
+struct CpuIsaEntry {
+    const char *name;
+    const char *target;
+    halide_target_feature_t features[8];
+    KernelSet kernels;
+};
+inline const CpuIsaEntry kCpuIsas[] = {
+@cpu_sets@};
+
+@gpu_sets@
+constexpr const char *kCpuTargets = \"@cpu_targets_str@\";
+constexpr const char *kCudaTarget = \"@BN2D_CUDA_TARGET@\";
+constexpr const char *kOpenclTarget = \"@BN2D_OPENCL_TARGET@\";
+constexpr const char *kScheduleMachine = \"@BN2D_SCHEDULE_MACHINE@\";
+constexpr const char *kScheduleFile = \"@BN2D_SCHEDULE_FILE@\";
+constexpr const char *kHalideVersion = \"@Halide_VERSION@\";
+
+}  // namespace bn2d::detail
+" @ONLY)
+
+# The per-ISA entry points. A multitarget Halide library exports each ISA's code as
+# `<name>-<target>-no_runtime`, which is not a C identifier: these tail-call aliases,
+# `<name>_<isa>`, let the runtime call a chosen ISA directly.
+set(asm "# ${note}\n    .text\n")
+foreach (key IN LISTS BN2D_KERNELS)
+    set(name "bn2d_${key}_cpu")
+    foreach (target isa IN ZIP_LISTS BN2D_CPU_TARGETS BN2D_CPU_ISAS)
+        string(APPEND asm "    .globl ${name}_${isa}\n    .type ${name}_${isa}, @function\n"
+               "${name}_${isa}:\n    jmp \"${name}-${target}-no_runtime\"\n")
+    endforeach ()
+endforeach ()
+string(APPEND asm "    .section .note.GNU-stack,\"\",@progbits\n")
+file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_cpu_isa_entry_points.S" CONTENT "${asm}")
+set(BN2D_KERNEL_SOURCES "${CMAKE_CURRENT_BINARY_DIR}/bn2d_cpu_isa_entry_points.S")

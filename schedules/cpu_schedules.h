@@ -31,6 +31,10 @@ using Halide::TailStrategy;
 using Halide::Target;
 using Halide::Var;
 
+// The knobs a machine file may set for CPU kernels (schedules/machines/*.params).
+inline const std::vector<std::string> kKnobs = {"vector_lanes", "accumulators", "chunk",
+                                                "grain",        "min_channels", "min_batch"};
+
 struct Knobs {
     int lanes;         // vector width in floats
     int accumulators;  // independent accumulator vectors per reduction
@@ -164,17 +168,17 @@ inline void schedule_pointwise(Func out, Func per_channel, const Vars &v, const 
     if (per_channel.defined()) per_channel.compute_root();
 }
 
-inline void schedule_train_forward(TrainForward &p, const Vars &v, const ScheduleParams &sp,
-                                   const Target &t) {
-    Knobs k = knobs(sp, "train_fwd", t);
+inline void schedule_train_forward(TrainForward &p, const std::string &kernel, const Vars &v,
+                                   const ScheduleParams &sp, const Target &t) {
+    Knobs k = knobs(sp, kernel, t);
     schedule_per_channel(p.y, p.stats.s,
                          {p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out},
                          {p.scale}, v, k);
 }
 
-inline void schedule_eval_forward(EvalForward &p, const Vars &v, const ScheduleParams &sp,
-                                  const Target &t) {
-    schedule_pointwise(p.y, p.scale, v, knobs(sp, "eval_fwd", t));
+inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, const Vars &v,
+                                  const ScheduleParams &sp, const Target &t) {
+    schedule_pointwise(p.y, p.scale, v, knobs(sp, kernel, t));
 }
 
 inline void schedule_backward(Backward &p, const std::string &kernel, const Vars &v,

@@ -19,8 +19,11 @@ namespace bn2d::gpu {
 using Halide::Func;
 using Halide::RVar;
 using Halide::TailStrategy;
-using Halide::Target;
 using Halide::Var;
+
+// The knobs a machine file may set for GPU kernels, as cuda.*, opencl.* or gpu.* (both).
+inline const std::vector<std::string> kKnobs = {"threads", "tile_w", "rows", "channel_tile",
+                                                "per_thread"};
 
 struct Knobs {
     int threads;      // threads per block along W in reductions
@@ -30,15 +33,16 @@ struct Knobs {
     int per_thread;   // strided elements per thread in a reduction block
 };
 
-inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel) {
+// `backend` is cuda or opencl (different hardware, tuned apart; gpu.* is their shared default).
+inline Knobs knobs(const ScheduleParams &sp, const std::string &backend, const std::string &kernel) {
     Knobs k;
-    k.threads = sp.get("gpu", kernel, "threads", 128);
-    k.tile_w = sp.get("gpu", kernel, "tile_w", 32);
-    k.rows = sp.get("gpu", kernel, "rows", 8);
-    k.channel_tile = sp.get("gpu", kernel, "channel_tile", 64);
-    k.per_thread = sp.get("gpu", kernel, "per_thread", 16);
+    k.threads = sp.get(backend, kernel, "threads", 128);
+    k.tile_w = sp.get(backend, kernel, "tile_w", 32);
+    k.rows = sp.get(backend, kernel, "rows", 8);
+    k.channel_tile = sp.get(backend, kernel, "channel_tile", 64);
+    k.per_thread = sp.get(backend, kernel, "per_thread", 16);
     if (k.threads < 1 || k.tile_w < 1 || k.rows < 1 || k.channel_tile < 1 || k.per_thread < 1)
-        throw std::runtime_error("gpu." + kernel + ": knobs must be >= 1");
+        throw std::runtime_error(backend + "." + kernel + ": knobs must be >= 1");
     return k;
 }
 
@@ -85,9 +89,10 @@ inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, c
     }
 }
 
-inline void schedule_train_forward(TrainForward &p, const Vars &v, const ScheduleParams &sp,
-                                   const Target &) {
-    Knobs k = knobs(sp, "train_fwd");
+inline void schedule_train_forward(TrainForward &p, const std::string &backend,
+                                   const std::string &kernel, const Vars &v,
+                                   const ScheduleParams &sp) {
+    Knobs k = knobs(sp, backend, kernel);
     schedule_channel_sums(p.stats.s, v, k);
     p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
@@ -96,17 +101,18 @@ inline void schedule_train_forward(TrainForward &p, const Vars &v, const Schedul
                          k);
 }
 
-inline void schedule_eval_forward(EvalForward &p, const Vars &v, const ScheduleParams &sp,
-                                  const Target &) {
-    Knobs k = knobs(sp, "eval_fwd");
+inline void schedule_eval_forward(EvalForward &p, const std::string &backend,
+                                  const std::string &kernel, const Vars &v,
+                                  const ScheduleParams &sp) {
+    Knobs k = knobs(sp, backend, kernel);
     p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
     schedule_elementwise(p.y, v, k);
 }
 
-inline void schedule_backward(Backward &p, const std::string &kernel, const Vars &v,
-                              const ScheduleParams &sp, const Target &) {
-    Knobs k = knobs(sp, kernel);
+inline void schedule_backward(Backward &p, const std::string &backend, const std::string &kernel,
+                              const Vars &v, const ScheduleParams &sp) {
+    Knobs k = knobs(sp, backend, kernel);
     if (!p.training) {
         p.invstd.compute_root();
         schedule_per_channel({p.invstd}, v, k);

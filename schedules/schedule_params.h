@@ -1,19 +1,33 @@
 // Schedule parameters as data: a per-machine `key = value` file read at generator time.
 //
-// Schedules ask for a value with a default; a machine file in schedules/machines/ overrides
-// any of them. Keys are `<backend>.<kernel>.<knob>`, e.g. `cpu.train_fwd.vector_lanes`, with a
-// `<backend>.*.<knob>` fallback. Unknown keys in a file are an error, so a typo in a tuned file
-// cannot silently fall back to a default (the generator reports which keys it never read).
+// Keys are `<backend>.<kernel>.<knob>` or `<backend>.*.<knob>` (every kernel of that backend):
+//   backend  cpu, cuda, opencl, or gpu (a default shared by cuda and opencl)
+//   kernel   a schedule kernel (train_fwd, eval_fwd, train_bwd, eval_bwd) or *
+//   knob     a knob the backend's schedule declares (cpu::kKnobs, gpu::kKnobs)
+// A CUDA kernel looks up cuda.<kernel>.<knob>, cuda.*.<knob>, gpu.<kernel>.<knob>,
+// gpu.*.<knob>, then the schedule's default; OpenCL the same with opencl.
+//
+// A tuned file must never fall back to a default silently, so every generator run checks the
+// whole file: a key whose backend, kernel or knob is unknown (`cpu.*.acumulators`,
+// `cpu.train_fwdd.chunk`) or that is set twice fails the build, naming the file, line and key;
+// and after a kernel is scheduled, a key naming that kernel which its schedule never read fails
+// too.
 #pragma once
 
 #include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace bn2d {
+
+// What a machine file may name: kernels, and the knobs of each backend family.
+struct ScheduleVocabulary {
+    std::vector<std::string> kernels;
+    std::vector<std::string> cpu_knobs, gpu_knobs;
+};
 
 class ScheduleParams {
 public:
@@ -35,50 +49,106 @@ public:
             auto eq = line.find('=');
             std::string key = trim(line.substr(0, eq));
             if (key.empty()) continue;
-            if (eq == std::string::npos)
-                throw std::runtime_error(path + ":" + std::to_string(line_no) +
-                                         ": expected 'key = value'");
-            p.values_[key] = trim(line.substr(eq + 1));
+            if (eq == std::string::npos) throw p.error(line_no, "expected 'key = value'");
+            auto [it, inserted] = p.values_.emplace(key, Entry{trim(line.substr(eq + 1)), line_no});
+            if (!inserted)
+                throw p.error(line_no, "'" + key + "' is already set on line " +
+                                           std::to_string(it->second.line));
         }
         return p;
     }
 
-    // get("cpu", "train_fwd", "vector_lanes", 16) looks up cpu.train_fwd.vector_lanes, then
-    // cpu.*.vector_lanes, then returns the default.
+    // Every key names a known backend, kernel (or *) and knob of that backend.
+    void validate(const ScheduleVocabulary &vocab) const {
+        for (const auto &[key, entry] : values_) {
+            auto dot1 = key.find('.'), dot2 = key.rfind('.');
+            if (dot1 == std::string::npos || dot1 == dot2)
+                throw error(entry.line, "'" + key + "' is not <backend>.<kernel>.<knob>");
+            const std::string backend = key.substr(0, dot1);
+            const std::string kernel = key.substr(dot1 + 1, dot2 - dot1 - 1);
+            const std::string knob = key.substr(dot2 + 1);
+            const std::vector<std::string> *knobs = nullptr;
+            if (backend == "cpu") knobs = &vocab.cpu_knobs;
+            if (backend == "cuda" || backend == "opencl" || backend == "gpu")
+                knobs = &vocab.gpu_knobs;
+            if (!knobs)
+                throw error(entry.line, "unknown backend '" + backend + "' in '" + key +
+                                            "' (expected cpu, cuda, opencl or gpu)");
+            if (kernel != "*" && !contains(vocab.kernels, kernel))
+                throw error(entry.line, "unknown kernel '" + kernel + "' in '" + key +
+                                            "' (expected * or one of " + join(vocab.kernels) + ")");
+            if (!contains(*knobs, knob))
+                throw error(entry.line, "unknown knob '" + knob + "' in '" + key + "' (" +
+                                            backend + " knobs: " + join(*knobs) + ")");
+            parse_int(key, entry);
+        }
+    }
+
+    // The value of a knob for a kernel on a backend (cpu, cuda or opencl), or `fallback`.
     int get(const std::string &backend, const std::string &kernel, const std::string &knob,
             int fallback) const {
-        for (const std::string &key :
-             {backend + "." + kernel + "." + knob, backend + ".*." + knob}) {
-            auto it = values_.find(key);
-            if (it == values_.end()) continue;
-            used_.insert(key);
-            try {
-                size_t end = 0;
-                int v = std::stoi(it->second, &end);
-                if (end != it->second.size()) throw std::invalid_argument("trailing");
-                return v;
-            } catch (const std::exception &) {
-                throw std::runtime_error(path_ + ": '" + key + "' is not an integer: '" +
-                                         it->second + "'");
+        for (const std::string &family : lookup_order(backend)) {
+            for (const std::string &key :
+                 {family + "." + kernel + "." + knob, family + ".*." + knob}) {
+                auto it = values_.find(key);
+                if (it == values_.end()) continue;
+                used_.insert(key);
+                return parse_int(key, it->second);
             }
         }
         return fallback;
     }
 
-    // Keys of this kernel (`<backend>.<kernel>.*`) that its schedule never read: typos.
-    std::string unused_keys(const std::string &backend, const std::string &kernel) const {
-        const std::string prefix = backend + "." + kernel + ".";
-        std::string out;
-        for (const auto &[key, value] : values_) {
-            if (key.rfind(prefix, 0) == 0 && !used_.count(key))
-                out += (out.empty() ? "" : ", ") + key;
+    // Fails if a key naming this kernel on this backend (or its gpu family) was never read by
+    // the kernel's schedule: a knob set where it has no effect.
+    void check_all_read(const std::string &backend, const std::string &kernel) const {
+        for (const std::string &family : lookup_order(backend)) {
+            const std::string prefix = family + "." + kernel + ".";
+            for (const auto &[key, entry] : values_) {
+                if (key.rfind(prefix, 0) == 0 && !used_.count(key))
+                    throw error(entry.line, "'" + key + "' is not read by the " + backend + " " +
+                                                kernel + " schedule");
+            }
         }
-        return out;
     }
 
     const std::string &path() const { return path_; }
 
 private:
+    struct Entry {
+        std::string value;
+        int line;
+    };
+
+    int parse_int(const std::string &key, const Entry &entry) const {
+        try {
+            size_t end = 0;
+            int v = std::stoi(entry.value, &end);
+            if (end == entry.value.size()) return v;
+        } catch (const std::exception &) {
+        }
+        throw error(entry.line, "'" + key + "' is not an integer: '" + entry.value + "'");
+    }
+
+    static std::vector<std::string> lookup_order(const std::string &backend) {
+        if (backend == "cpu") return {"cpu"};
+        return {backend, "gpu"};
+    }
+
+    std::runtime_error error(int line, const std::string &what) const {
+        return std::runtime_error(path_ + ":" + std::to_string(line) + ": " + what);
+    }
+
+    static bool contains(const std::vector<std::string> &v, const std::string &s) {
+        for (const std::string &x : v)
+            if (x == s) return true;
+        return false;
+    }
+    static std::string join(const std::vector<std::string> &v) {
+        std::string out;
+        for (const std::string &x : v) out += (out.empty() ? "" : ", ") + x;
+        return out;
+    }
     static std::string trim(const std::string &s) {
         auto b = s.find_first_not_of(" \t\r");
         auto e = s.find_last_not_of(" \t\r");
@@ -86,7 +156,7 @@ private:
     }
 
     std::string path_;
-    std::map<std::string, std::string> values_;
+    std::map<std::string, Entry> values_;
     mutable std::set<std::string> used_;
 };
 

@@ -18,16 +18,11 @@ namespace bn2d::test {
 
 using reference::Shape;
 
-inline std::string name(const Shape &s) {
-    return std::to_string(s.n) + "x" + std::to_string(s.c) + "x" + std::to_string(s.h) + "x" +
-           std::to_string(s.w);
-}
+inline std::string name(const Shape &s) { return s.name(); }
 
-// The shape list: the seed, C = 1, H = W = 1, N = 1, primes, W under a vector, and a large one.
-inline std::vector<Shape> grid_shapes() {
-    return {{20, 100, 35, 45}, {4, 1, 9, 11},  {16, 8, 1, 1},    {1, 6, 13, 17},
-            {3, 7, 13, 17},    {2, 5, 3, 7},   {8, 64, 56, 56}};
-}
+// The reference grid of tests/problems.txt: the seed, C = 1, H = W = 1, N = 1, primes, W under
+// a vector, and one larger than L2.
+inline std::vector<Shape> grid_shapes() { return problems::load("grid"); }
 
 inline Tensor view(std::vector<float> &v, const Shape &s) {
     return Tensor::nchw(v.data(), s.n, s.c, s.h, s.w);

@@ -143,8 +143,7 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
 // reduction block per row), H = W = 1, and C = 70 (more than one 64-channel tile).
 INSTANTIATE_TEST_SUITE_P(
     Grid, Gpu,
-    ::testing::Combine(::testing::Values(Shape{3, 5, 7, 37}, Shape{2, 3, 48, 64},
-                                         Shape{4, 16, 1, 1}, Shape{2, 70, 5, 7}),
+    ::testing::Combine(::testing::ValuesIn(problems::load("gpu")),
                        ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
     param_name);
 

@@ -9,16 +9,11 @@
 #include <optional>
 #include <vector>
 
+#include "problems.h"
+
 namespace bn2d::reference {
 
-struct Shape {
-    int64_t n, c, h, w;
-    int64_t numel() const { return n * c * h * w; }
-    int64_t per_channel() const { return n * h * w; }
-    int64_t index(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
-        return ((in * c + ic) * h + ih) * w + iw;
-    }
-};
+using problems::Shape;
 
 // Calls f(index) for every element of channel ic.
 template<typename F>

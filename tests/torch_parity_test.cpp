@@ -97,8 +97,7 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
 
 INSTANTIATE_TEST_SUITE_P(
     Grid, TorchParity,
-    ::testing::Combine(::testing::Values(Shape{20, 100, 35, 45}, Shape{3, 7, 13, 17},
-                                         Shape{16, 8, 1, 1}, Shape{1, 3, 31, 29}),
+    ::testing::Combine(::testing::ValuesIn(problems::load("parity")),
                        ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
     param_name);
 

@@ -28,6 +28,9 @@ int main() {
     }
     bn.eval();
     bn.forward(bn2d::Tensor::nchw(x.data(), N, C, H, W), bn2d::Tensor::nchw(y.data(), N, C, H, W));
+    const bn2d::BuildInfo &info = bn2d::build_info();
+    std::printf("app_install: Halide %s, schedule %s, %zu kernels\n", info.halide_version.c_str(),
+                info.schedule_machine.c_str(), info.kernels.size());
     std::printf("app_install: %s ok, num_batches_tracked %lld\n", bn.to_string().c_str(),
                 (long long)bn.num_batches_tracked());
     return 0;

@@ -6,12 +6,12 @@
 #include <cstring>
 #include <sstream>
 
+#include "bn2d/device.h"
 #include "internal.h"
 
 namespace bn2d {
 
-using Buf = Halide::Runtime::Buffer<float>;
-using detail::HalideView;
+using Buf = detail::HalideBuffer;
 
 namespace {
 
@@ -68,7 +68,8 @@ struct BatchNorm2d::State {
     // ---- storage helpers (host or device) ----
     const halide_device_interface_t *iface() const { return detail::device_interface(device); }
 
-    // Kernels write device memory through a copy of the halide_buffer_t: tell the Buffer.
+    // Kernels mark the device side of an output dirty themselves; this makes it explicit for
+    // the commit that follows.
     void mark_written(Buf &b) {
         if (device != Device::CPU) b.set_device_dirty();
     }
@@ -98,7 +99,6 @@ struct BatchNorm2d::State {
         dst.set_device_dirty();
     }
 
-    void view(Buf &b, HalideView &out) { detail::view_vector(b, device, out); }
 };
 
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
@@ -231,23 +231,14 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     }
 
     const bool fuse = dense_plane(x) && dense_plane(out);
-    HalideView hx, hy, rm, rv, w, b;
-    detail::view_nchw(x, fuse, hx);
-    detail::view_nchw(out, fuse, hy);
-    s.view(s.running_mean, rm);
-    s.view(s.running_var, rv);
-    s.view(s.weight, w);
-    s.view(s.bias, b);
+    Buf hx = detail::nchw_buffer(x, fuse), hy = detail::nchw_buffer(out, fuse);
     const float eps = static_cast<float>(s.eps);
-
+    // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
     if (batch_stats) {
-        HalideView sm, si, rmo, rvo;
-        s.view(s.saved_mean_next, sm);
-        s.view(s.saved_invstd_next, si);
-        s.view(s.running_mean_next, rmo);
-        s.view(s.running_var_next, rvo);
-        detail::run_train_forward(s.device, s.affine, hx, rm, rv, eps, static_cast<float>(factor),
-                                  &w, &b, hy, sm, si, rmo, rvo);
+        detail::run_train_forward(s.device, x, hx, s.weight, s.bias, s.running_mean,
+                                  s.running_var, eps, static_cast<float>(factor), hy,
+                                  s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
+                                  s.running_var_next);
         for (Buf *o : {&s.saved_mean_next, &s.saved_invstd_next, &s.running_mean_next,
                        &s.running_var_next})
             s.mark_written(*o);
@@ -258,7 +249,8 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
         std::swap(s.saved_mean, s.saved_mean_next);
         std::swap(s.saved_invstd, s.saved_invstd_next);
     } else {
-        detail::run_eval_forward(s.device, s.affine, hx, rm, rv, eps, &w, &b, hy);
+        detail::run_eval_forward(s.device, x, hx, s.weight, s.bias, s.running_mean,
+                                 s.running_var, eps, hy);
     }
     s.num_batches_tracked = tracked;
     record();
@@ -294,22 +286,14 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
 
     const bool fuse = dense_plane(s.forward_x) && dense_plane(grad_out) &&
                       (!mask.input || dense_plane(grad_input));
-    HalideView hx, hdy, hdx, mean, stat, w, gw_in, gb_in, gw, gb;
-    detail::view_nchw(s.forward_x, fuse, hx);
-    detail::view_nchw(grad_out, fuse, hdy);
-    if (mask.input) detail::view_nchw(grad_input, fuse, hdx);
+    Buf hx = detail::nchw_buffer(s.forward_x, fuse), hdy = detail::nchw_buffer(grad_out, fuse);
+    Buf hdx = mask.input ? detail::nchw_buffer(grad_input, fuse) : Buf();
     const bool training = s.forward_batch_stats;
-    s.view(training ? s.saved_mean : s.running_mean, mean);
-    s.view(training ? s.saved_invstd : s.running_var, stat);
-    s.view(s.weight, w);
-    s.view(s.grad_weight, gw_in);
-    s.view(s.grad_bias, gb_in);
-    s.view(s.grad_weight_next, gw);
-    s.view(s.grad_bias_next, gb);
-    detail::run_backward(s.device, training, s.affine, hx, hdy, mean, stat,
-                         static_cast<float>(s.eps), &w, mask.input ? &hdx : nullptr,
-                         params ? &gw_in : nullptr, params ? &gb_in : nullptr,
-                         params ? &gw : nullptr, params ? &gb : nullptr);
+    detail::BackwardBuffers b{hx, hdy, training ? s.saved_mean : s.running_mean,
+                              training ? s.saved_invstd : s.running_var, s.weight,
+                              mask.input ? hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
+                              s.grad_weight_next, s.grad_bias_next};
+    detail::run_backward(s.device, training, params, s.forward_x, static_cast<float>(s.eps), b);
     if (params) {
         s.mark_written(s.grad_weight_next);
         s.mark_written(s.grad_bias_next);

@@ -2,5 +2,7 @@
 #pragma once
 
 #include "bn2d/batchnorm2d.h"
+#include "bn2d/device.h"
 #include "bn2d/errors.h"
+#include "bn2d/settings.h"
 #include "bn2d/tensor.h"

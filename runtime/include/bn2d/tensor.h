@@ -3,7 +3,6 @@
 
 #include <array>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,31 +48,6 @@ private:
     uint64_t handle_ = 0;
     std::vector<int64_t> sizes_, strides_;
     Device device_ = Device::CPU;
-};
-
-// An owning allocation on a device (or the CPU), with explicit host<->device transfers.
-// For tests, demos and apps that do not already manage device memory; apps that do wrap their
-// own pointers with Tensor::on_device() instead (zero copy).
-class DeviceBuffer {
-public:
-    DeviceBuffer(Device device, std::vector<int64_t> sizes);  // contiguous; throws Error
-    ~DeviceBuffer();
-    DeviceBuffer(DeviceBuffer &&) noexcept;
-    DeviceBuffer &operator=(DeviceBuffer &&) noexcept;
-    DeviceBuffer(const DeviceBuffer &) = delete;
-    DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-
-    void upload(const float *host);  // numel() floats, host -> device
-    void download(float *host) const;  // device -> host, waits for queued work
-    void upload(const std::vector<float> &host);
-    std::vector<float> download() const;
-    Tensor view() const;  // the Tensor to pass to the module
-    int64_t numel() const;
-    Device device() const;
-
-private:
-    struct Impl;
-    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace bn2d

@@ -1,0 +1,36 @@
+# The kernel variant table: the one list of what is built and dispatched.
+#
+# cmake/Bn2dKernels.cmake reads it to add one Halide library per kernel and backend
+# (bn2d_<kernel>_<dtype>_<layout>_<backend>, e.g. bn2d_train_fwd_f32_nchw_cpu) and to generate
+# the runtime's dispatch table (bn2d_kernel_table.h), the public list of CPU ISAs
+# (bn2d/cpu_isa.h) and the per-ISA entry points. Tests, benchmarks and BN2D_VERBOSE name
+# kernels and ISAs from what it generates. Adding a variant or a target is one line here.
+#
+# Options that cost nothing at run time are not variants: a non-affine module passes weight 1
+# and bias 0; training backward without parameter gradients runs train_bwd (the sums are needed
+# for grad_input anyway) and drops the 2*C values. Separate libraries only where the work
+# differs: which outputs exist, training or eval statistics, and the target.
+
+# bn2d_kernel(<kernel> <dtype> <layout> GENERATOR <generator> [PARAMS <key=value>...])
+#   <kernel>: the op and its outputs. Kernels named *_bwd* share the schedule knobs of
+#   train_bwd or eval_bwd in schedules/machines/*.params.
+bn2d_kernel(train_fwd        f32 nchw GENERATOR bn2d_train_forward)
+bn2d_kernel(eval_fwd         f32 nchw GENERATOR bn2d_eval_forward)
+bn2d_kernel(train_bwd        f32 nchw GENERATOR bn2d_backward PARAMS mode=train)
+bn2d_kernel(train_bwd_params f32 nchw GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false)
+bn2d_kernel(eval_bwd         f32 nchw GENERATOR bn2d_backward PARAMS mode=eval)
+bn2d_kernel(eval_bwd_input   f32 nchw GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false)
+bn2d_kernel(eval_bwd_params  f32 nchw GENERATOR bn2d_backward PARAMS mode=eval with_grad_input=false)
+
+# bn2d_target(<backend> <name> <Halide target>)
+#   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64
+#   CPU. The runtime picks the best the CPU supports (Halide's feature check on the target's
+#   features), capped by set_max_cpu_isa() / BN2D_MAX_CPU_ISA=<name>.
+#   cuda, opencl: one target each (built when BN2D_GPU is on; no GPU is needed to build).
+bn2d_target(cpu    avx512   x86-64-linux-avx512_skylake)
+bn2d_target(cpu    avx2     x86-64-linux-avx2-fma-f16c)
+bn2d_target(cpu    sse41    x86-64-linux-sse41)
+bn2d_target(cpu    baseline x86-64-linux)
+bn2d_target(cuda   sm80     x86-64-linux-cuda-cuda_capability_80)
+# float64 per-channel sums need cl_khr_fp64 on the device (PoCL has it).
+bn2d_target(opencl cl12     x86-64-linux-opencl-cl_doubles)

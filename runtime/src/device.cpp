@@ -1,0 +1,176 @@
+// GPU devices: owning device buffers, availability probes, the application's CUDA context.
+#include "bn2d/device.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "HalideRuntimeCuda.h"
+#include "HalideRuntimeOpenCL.h"
+#include "internal.h"
+
+namespace bn2d {
+
+// ---- DeviceBuffer ----
+
+struct DeviceBuffer::Impl {
+    Device device;
+    std::vector<int64_t> sizes;
+    detail::HalideBuffer buf;  // 1-D, numel elements
+};
+
+DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes)
+    : impl_(std::make_unique<Impl>()) {
+    detail::init_runtime();
+    impl_->device = device;
+    impl_->sizes = std::move(sizes);
+    int64_t n = 1;
+    for (int64_t s : impl_->sizes) {
+        if (s < 0) throw Error("DeviceBuffer: negative size");
+        n *= s;
+    }
+    if (n > INT32_MAX) throw Error("DeviceBuffer: too large for 32-bit indexing");
+    impl_->buf = Halide::Runtime::Buffer<float>(static_cast<int>(std::max<int64_t>(n, 1)));
+    if (device != Device::CPU) {
+        detail::check_halide(impl_->buf.device_malloc(detail::device_interface(device)),
+                             (std::string("allocating on ") + device_name(device)).c_str());
+    }
+}
+DeviceBuffer::~DeviceBuffer() = default;
+DeviceBuffer::DeviceBuffer(DeviceBuffer &&) noexcept = default;
+DeviceBuffer &DeviceBuffer::operator=(DeviceBuffer &&) noexcept = default;
+
+int64_t DeviceBuffer::numel() const {
+    int64_t n = 1;
+    for (int64_t s : impl_->sizes) n *= s;
+    return n;
+}
+Device DeviceBuffer::device() const { return impl_->device; }
+
+void DeviceBuffer::upload(const float *host) {
+    std::memcpy(impl_->buf.data(), host, sizeof(float) * numel());
+    detail::sync_to_device(impl_->buf, impl_->device, "DeviceBuffer::upload");
+}
+
+void DeviceBuffer::download(float *host) const {
+    detail::sync_to_host(impl_->buf, impl_->device, "DeviceBuffer::download");
+    std::memcpy(host, impl_->buf.data(), sizeof(float) * numel());
+}
+
+void DeviceBuffer::upload(const std::vector<float> &host) {
+    if (static_cast<int64_t>(host.size()) != numel())
+        throw Error("DeviceBuffer::upload: " + std::to_string(host.size()) + " floats for a buffer of " +
+                    std::to_string(numel()));
+    upload(host.data());
+}
+
+std::vector<float> DeviceBuffer::download() const {
+    std::vector<float> out(numel());
+    download(out.data());
+    return out;
+}
+
+Tensor DeviceBuffer::view() const {
+    if (impl_->device == Device::CPU) return Tensor(impl_->buf.data(), impl_->sizes);
+    return Tensor::on_device(detail::app_device_handle(impl_->buf, impl_->device), impl_->sizes,
+                             impl_->device);
+}
+
+// ---- GPU availability and context ----
+
+namespace {
+struct Availability {
+    bool ok;
+    std::string reason;
+};
+
+Availability probe(Device d) {
+    if (d == Device::CPU) return {true, ""};
+#if !BN2D_HAVE_GPU
+    return {false, "built without GPU support (BN2D_GPU=OFF)"};
+#else
+    try {
+        DeviceBuffer b(d, {1});
+        float one = 1.0f, back = 0.0f;
+        b.upload(&one);
+        b.download(&back);
+        if (back != 1.0f) return {false, "device round trip returned wrong data"};
+        return {true, ""};
+    } catch (const Error &e) {
+        return {false, std::string("no usable ") + device_name(d) + " device or driver (" +
+                           e.what() + ")"};
+    }
+#endif
+}
+
+const Availability &availability(Device d) {
+    static std::mutex m;
+    static std::map<Device, Availability> cache;
+    std::lock_guard<std::mutex> lock(m);
+    auto it = cache.find(d);
+    if (it == cache.end()) it = cache.emplace(d, probe(d)).first;
+    return it->second;
+}
+
+void *g_cu_context = nullptr;
+void *g_cu_stream = nullptr;
+#if BN2D_HAVE_GPU
+halide_cuda_acquire_context_t g_default_acquire = nullptr;
+halide_cuda_release_context_t g_default_release = nullptr;
+halide_cuda_get_stream_t g_default_stream = nullptr;
+
+int app_acquire(void *, void **ctx, bool) {
+    *ctx = g_cu_context;
+    return 0;
+}
+int app_release(void *) { return 0; }
+int app_stream(void *, void *, void **stream) {
+    *stream = g_cu_stream;
+    return 0;
+}
+#endif
+}  // namespace
+
+bool device_available(Device d) { return availability(d).ok; }
+std::string device_unavailable_reason(Device d) { return availability(d).reason; }
+
+void use_cuda_context(void *cu_context, void *cu_stream) {
+#if BN2D_HAVE_GPU
+    detail::init_runtime();
+    static std::once_flag once;
+    std::call_once(once, [] {
+        g_default_acquire = halide_set_cuda_acquire_context(nullptr);
+        halide_set_cuda_acquire_context(g_default_acquire);
+        g_default_release = halide_set_cuda_release_context(nullptr);
+        halide_set_cuda_release_context(g_default_release);
+        g_default_stream = halide_set_cuda_get_stream(nullptr);
+        halide_set_cuda_get_stream(g_default_stream);
+    });
+    g_cu_context = cu_context;
+    g_cu_stream = cu_stream;
+    if (cu_context) {
+        halide_set_cuda_acquire_context(app_acquire);
+        halide_set_cuda_release_context(app_release);
+        halide_set_cuda_get_stream(app_stream);
+    } else {
+        halide_set_cuda_acquire_context(g_default_acquire);
+        halide_set_cuda_release_context(g_default_release);
+        halide_set_cuda_get_stream(g_default_stream);
+    }
+#else
+    (void)cu_context;
+    (void)cu_stream;
+    throw Error("use_cuda_context: built without GPU support (BN2D_GPU=OFF)");
+#endif
+}
+
+void device_synchronize(Device d) {
+    if (d == Device::CPU) return;
+    detail::init_runtime();
+    detail::check_halide(halide_device_sync_global(nullptr, detail::device_interface(d)),
+                         "device_synchronize");
+}
+
+}  // namespace bn2d

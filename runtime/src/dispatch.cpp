@@ -1,0 +1,101 @@
+// Kernel dispatch: the variant table (generated from generators/variants.cmake) gives one
+// KernelSet per CPU ISA and GPU backend; each call picks the set for the device, the kernel for
+// the op and output mask, runs it, and reports it under BN2D_VERBOSE.
+#include <chrono>
+#include <cstdio>
+
+#include "bn2d_kernel_table.h"
+#include "internal.h"
+
+namespace bn2d::detail {
+namespace {
+
+// CPU: Halide's multitarget wrapper (bn2d_*_cpu) decides once per process and caches its
+// choice, so it cannot honour set_max_cpu_isa() or report what it picked. We call the per-ISA
+// entry points instead, after the same feature check (select_cpu_isa()).
+struct Selected {
+    const KernelSet &kernels;
+    const char *isa;  // "avx512", ..., or the GPU backend's name
+};
+
+Selected select(Device d) {
+    if (d == Device::CPU) {
+        const CpuIsaEntry &e = kCpuIsas[static_cast<int>(select_cpu_isa())];
+        return {e.kernels, e.name};
+    }
+#if BN2D_HAVE_GPU
+    if (d == Device::Cuda) return {kCudaKernels, kCudaTarget};
+    if (d == Device::OpenCL) return {kOpenclKernels, kOpenclTarget};
+#endif
+    throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
+}
+
+// Runs kernel `k` of the selected set; with verbose mode on, times it (device calls are
+// synchronized first) and prints one bn2d_verbose line.
+template<typename Kernel, typename... Args>
+void call(Device d, const char *op, Kernel KernelSet::*k, const char *kernel_name, const Tensor &x,
+          Args... args) {
+    const Selected s = select(d);
+    auto check = [&](int rc) {
+        if (rc != 0) check_halide(rc, std::string(op) + " (" + device_name(d) + ")");
+    };
+    if (!verbose()) {
+        check((s.kernels.*k)(args...));
+        return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    int rc = (s.kernels.*k)(args...);
+    if (rc == 0 && d != Device::CPU) rc = halide_device_sync_global(nullptr, device_interface(d));
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s,%s:%s,%lldx%lldx%lldx%lld,nchw,f32,%.4f%s\n", op,
+                 kernel_name, device_name(d), s.isa, (long long)x.size(0), (long long)x.size(1),
+                 (long long)x.size(2), (long long)x.size(3), ms, rc == 0 ? "" : ",failed");
+    check(rc);
+}
+
+#define BN2D_KERNEL(name) &KernelSet::name, #name
+
+}  // namespace
+
+void run_train_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+                       halide_buffer_t *bias, halide_buffer_t *running_mean,
+                       halide_buffer_t *running_var, float eps, float factor, halide_buffer_t *y,
+                       halide_buffer_t *saved_mean, halide_buffer_t *saved_invstd,
+                       halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
+    call(d, "train_fwd", BN2D_KERNEL(train_fwd_f32_nchw), x, x_buf, weight, bias, running_mean,
+         running_var, eps, factor, y, saved_mean, saved_invstd, running_mean_out,
+         running_var_out);
+}
+
+void run_eval_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+                      halide_buffer_t *bias, halide_buffer_t *running_mean,
+                      halide_buffer_t *running_var, float eps, halide_buffer_t *y) {
+    call(d, "eval_fwd", BN2D_KERNEL(eval_fwd_f32_nchw), x, x_buf, weight, bias, running_mean,
+         running_var, eps, y);
+}
+
+void run_backward(Device d, bool training, bool want_params, const Tensor &x, float eps,
+                  const BackwardBuffers &b) {
+    const char *op = training ? "train_bwd" : "eval_bwd";
+    if (want_params && !b.grad_input) {
+        if (training)
+            call(d, op, BN2D_KERNEL(train_bwd_params_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat,
+                 eps, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+        else
+            call(d, op, BN2D_KERNEL(eval_bwd_params_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat,
+                 eps, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+    } else if (!want_params && !training) {
+        call(d, op, BN2D_KERNEL(eval_bwd_input_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
+             b.weight, b.grad_input);
+    } else if (training) {
+        // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
+        call(d, op, BN2D_KERNEL(train_bwd_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
+             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+    } else {
+        call(d, op, BN2D_KERNEL(eval_bwd_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
+             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+    }
+}
+
+}  // namespace bn2d::detail

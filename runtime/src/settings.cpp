@@ -1,0 +1,162 @@
+// Process-wide settings: the CPU ISA cap and choice, threads, verbose mode, build facts. The ISA
+// list and its features come from the variant table (bn2d_kernel_table.h).
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+
+#include "bn2d_kernel_table.h"
+#include "internal.h"
+
+namespace bn2d {
+namespace {
+
+constexpr int kIsaCount = static_cast<int>(sizeof(detail::kCpuIsas) / sizeof(detail::kCpuIsas[0]));
+
+// Read on every kernel call, possibly from several threads.
+std::atomic<int> g_max_isa{0};  // index into kCpuIsas: 0 = best
+std::atomic<bool> g_verbose{false};
+thread_local int g_last_isa = kIsaCount - 1;
+
+// Halide's CPU feature check, as its multitarget wrapper makes it: one 64-bit word per 64
+// features.
+bool cpu_has(const halide_target_feature_t *features) {
+    constexpr int kWords = (halide_target_feature_end + 63) / 64;
+    uint64_t words[kWords] = {};
+    for (const halide_target_feature_t *f = features; *f != halide_target_feature_end; ++f)
+        words[*f / 64] |= uint64_t(1) << (*f % 64);
+    return halide_default_can_use_target_features(kWords, words) != 0;
+}
+
+std::string isa_names() {
+    std::string s;
+    for (const auto &e : detail::kCpuIsas) s += (s.empty() ? "" : ", ") + std::string(e.name);
+    return s;
+}
+
+}  // namespace
+
+namespace detail {
+
+void init_settings_from_environment() {
+    if (const char *env = std::getenv("BN2D_MAX_CPU_ISA"); env && *env) {
+        // An unknown or unsupported name must not make every call fail: warn once, ignore it.
+        int found = -1;
+        for (int i = 0; i < kIsaCount; ++i)
+            if (std::string(env) == kCpuIsas[i].name) found = i;
+        if (found < 0) {
+            std::fprintf(stderr, "bn2d: ignoring BN2D_MAX_CPU_ISA=%s (expected one of %s)\n", env,
+                         isa_names().c_str());
+        } else if (!cpu_has(kCpuIsas[found].features)) {
+            std::fprintf(stderr, "bn2d: ignoring BN2D_MAX_CPU_ISA=%s (this CPU cannot run it)\n",
+                         env);
+        } else {
+            g_max_isa = found;
+        }
+    }
+    if (const char *env = std::getenv("BN2D_VERBOSE"); env && *env && std::string(env) != "0") {
+        g_verbose = true;
+        const BuildInfo &b = build_info();
+        std::fprintf(stderr,
+                     "bn2d_verbose,info,halide %s,schedule %s,cpu %s,cuda %s,opencl %s\n"
+                     "bn2d_verbose,info,format: exec,op,kernel,backend:isa,NxCxHxW,layout,dtype,ms\n",
+                     b.halide_version.c_str(), b.schedule_machine.c_str(), b.cpu_targets.c_str(),
+                     b.cuda_target.empty() ? "-" : b.cuda_target.c_str(),
+                     b.opencl_target.empty() ? "-" : b.opencl_target.c_str());
+    }
+}
+
+CpuIsa select_cpu_isa() {
+    init_runtime();
+    // Feature checks are cached: each ISA is checked once.
+    static const auto supported = [] {
+        std::array<bool, kIsaCount> s{};
+        for (int i = 0; i < kIsaCount; ++i) s[i] = cpu_has(kCpuIsas[i].features);
+        return s;
+    }();
+    int isa = g_max_isa.load(std::memory_order_relaxed);
+    while (isa < kIsaCount - 1 && !supported[isa]) ++isa;  // the last one runs anywhere
+    g_last_isa = isa;
+    return static_cast<CpuIsa>(isa);
+}
+
+}  // namespace detail
+
+const char *isa_name(CpuIsa isa) {
+    const int i = static_cast<int>(isa);
+    return i >= 0 && i < kIsaCount ? detail::kCpuIsas[i].name : "?";
+}
+
+CpuIsa isa_from_name(const std::string &name) {
+    for (int i = 0; i < kIsaCount; ++i)
+        if (name == detail::kCpuIsas[i].name) return static_cast<CpuIsa>(i);
+    throw Error("unknown CPU ISA '" + name + "' (expected one of " + isa_names() + ")");
+}
+
+std::vector<CpuIsa> compiled_cpu_isas() {
+    std::vector<CpuIsa> v;
+    for (int i = 0; i < kIsaCount; ++i) v.push_back(static_cast<CpuIsa>(i));
+    return v;
+}
+
+bool cpu_supports(CpuIsa isa) {
+    const int i = static_cast<int>(isa);
+    return i >= 0 && i < kIsaCount && cpu_has(detail::kCpuIsas[i].features);
+}
+
+void set_max_cpu_isa(CpuIsa isa) {
+    detail::init_runtime();
+    if (!cpu_supports(isa))
+        throw Error(std::string("set_max_cpu_isa: this CPU cannot run the ") + isa_name(isa) +
+                    " variant");
+    g_max_isa = static_cast<int>(isa);
+}
+
+CpuIsa max_cpu_isa() {
+    detail::init_runtime();
+    return static_cast<CpuIsa>(g_max_isa.load());
+}
+
+CpuIsa last_cpu_isa_used() { return static_cast<CpuIsa>(g_last_isa); }
+
+void set_num_threads(int n) {
+    if (n < 0)
+        throw Error("set_num_threads: n must be >= 0 (0 = one per core), got " +
+                    std::to_string(n));
+    detail::init_runtime();
+    halide_set_num_threads(n);
+}
+
+int num_threads() {
+    detail::init_runtime();
+    // halide_set_num_threads returns the previous value; set it back unchanged.
+    int n = halide_set_num_threads(0);
+    halide_set_num_threads(n);
+    return n;
+}
+
+void set_verbose(bool on) {
+    detail::init_runtime();
+    g_verbose = on;
+}
+
+bool verbose() { return g_verbose.load(std::memory_order_relaxed); }
+
+const BuildInfo &build_info() {
+    static const BuildInfo info = [] {
+        BuildInfo b;
+        b.halide_version = detail::kHalideVersion;
+        b.schedule_machine = detail::kScheduleMachine;
+        b.schedule_file = detail::kScheduleFile;
+        b.cpu_targets = detail::kCpuTargets;
+#if BN2D_HAVE_GPU
+        b.cuda_target = detail::kCudaTarget;
+        b.opencl_target = detail::kOpenclTarget;
+#endif
+        for (const char *k : detail::kKernelNames) b.kernels.push_back(k);
+        return b;
+    }();
+    return info;
+}
+
+}  // namespace bn2d
