@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -127,6 +128,46 @@ inline std::vector<BackwardMask> all_masks() {
 }
 inline std::string mask_name(const BackwardMask &m) {
     return std::string("mask input=") + (m.input ? "1" : "0") + " params=" + (m.params ? "1" : "0");
+}
+
+}  // namespace bn2d::test
+
+namespace bn2d::test {
+
+// Runs forward and backward with every output mask, in training and in eval mode, on `device`
+// with verbose mode on, and returns the bn2d_verbose lines printed (one per kernel call).
+inline std::vector<std::string> verbose_lines_of_every_op(Device device) {
+    const Shape s{2, 3, 4, 5};
+    const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
+    std::mt19937 rng(7);
+    BatchNorm2d bn(s.c);
+    bn.to(device);
+    DeviceBuffer x(device, sizes), y(device, sizes), dy(device, sizes), dx(device, sizes);
+    x.upload(random_vector(rng, s.numel()));
+    dy.upload(random_vector(rng, s.numel()));
+    set_verbose(true);
+    ::testing::internal::CaptureStderr();
+    for (bool training : {true, false}) {
+        bn.train(training);
+        for (const BackwardMask &m : all_masks()) {
+            bn.forward(x.view(), y.view());
+            bn.backward(dy.view(), m.input ? dx.view() : Tensor(), m);
+        }
+    }
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    set_verbose(false);
+    std::vector<std::string> lines;
+    std::istringstream in(err);
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("bn2d_verbose,", 0) == 0) lines.push_back(line);
+    return lines;
+}
+
+inline std::vector<std::string> split(const std::string &s, char sep) {
+    std::vector<std::string> out;
+    std::istringstream in(s);
+    for (std::string field; std::getline(in, field, sep);) out.push_back(field);
+    return out;
 }
 
 }  // namespace bn2d::test

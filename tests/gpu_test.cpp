@@ -6,6 +6,7 @@
 // Tolerances are the CPU ones (forward 1e-5 abs + rel; gradients scaled by the largest value
 // and by sqrt(N*H*W) for the parameter sums): GPU kernels accumulate in float32, but in a tree
 // of per-thread and per-block partial sums whose rounding error grows like log of the count.
+#include <set>
 #include <tuple>
 
 #include "common.h"
@@ -251,3 +252,25 @@ TEST(GpuDevice, HostTensorOnDeviceModule) {
 
 } // namespace
 } // namespace bn2d::test
+
+namespace bn2d::test {
+namespace {
+
+// Every kernel of the variant table is reached on this backend, and BN2D_VERBOSE names it.
+TEST(GpuVariants, VerboseNamesEveryKernelOfTheTable) {
+    SKIP_WITHOUT_DEVICE();
+    const std::vector<std::string> lines = verbose_lines_of_every_op(kDevice);
+    ASSERT_EQ(lines.size(), 12u);
+    std::set<std::string> reached;
+    for (const std::string &line : lines) {
+        const std::vector<std::string> f = split(line, ',');
+        ASSERT_EQ(f.size(), 9u) << line;
+        EXPECT_EQ(f[4].substr(0, f[4].find(':')), device_name(kDevice)) << line;
+        reached.insert(f[3]);
+    }
+    for (const std::string &k : build_info().kernels)
+        EXPECT_TRUE(reached.count(k)) << "kernel " << k << " is never dispatched on " << device_name(kDevice);
+}
+
+}  // namespace
+}  // namespace bn2d::test

@@ -1,0 +1,125 @@
+// The algorithm as a stage of a caller's Halide pipeline: two batch norms (training forward,
+// then eval forward with a ReLU between) composed in one pipeline, JIT-compiled, against the
+// float64 reference. Every Func carries its batch norm's prefix, so the two never collide.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "Halide.h"
+#include "bn2d_algorithm.h"
+#include "common.h"
+
+namespace {
+
+using namespace Halide;
+using bn2d::test::Shape;
+
+Buffer<float> to_buffer(const std::vector<float> &v, const Shape &s) {
+    Buffer<float> b(s.w, s.h, s.c, s.n);  // x(w, h, c, n): NCHW, W innermost
+    for (int64_t i = 0; i < s.numel(); ++i) b.data()[i] = v[i];
+    return b;
+}
+
+Buffer<float> to_buffer(const std::vector<double> &v) {
+    Buffer<float> b(static_cast<int>(v.size()));
+    for (size_t i = 0; i < v.size(); ++i) b(static_cast<int>(i)) = static_cast<float>(v[i]);
+    return b;
+}
+
+// All Func names reachable from the outputs.
+std::set<std::string> func_names(const Pipeline &p) {
+    std::set<std::string> names;
+    std::vector<Internal::Function> stack;
+    for (const Func &f : p.outputs()) stack.push_back(f.function());
+    while (!stack.empty()) {
+        Internal::Function f = stack.back();
+        stack.pop_back();
+        if (!names.insert(f.name()).second) continue;
+        for (const auto &[name, callee] : Internal::find_direct_calls(f)) stack.push_back(callee);
+    }
+    return names;
+}
+
+TEST(Compose, TwoBatchNormsInOnePipeline) {
+    const Shape s{3, 4, 5, 6};
+    std::mt19937 rng(31);
+    std::vector<float> x = bn2d::test::random_vector(rng, s.numel(), 0.5f, 2.0f);
+    bn2d::reference::Module ref1(s.c), ref2(s.c);
+    for (auto *r : {&ref1, &ref2}) {
+        std::vector<float> w = bn2d::test::random_vector(rng, s.c, 1.0f, 0.3f);
+        std::vector<float> b = bn2d::test::random_vector(rng, s.c, 0.0f, 0.5f);
+        std::vector<float> m = bn2d::test::random_vector(rng, s.c, 0.2f, 0.1f);
+        r->weight.assign(w.begin(), w.end());
+        r->bias.assign(b.begin(), b.end());
+        r->running_mean.assign(m.begin(), m.end());
+        for (double &var : r->running_var) var = 0.5 + double(rng() % 100) / 100.0;
+    }
+    ref2.training = false;
+
+    // The caller's pipeline: input -> bn1 (training) -> ReLU -> bn2 (eval).
+    bn2d::Vars v;
+    Buffer<float> xin = to_buffer(x, s);
+    Func input("input");
+    input(v.w, v.h, v.c, v.n) = xin(v.w, v.h, v.c, v.n);
+    auto extents = [&](const std::string &prefix) {
+        return bn2d::Extents{xin.dim(0).extent(), xin.dim(1).extent(), xin.dim(2).extent(),
+                             xin.dim(3).extent(), Float(64), prefix};
+    };
+    Buffer<float> w1 = to_buffer(ref1.weight), b1 = to_buffer(ref1.bias),
+                  rm1 = to_buffer(ref1.running_mean), rv1 = to_buffer(ref1.running_var);
+    Buffer<float> w2 = to_buffer(ref2.weight), b2 = to_buffer(ref2.bias),
+                  rm2 = to_buffer(ref2.running_mean), rv2 = to_buffer(ref2.running_var);
+    bn2d::TrainForward bn1 = bn2d::train_forward(input, Func(w1), Func(b1), Func(rm1), Func(rv1),
+                                                 1e-5f, 0.1f, extents("bn1_"), v);
+    Func relu("relu");
+    relu(v.w, v.h, v.c, v.n) = max(bn1.y(v.w, v.h, v.c, v.n), 0.0f);
+    bn2d::EvalForward bn2 = bn2d::eval_forward(relu, Func(w2), Func(b2), Func(rm2), Func(rv2),
+                                               1e-5f, extents("bn2_"), v);
+    // A reduction must not be recomputed per element: compute the sums once.
+    bn1.stats.s.sums.compute_root();
+    Pipeline p({bn2.y, bn1.running_mean_out, bn1.running_var_out});
+
+    const std::set<std::string> names = func_names(p);
+    for (const char *f : {"bn1_y", "bn1_stat_sums", "bn1_batch_mean", "bn1_running_var_out",
+                          "bn2_y", "bn2_scale", "relu", "input"})
+        EXPECT_TRUE(names.count(f)) << "no Func named " << f;
+    for (const std::string &n : names)
+        EXPECT_EQ(n.find('$'), std::string::npos) << "Halide had to rename " << n;
+
+    Buffer<float> y(s.w, s.h, s.c, s.n), rm(s.c), rv(s.c);
+    y.fill(std::numeric_limits<float>::quiet_NaN());
+    p.realize({y, rm, rv});
+
+    // Reference: the same composition in float64.
+    std::vector<double> y1 = ref1.forward(s, x);
+    for (double &e : y1) e = std::max(e, 0.0);
+    std::vector<double> y2 = ref2.forward(s, y1);
+    std::vector<float> got(y.data(), y.data() + s.numel());
+    EXPECT_TRUE(bn2d::test::all_close(got, y2, 2e-5, 2e-5,
+                                      [&](int64_t i) { return bn2d::test::where(s, i); }));
+    std::vector<float> got_rm(rm.data(), rm.data() + s.c), got_rv(rv.data(), rv.data() + s.c);
+    EXPECT_TRUE(bn2d::test::all_close(got_rm, ref1.running_mean, 1e-6, 1e-5));
+    EXPECT_TRUE(bn2d::test::all_close(got_rv, ref1.running_var, 1e-6, 1e-5));
+}
+
+// Halide renames a second Func of an existing name ("same_y$1"): the stage is then unreadable in
+// .stmt files and profiles and unaddressable by name. A prefix per batch norm avoids that.
+TEST(Compose, PrefixesKeepNamesReadable) {
+    bn2d::Vars v;
+    Func a("a"), b("b"), stat("stat");
+    a(v.w, v.h, v.c, v.n) = cast<float>(v.w + v.c);
+    b(v.w, v.h, v.c, v.n) = cast<float>(v.h - v.n);
+    stat(v.c) = cast<float>(v.c) + 1.0f;
+    bn2d::Extents e{8, 4, 2, 2, Float(64), "same_"};
+    bn2d::EvalForward first = bn2d::eval_forward(a, Func(), Func(), stat, stat, 1e-5f, e, v);
+    bn2d::EvalForward second = bn2d::eval_forward(b, Func(), Func(), stat, stat, 1e-5f, e, v);
+    EXPECT_EQ(first.y.name(), "same_y");
+    EXPECT_NE(second.y.name(), "same_y");  // renamed by Halide
+    e.prefix = "other_";
+    bn2d::EvalForward third = bn2d::eval_forward(b, Func(), Func(), stat, stat, 1e-5f, e, v);
+    EXPECT_NE(third.y.name(), first.y.name());
+    EXPECT_EQ(third.y.name(), "other_y");
+}
+
+}  // namespace
