@@ -509,17 +509,6 @@ void register_all() {
         }
 }
 
-// What the kernels were built from, so that a results file says which schedule it measured.
-void add_build_context() {
-    const bn2d::BuildInfo &b = bn2d::build_info();
-    benchmark::AddCustomContext("bn2d_halide_version", b.halide_version);
-    benchmark::AddCustomContext("bn2d_schedule_machine", b.schedule_machine);
-    benchmark::AddCustomContext("bn2d_cpu_targets", b.cpu_targets);
-    std::string kernels;
-    for (const std::string &k : b.kernels) kernels += (kernels.empty() ? "" : " ") + k;
-    benchmark::AddCustomContext("bn2d_kernels", kernels);
-}
-
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -563,7 +552,7 @@ int main(int argc, char **argv) {
     benchmark::AddCustomContext("bn2d_threads", std::to_string(g_threads));
     benchmark::AddCustomContext("bn2d_num_threads", std::to_string(bn2d::num_threads()));
     benchmark::AddCustomContext("bn2d_max_cpu_isa", bn2d::isa_name(bn2d::max_cpu_isa()));
-    add_build_context();
+    bn2d::bench::add_build_context();
 #if BN2D_BENCH_ONEDNN
     const dnnl_version_t *v = dnnl_version();
     benchmark::AddCustomContext("onednn_version", std::to_string(v->major) + "." +

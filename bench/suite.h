@@ -2,10 +2,13 @@
 // must move (each input read once, each output written once).
 #pragma once
 
+#include <benchmark/benchmark.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "bn2d/settings.h"
 #include "problems.h"
 
 namespace bn2d::bench {
@@ -28,6 +31,18 @@ inline const char *op_name(Op op) {
 // Forward: read x, write y. Backward: read x and dy, write dx (parameter gradients are C floats).
 inline int64_t op_bytes(Op op, const Shape &s) {
     return (op == Op::Bwd ? 3 : 2) * s.numel() * int64_t(sizeof(float));
+}
+
+// What the kernels were built from, in the results' context: which schedule was measured.
+inline void add_build_context() {
+    const BuildInfo &b = build_info();
+    benchmark::AddCustomContext("bn2d_halide_version", b.halide_version);
+    benchmark::AddCustomContext("bn2d_schedule_machine", b.schedule_machine);
+    benchmark::AddCustomContext("bn2d_cpu_targets", b.cpu_targets);
+    if (!b.cuda_target.empty()) benchmark::AddCustomContext("bn2d_cuda_target", b.cuda_target);
+    std::string kernels;
+    for (const std::string &k : b.kernels) kernels += (kernels.empty() ? "" : " ") + k;
+    benchmark::AddCustomContext("bn2d_kernels", kernels);
 }
 
 }  // namespace bn2d::bench

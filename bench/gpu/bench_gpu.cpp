@@ -190,6 +190,7 @@ void bench_copy(benchmark::State &state, Op op, Shape s) {
 }
 
 int register_all() {
+    bn2d::bench::add_build_context();
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Op op : bn2d::bench::kOps) {
             const std::string base = std::string(op_name(op)) + "/";
