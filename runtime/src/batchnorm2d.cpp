@@ -68,12 +68,6 @@ struct BatchNorm2d::State {
     // ---- storage helpers (host or device) ----
     const halide_device_interface_t *iface() const { return detail::device_interface(device); }
 
-    // Kernels mark the device side of an output dirty themselves; this makes it explicit for
-    // the commit that follows.
-    void mark_written(Buf &b) {
-        if (device != Device::CPU) b.set_device_dirty();
-    }
-
     std::vector<float> read(Buf &b) {
         detail::sync_to_host(b, device, "copying module state to the host");
         return std::vector<float>(b.data(), b.data() + C);
@@ -98,7 +92,6 @@ struct BatchNorm2d::State {
         dst.set_host_dirty(false);
         dst.set_device_dirty();
     }
-
 };
 
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
@@ -239,9 +232,6 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
                                   s.running_var, eps, static_cast<float>(factor), hy,
                                   s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
                                   s.running_var_next);
-        for (Buf *o : {&s.saved_mean_next, &s.saved_invstd_next, &s.running_mean_next,
-                       &s.running_var_next})
-            s.mark_written(*o);
         if (update_running) {
             s.commit(s.running_mean, s.running_mean_next);
             s.commit(s.running_var, s.running_var_next);
@@ -295,8 +285,6 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
                               s.grad_weight_next, s.grad_bias_next};
     detail::run_backward(s.device, training, params, s.forward_x, static_cast<float>(s.eps), b);
     if (params) {
-        s.mark_written(s.grad_weight_next);
-        s.mark_written(s.grad_bias_next);
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);
     }
