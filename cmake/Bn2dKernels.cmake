@@ -16,18 +16,39 @@ set(BN2D_CUDA_TARGET "")
 set(BN2D_OPENCL_TARGET "")
 
 # ---- the table's vocabulary -------------------------------------------------------------------
-function(bn2d_kernel kernel dtype layout)
-    cmake_parse_arguments(PARSE_ARGV 3 ARG "" "GENERATOR" "PARAMS")
-    if (NOT ARG_GENERATOR)
-        message(FATAL_ERROR "variants.cmake: bn2d_kernel(${kernel} ...) needs GENERATOR")
+# dtypes and layouts, in the order of the runtime's enums (bn2d::DType, detail::Layout).
+set(BN2D_DTYPES f32 bf16 f16 f64)
+set(BN2D_LAYOUTS nchw nhwc strided)
+set(BN2D_OPS "")
+
+function(bn2d_kernel kernel)
+    cmake_parse_arguments(PARSE_ARGV 1 ARG "" "GENERATOR" "DTYPES;LAYOUTS;PARAMS")
+    if (NOT ARG_GENERATOR OR NOT ARG_DTYPES OR NOT ARG_LAYOUTS)
+        message(FATAL_ERROR "variants.cmake: bn2d_kernel(${kernel} ...) needs DTYPES, LAYOUTS and GENERATOR")
     endif ()
-    set(key "${kernel}_${dtype}_${layout}")
-    if (key IN_LIST BN2D_KERNELS)
-        message(FATAL_ERROR "variants.cmake: kernel ${key} is listed twice")
+    if (kernel IN_LIST BN2D_OPS)
+        message(FATAL_ERROR "variants.cmake: kernel ${kernel} is listed twice")
     endif ()
-    set(BN2D_KERNELS ${BN2D_KERNELS} ${key} PARENT_SCOPE)
-    set(BN2D_KERNEL_${key}_GENERATOR ${ARG_GENERATOR} PARENT_SCOPE)
-    set(BN2D_KERNEL_${key}_PARAMS ${ARG_PARAMS} PARENT_SCOPE)
+    set(keys ${BN2D_KERNELS})
+    foreach (dtype IN LISTS ARG_DTYPES)
+        if (NOT dtype IN_LIST BN2D_DTYPES)
+            message(FATAL_ERROR "variants.cmake: ${kernel}: unknown dtype '${dtype}' (${BN2D_DTYPES})")
+        endif ()
+        foreach (layout IN LISTS ARG_LAYOUTS)
+            if (NOT layout IN_LIST BN2D_LAYOUTS)
+                message(FATAL_ERROR "variants.cmake: ${kernel}: unknown layout '${layout}' (${BN2D_LAYOUTS})")
+            endif ()
+            set(key "${kernel}_${dtype}_${layout}")
+            list(APPEND keys ${key})
+            set(BN2D_KERNEL_${key}_GENERATOR ${ARG_GENERATOR} PARENT_SCOPE)
+            set(BN2D_KERNEL_${key}_DTYPE ${dtype} PARENT_SCOPE)
+            set(BN2D_KERNEL_${key}_PARAMS ${ARG_PARAMS} dtype=${dtype} layout=${layout} PARENT_SCOPE)
+        endforeach ()
+    endforeach ()
+    set(BN2D_KERNELS ${keys} PARENT_SCOPE)
+    set(BN2D_OPS ${BN2D_OPS} ${kernel} PARENT_SCOPE)
+    set(BN2D_OP_${kernel}_DTYPES ${ARG_DTYPES} PARENT_SCOPE)
+    set(BN2D_OP_${kernel}_LAYOUTS ${ARG_LAYOUTS} PARENT_SCOPE)
 endfunction()
 
 function(bn2d_target backend name target)
@@ -71,6 +92,12 @@ foreach (backend IN LISTS BN2D_BACKENDS)
     endif ()
     foreach (key IN LISTS BN2D_KERNELS)
         set(name "bn2d_${key}_${backend}")
+        set(kernel_targets ${targets})
+        if (backend STREQUAL "opencl" AND BN2D_KERNEL_${key}_DTYPE STREQUAL "f16")
+            # Only float16 kernels declare `half`: with cl_half every kernel's source does, and
+            # a device without cl_khr_fp16 (PoCL on the CPU) would reject them all.
+            set(kernel_targets "${targets}-cl_half")
+        endif ()
         set(stmt "")
         if (BN2D_EMIT_STMT)
             set(stmt STMT "${name}_stmt" ASSEMBLY "${name}_asm")
@@ -80,7 +107,7 @@ foreach (backend IN LISTS BN2D_BACKENDS)
             GENERATOR ${BN2D_KERNEL_${key}_GENERATOR}
             FUNCTION_NAME ${name}
             USE_RUNTIME bn2d_halide_support
-            TARGETS ${targets}
+            TARGETS ${kernel_targets}
             PARAMS ${BN2D_KERNEL_${key}_PARAMS} "schedule_file=${BN2D_SCHEDULE_FILE}"
             DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
             ${stmt})
@@ -122,19 +149,45 @@ ${enumerators}};
 }  // namespace bn2d
 " @ONLY)
 
-# Private: the dispatch table.
+# Private: the dispatch table. A KernelSet holds, per op, a [dtype][layout] array of kernels
+# (null where the table has no such variant); every variant of an op has the same signature.
 set(includes "")
 set(members "")
 set(names "")
 set(cpu_sets "")
 set(gpu_sets "")
 foreach (key IN LISTS BN2D_KERNELS)
-    string(APPEND members "    decltype(&bn2d_${key}_cpu) ${key};\n")
     string(APPEND names "    \"${key}\",\n")
     foreach (backend IN LISTS BN2D_BACKENDS)
         string(APPEND includes "#include \"bn2d_${key}_${backend}.h\"\n")
     endforeach ()
 endforeach ()
+foreach (op IN LISTS BN2D_OPS)
+    list(GET BN2D_OP_${op}_DTYPES 0 d0)
+    list(GET BN2D_OP_${op}_LAYOUTS 0 l0)
+    string(APPEND members "    decltype(&bn2d_${op}_${d0}_${l0}_cpu) ${op}[kDtypeCount][kLayoutCount];\n")
+endforeach ()
+# The initializer of one KernelSet: `fn_of_key` maps a key to its function name.
+function(bn2d_kernel_set_initializer suffix out)
+    set(init "")
+    foreach (op IN LISTS BN2D_OPS)
+        string(APPEND init "{")
+        foreach (dtype IN LISTS BN2D_DTYPES)
+            string(APPEND init "{")
+            foreach (layout IN LISTS BN2D_LAYOUTS)
+                set(key "${op}_${dtype}_${layout}")
+                if (key IN_LIST BN2D_KERNELS)
+                    string(APPEND init "bn2d_${key}_${suffix}, ")
+                else ()
+                    string(APPEND init "nullptr, ")
+                endif ()
+            endforeach ()
+            string(APPEND init "}, ")
+        endforeach ()
+        string(APPEND init "}, ")
+    endforeach ()
+    set(${out} "${init}" PARENT_SCOPE)
+endfunction()
 set(entry_decls "")
 foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     bn2d_target_features(${target} features)
@@ -142,26 +195,26 @@ foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     foreach (f IN LISTS features)
         string(APPEND feature_list "halide_target_feature_${f}, ")
     endforeach ()
-    set(fns "")
     foreach (key IN LISTS BN2D_KERNELS)
         string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_${isa};\n")
-        string(APPEND fns "bn2d_${key}_cpu_${isa}, ")
     endforeach ()
+    bn2d_kernel_set_initializer("cpu_${isa}" fns)
     string(APPEND cpu_sets "    {\"${isa}\", \"${target}\", {${feature_list}halide_target_feature_end}, {${fns}}},\n")
 endforeach ()
 set(gpu_backends cuda opencl)
 set(gpu_set_names kCudaKernels kOpenclKernels)
 foreach (backend set_name IN ZIP_LISTS gpu_backends gpu_set_names)
-    set(fns "")
-    foreach (key IN LISTS BN2D_KERNELS)
-        string(APPEND fns "bn2d_${key}_${backend}, ")
-    endforeach ()
     if (BN2D_GPU)
+        bn2d_kernel_set_initializer("${backend}" fns)
         string(APPEND gpu_sets "inline const KernelSet ${set_name}{${fns}};\n")
     endif ()
 endforeach ()
 list(LENGTH BN2D_KERNELS kernel_count)
+list(LENGTH BN2D_DTYPES dtype_count)
+list(LENGTH BN2D_LAYOUTS layout_count)
 string(REPLACE ";" " " cpu_targets_str "${BN2D_CPU_TARGETS}")
+string(REPLACE ";" "\", \"" dtype_names "${BN2D_DTYPES}")
+string(REPLACE ";" "\", \"" layout_names "${BN2D_LAYOUTS}")
 file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
 "// ${note}
 #pragma once
@@ -172,7 +225,13 @@ file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
 @entry_decls@
 namespace bn2d::detail {
 
-// One member per kernel of the table; every backend's kernels have the same signatures.
+// Indices: bn2d::DType order (f32, bf16, f16, f64) and detail::Layout (nchw, nhwc, strided).
+constexpr int kDtypeCount = @dtype_count@;
+constexpr int kLayoutCount = @layout_count@;
+constexpr const char *kDtypeNames[kDtypeCount] = {\"@dtype_names@\"};
+constexpr const char *kLayoutNames[kLayoutCount] = {\"@layout_names@\"};
+
+// One member per kernel of the table, indexed [dtype][layout]; null where not built.
 struct KernelSet {
 @members@};
 

@@ -46,7 +46,8 @@ int main() {
         bn2d::reference::Module ref(kC);
         // Non-trivial affine parameters, the same in both.
         std::vector<float> w = random_input(rng, kC, 1.0f, 0.2f), b = random_input(rng, kC, 0.0f, 0.5f);
-        bn.load_state_dict({w, b, std::vector<float>(kC, 0.0f), std::vector<float>(kC, 1.0f), 0});
+        bn.load_state_dict({{w.begin(), w.end()}, {b.begin(), b.end()}, std::vector<double>(kC, 0.0),
+                            std::vector<double>(kC, 1.0), 0});
         ref.weight.assign(w.begin(), w.end());
         ref.bias.assign(b.begin(), b.end());
 

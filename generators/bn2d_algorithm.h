@@ -28,8 +28,14 @@ struct Vars {
     Var w{"w"}, h{"h"}, c{"c"}, n{"n"};
 };
 
-// Extents of the logical tensor (Exprs, usually read from the input buffer), the type the
-// per-channel sums accumulate in, and the prefix of every Func name.
+// Extents of the logical tensor (Exprs, usually read from the input buffer), the types, and the
+// prefix of every Func name.
+//
+// Types: `element` is the type of x, y, dy and dx as stored (float32, bfloat16, float16 or
+// float64); `compute` the type of the per-element arithmetic and the per-channel values
+// (statistics, weight, bias): float32 for 16-bit and 32-bit tensors, as PyTorch computes in
+// its "opmath" type, float64 for float64. Inputs are widened on load and outputs rounded once,
+// on store. Per-channel sums accumulate in `acc`, never narrower than float32.
 //
 // Accumulator: float64 by default on every target (as ATen's CPU kernels do). With float32 sums,
 // a channel whose shift sample K is an outlier (a hot pixel 1000 std away) brings the
@@ -41,10 +47,42 @@ struct Extents {
     Expr W, H, C, N;
     Halide::Type acc = Halide::Float(64);
     std::string prefix;  // "bn1_" -> Funcs "bn1_batch_mean", "bn1_y", ...
+    Halide::Type element = Halide::Float(32);
+    Halide::Type compute = Halide::Float(32);
 
-    Expr count() const { return Halide::cast<float>(W * H * N); }  // M = N*H*W per channel
+    Expr count() const { return Halide::cast(compute, W * H * N); }  // M = N*H*W per channel
     Expr count_acc() const { return Halide::cast(acc, W * H * N); }
     Func func(const std::string &stage) const { return Func(prefix + stage); }
+    Expr one() const { return Halide::cast(compute, 1); }
+    // Load into the accumulator type (exact: the accumulator is at least as wide).
+    Expr wide(Expr e) const { return Halide::cast(acc, in(std::move(e))); }
+
+    // Load: widen a stored element (or any per-channel value) to the compute type.
+    Expr in(Expr e) const {
+        if (element.is_bfloat() && e.type() == Halide::UInt(16)) return bf16_bits_to_float(e);
+        return Halide::cast(compute, std::move(e));
+    }
+    // Store: round a computed value to the element type, once.
+    Expr out(Expr e) const {
+        if (element.is_bfloat()) return float_to_bf16_bits(e);
+        return Halide::cast(element, std::move(e));
+    }
+    // The storage type of an element: bfloat16 tensors are held as their uint16 bit patterns
+    // and converted here rather than by Halide's bfloat16 type, which crashes the PTX back end
+    // in Halide 21 (an LLVM "Invalid cast!" assertion) and needs cl_khr_fp16 on OpenCL.
+    Halide::Type storage() const { return element.is_bfloat() ? Halide::UInt(16) : element; }
+
+    static Expr bf16_bits_to_float(Expr bits) {
+        return Halide::reinterpret(Halide::Float(32), Halide::cast(Halide::UInt(32), bits) << 16);
+    }
+    // Round to nearest even, NaN to the canonical quiet NaN 0x7fc0: c10::BFloat16's rounding.
+    static Expr float_to_bf16_bits(Expr f) {
+        Expr bits = Halide::reinterpret(Halide::UInt(32), Halide::cast(Halide::Float(32), f));
+        Expr rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+        Expr is_nan = (bits & 0x7fffffff) > 0x7f800000;
+        return Halide::cast(Halide::UInt(16),
+                            Halide::select(is_nan, Halide::cast(Halide::UInt(32), 0x7fc0), rounded));
+    }
 };
 
 // Per-channel sums over (n, h, w). A Tuple-valued Func: {sum of a, sum of b}.
@@ -70,43 +108,46 @@ inline ChannelSums channel_sums(const std::string &stage, Func a, Func b, const 
 // K = x(0, 0, c, 0), then S1 = sum(x - K) and S2 = sum((x - K)^2) are accumulated together and
 // mean = K + S1/M, var = S2/M - (S1/M)^2.
 // Why: the naive E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std (both terms are
-// ~mean^2). After the shift, x - K is of the order of the spread (and exact in float32 when x
-// and K are within a factor of two), so the cancellation is bounded by how far K sits from the
-// mean, a few standard deviations for real data. A two-pass (mean, then sum of squared
-// deviations) is as robust but reads the data once more; the shifted form reads it once, which
-// matters for a memory-bound op. Schedules split the sums into vector lanes and row blocks
-// (rfactor), which is a pairwise-like summation and keeps the rounding error small.
+// ~mean^2). After the shift, x - K is of the order of the spread, so the cancellation is
+// bounded by how far K sits from the mean, a few standard deviations for real data. A two-pass
+// (mean, then sum of squared deviations) is as robust but reads the data once more; the
+// shifted form reads it once, which matters for a memory-bound op. Schedules split the sums
+// into vector lanes and row blocks (rfactor), a pairwise-like summation.
+// x - K is taken in the accumulator type, where it is exact (two float32 values differ by a
+// float64 exactly): taken in float32 it rounds whenever x and K are more than a factor of two
+// apart, and on a 1080p channel whose mean is near zero those roundings left a 1.4e-5 relative
+// error in the mean (libtorch, which sums x itself in float64: 2e-8).
+// mean and var stay in the accumulator type: every per-channel value derived from them
+// (invstd, scale, running statistics) is computed there and rounded once.
 struct BatchStats {
     Func shift;     // K(c)
     ChannelSums s;  // {S1, S2}
-    Func mean;      // mean(c)
-    Func var;       // biased variance var(c)
+    Func mean;      // mean(c), accumulator type
+    Func var;       // biased variance var(c), accumulator type
 };
 
 inline BatchStats batch_stats(Func x, const Extents &e, const Vars &v) {
     BatchStats st;
     st.shift = e.func("shift");
-    st.shift(v.c) = x(0, 0, v.c, 0);
+    st.shift(v.c) = e.wide(x(0, 0, v.c, 0));
     Func centered = e.func("centered"), centered_sq = e.func("centered_sq");
-    // The difference is taken in float32 (exact when x and K are close), then widened.
-    centered(v.w, v.h, v.c, v.n) = Halide::cast(e.acc, x(v.w, v.h, v.c, v.n) - st.shift(v.c));
+    centered(v.w, v.h, v.c, v.n) = e.wide(x(v.w, v.h, v.c, v.n)) - st.shift(v.c);
     centered_sq(v.w, v.h, v.c, v.n) = centered(v.w, v.h, v.c, v.n) * centered(v.w, v.h, v.c, v.n);
     st.s = channel_sums("stat_sums", centered, centered_sq, e, v);
 
     Expr M = e.count_acc();
     Expr shifted_mean = st.s.sums(v.c)[0] / M;
     st.mean = e.func("batch_mean");
-    st.mean(v.c) = Halide::cast<float>(Halide::cast(e.acc, st.shift(v.c)) + shifted_mean);
+    st.mean(v.c) = st.shift(v.c) + shifted_mean;
     st.var = e.func("batch_var");
     // Rounding can push a zero variance a hair below zero; clamp, as var is a square.
-    st.var(v.c) = Halide::cast<float>(
-        Halide::max(st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean, 0));
+    st.var(v.c) = Halide::max(st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean, 0);
     return st;
 }
 
 // 1 / sqrt(var + eps), as PyTorch computes invstd.
 inline Expr inverse_std(Expr var, Expr eps) {
-    return 1.0f / Halide::sqrt(var + eps);
+    return Halide::cast(var.type(), 1) / Halide::sqrt(var + Halide::cast(var.type(), eps));
 }
 
 // The normalization, the one place it is written:
@@ -123,12 +164,13 @@ inline Expr normalize(Expr x, Expr mean, Expr scale, Expr bias) {
 //   running = momentum * batch + (1 - momentum) * running,
 // with the unbiased variance var * M / (M - 1) for running_var. The caller rejects M == 1.
 inline Expr running_update(Expr running, Expr batch, Expr factor) {
-    return factor * batch + (1.0f - factor) * running;
+    factor = Halide::cast(batch.type(), factor);
+    return factor * batch + (Halide::cast(batch.type(), 1) - factor) * running;
 }
 
 inline Expr unbiased(Expr var, const Extents &e) {
-    Expr M = e.count();
-    return var * (M / (M - 1.0f));
+    Expr M = e.count_acc();
+    return var * (M / (M - Halide::cast(e.acc, 1)));
 }
 
 // Backward reductions, per channel: {sum(dy), sum(dy * (x - mean))}. grad_bias is the first,
@@ -136,44 +178,49 @@ inline Expr unbiased(Expr var, const Extents &e) {
 // only in where mean and invstd come from (the batch, or the running statistics).
 inline ChannelSums grad_sums(Func x, Func dy, Func mean, const Extents &e, const Vars &v) {
     Func dy_acc = e.func("dy_acc"), dy_centered = e.func("dy_centered");
-    dy_acc(v.w, v.h, v.c, v.n) = Halide::cast(e.acc, dy(v.w, v.h, v.c, v.n));
+    dy_acc(v.w, v.h, v.c, v.n) = e.wide(dy(v.w, v.h, v.c, v.n));
+    // x - mean in the accumulator type: exact, like the statistics' x - K.
     dy_centered(v.w, v.h, v.c, v.n) =
-        dy_acc(v.w, v.h, v.c, v.n) * Halide::cast(e.acc, x(v.w, v.h, v.c, v.n) - mean(v.c));
+        dy_acc(v.w, v.h, v.c, v.n) * (e.wide(x(v.w, v.h, v.c, v.n)) - e.wide(mean(v.c)));
     return channel_sums("grad_sums", dy_acc, dy_centered, e, v);
 }
 
 // Training-mode grad_input, from the saved batch statistics (M = N*H*W):
 //   dx = invstd * weight * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 // with mean(dy) = S_dy / M and mean(dy * x_hat) = S_dyxc * invstd / M. Rearranged so that the
-// per-element work is one fused multiply-add chain over per-channel coefficients:
-//   dx = (dy - S_dy/M - (x - mean) * (S_dyxc * invstd^2 / M)) * (invstd * weight)
-inline Expr train_grad_input(Expr x, Expr dy, Expr mean, Expr invstd, Expr weight, Expr sum_dy,
-                             Expr sum_dy_xc, const Extents &e) {
-    Expr M = e.count();
-    Expr proj = sum_dy_xc * invstd * invstd / M;
-    return (dy - sum_dy / M - (x - mean) * proj) * (invstd * weight);
-}
+// per-element work is one multiply-add chain over three per-channel coefficients:
+//   dx = (dy - shift - (x - mean) * proj) * scale,
+//   shift = S_dy / M, proj = S_dyxc * invstd^2 / M, scale = invstd * weight.
+// Eval mode: the statistics are constants, so dx = dy * scale (shift = proj = 0).
+// The coefficients are computed in the accumulator type and rounded once: with two values per
+// channel dx is a difference of two nearly equal terms (~eps / var of each), which amplifies
+// every rounding of invstd^2 (measured with float32 coefficients: 2x to 10x libtorch's error).
+struct GradInputCoefficients {
+    Expr shift, proj, scale;
+};
 
-// Eval-mode grad_input: the statistics are constants, so dx = dy * weight * invstd.
-inline Expr eval_grad_input(Expr dy, Expr invstd, Expr weight) {
-    return dy * (invstd * weight);
+inline GradInputCoefficients train_grad_coefficients(Expr invstd, Expr weight, Expr sum_dy,
+                                                     Expr sum_dy_xc, const Extents &e) {
+    Expr M = e.count_acc();
+    return {e.in(sum_dy / M), e.in(sum_dy_xc * invstd * invstd / M), e.in(invstd * weight)};
 }
 
 // ---------------------------------------------------------------------------------------------
 // Whole stages. Each returns every Func a schedule may place. An undefined weight or bias Func
 // means affine = false: weight acts as 1 and bias as 0.
 
-inline Expr weight_or_one(const Func &weight, const Expr &c) {
-    return weight.defined() ? weight(c) : Expr(1.0f);
+inline Expr weight_or_one(const Func &weight, const Expr &c, const Extents &e) {
+    return weight.defined() ? e.in(weight(c)) : e.one();
 }
-inline Expr bias_or_zero(const Func &bias, const Expr &c) {
-    return bias.defined() ? bias(c) : Expr(0.0f);
+inline Expr bias_or_zero(const Func &bias, const Expr &c, const Extents &e) {
+    return bias.defined() ? e.in(bias(c)) : Halide::cast(e.compute, 0);
 }
 
 // Training forward: batch statistics, normalized output, saved statistics for backward and
 // the running-statistics update with exponential_average_factor `factor`.
 struct TrainForward {
     BatchStats stats;
+    Func mean;   // the batch mean in the compute type, per channel
     Func scale;  // invstd * weight, per channel
     Func y, saved_mean, saved_invstd, running_mean_out, running_var_out;
 };
@@ -183,23 +230,26 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
                                   const Vars &v) {
     TrainForward p;
     p.stats = batch_stats(x, e, v);
-    Func invstd = e.func("invstd");
+    Func invstd = e.func("invstd");  // accumulator type
     invstd(v.c) = inverse_std(p.stats.var(v.c), eps);
     p.scale = e.func("scale");
-    p.scale(v.c) = invstd(v.c) * weight_or_one(weight, v.c);
+    p.scale(v.c) = e.in(invstd(v.c) * Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
+    p.mean = e.func("mean");
+    p.mean(v.c) = e.in(p.stats.mean(v.c));
 
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = normalize(x(v.w, v.h, v.c, v.n), p.stats.mean(v.c), p.scale(v.c),
-                                        bias_or_zero(bias, v.c));
+    p.y(v.w, v.h, v.c, v.n) = e.out(normalize(e.in(x(v.w, v.h, v.c, v.n)), p.mean(v.c),
+                                              p.scale(v.c), bias_or_zero(bias, v.c, e)));
     p.saved_mean = e.func("saved_mean");
-    p.saved_mean(v.c) = p.stats.mean(v.c);
+    p.saved_mean(v.c) = p.mean(v.c);
     p.saved_invstd = e.func("saved_invstd");
-    p.saved_invstd(v.c) = invstd(v.c);
+    p.saved_invstd(v.c) = e.in(invstd(v.c));
     p.running_mean_out = e.func("running_mean_out");
-    p.running_mean_out(v.c) = running_update(running_mean(v.c), p.stats.mean(v.c), factor);
+    p.running_mean_out(v.c) =
+        e.in(running_update(e.wide(running_mean(v.c)), p.stats.mean(v.c), factor));
     p.running_var_out = e.func("running_var_out");
-    p.running_var_out(v.c) =
-        running_update(running_var(v.c), unbiased(p.stats.var(v.c), e), factor);
+    p.running_var_out(v.c) = e.in(
+        running_update(e.wide(running_var(v.c)), unbiased(p.stats.var(v.c), e), factor));
     return p;
 }
 
@@ -213,10 +263,12 @@ inline EvalForward eval_forward(Func x, Func weight, Func bias, Func running_mea
                                 Func running_var, Expr eps, const Extents &e, const Vars &v) {
     EvalForward p;
     p.scale = e.func("scale");
-    p.scale(v.c) = inverse_std(running_var(v.c), eps) * weight_or_one(weight, v.c);
+    p.scale(v.c) = e.in(inverse_std(e.wide(running_var(v.c)), eps) *
+                        Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = normalize(x(v.w, v.h, v.c, v.n), running_mean(v.c), p.scale(v.c),
-                                        bias_or_zero(bias, v.c));
+    p.y(v.w, v.h, v.c, v.n) = e.out(normalize(e.in(x(v.w, v.h, v.c, v.n)),
+                                              e.in(running_mean(v.c)), p.scale(v.c),
+                                              bias_or_zero(bias, v.c, e)));
     return p;
 }
 
@@ -233,8 +285,9 @@ struct BackwardRequest {
 
 struct Backward {
     bool training;
-    Func invstd;       // per channel; computed from running_var in eval mode
+    Func invstd;       // per channel, accumulator type; from running_var in eval mode
     ChannelSums sums;  // {sum(dy), sum(dy * (x - mean))}; undefined when not needed
+    Func coefficients; // per channel: {shift, proj, scale} of grad_input (training), scale (eval)
     Func grad_input, grad_weight, grad_bias;
 };
 
@@ -243,31 +296,42 @@ inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean
                          const Extents &e, const Vars &v) {
     Backward p;
     p.training = want.training;
+    p.invstd = e.func("invstd");  // accumulator type
     if (want.training) {
-        p.invstd = stat;
+        p.invstd(v.c) = e.wide(stat(v.c));
     } else {
-        p.invstd = e.func("invstd");
-        p.invstd(v.c) = inverse_std(stat(v.c), eps);
+        p.invstd(v.c) = inverse_std(e.wide(stat(v.c)), eps);
     }
     // Eval-mode grad_input is pointwise; everything else needs the per-channel sums.
     if (want.grad_params || want.training) p.sums = grad_sums(x, dy, mean, e, v);
     if (want.grad_input) {
-        Expr w = weight_or_one(weight, v.c);
-        Expr x_ = x(v.w, v.h, v.c, v.n), dy_ = dy(v.w, v.h, v.c, v.n);
+        Expr w = Halide::cast(e.acc, weight_or_one(weight, v.c, e));
+        Expr x_ = e.in(x(v.w, v.h, v.c, v.n)), dy_ = e.in(dy(v.w, v.h, v.c, v.n));
         p.grad_input = e.func("grad_input");
-        p.grad_input(v.w, v.h, v.c, v.n) =
-            want.training ? train_grad_input(x_, dy_, mean(v.c), p.invstd(v.c), w,
-                                             Halide::cast<float>(p.sums.sums(v.c)[0]),
-                                             Halide::cast<float>(p.sums.sums(v.c)[1]), e)
-                          : eval_grad_input(dy_, p.invstd(v.c), w);
+        if (want.training) {
+            GradInputCoefficients k = train_grad_coefficients(
+                p.invstd(v.c), w, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1], e);
+            p.coefficients = e.func("grad_input_coefficients");
+            p.coefficients(v.c) = Tuple(k.shift, k.proj, k.scale);
+            Expr shift = p.coefficients(v.c)[0], proj = p.coefficients(v.c)[1];
+            Expr scale = p.coefficients(v.c)[2];
+            p.grad_input(v.w, v.h, v.c, v.n) =
+                e.out((dy_ - shift - (x_ - e.in(mean(v.c))) * proj) * scale);
+        } else {
+            p.coefficients = e.func("grad_input_coefficients");
+            p.coefficients(v.c) = e.in(p.invstd(v.c) * w);
+            p.grad_input(v.w, v.h, v.c, v.n) = e.out(dy_ * p.coefficients(v.c));
+        }
     }
     if (want.grad_params) {
-        Expr d_bias = Halide::cast<float>(p.sums.sums(v.c)[0]);
-        Expr d_weight = Halide::cast<float>(p.sums.sums(v.c)[1]) * p.invstd(v.c);
+        Expr d_bias = p.sums.sums(v.c)[0];
+        Expr d_weight = p.sums.sums(v.c)[1] * p.invstd(v.c);
         p.grad_bias = e.func("grad_bias");
-        p.grad_bias(v.c) = grad_bias_in.defined() ? grad_bias_in(v.c) + d_bias : d_bias;
+        p.grad_bias(v.c) =
+            e.in(grad_bias_in.defined() ? e.wide(grad_bias_in(v.c)) + d_bias : d_bias);
         p.grad_weight = e.func("grad_weight");
-        p.grad_weight(v.c) = grad_weight_in.defined() ? grad_weight_in(v.c) + d_weight : d_weight;
+        p.grad_weight(v.c) =
+            e.in(grad_weight_in.defined() ? e.wide(grad_weight_in(v.c)) + d_weight : d_weight);
     }
     return p;
 }

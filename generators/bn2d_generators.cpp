@@ -1,12 +1,21 @@
 // Halide Generators for batchnorm2d: training forward, eval forward and backward.
 //
 // generate() reads as: the algorithm (from bn2d_algorithm.h), estimates, then the schedule
-// (from schedules/, chosen by target). What differs between kernel libraries is a
-// GeneratorParam; generators/variants.cmake lists the libraries built from them.
+// (from schedules/, chosen by target and layout). What differs between kernel libraries is a
+// GeneratorParam; generators/variants.cmake lists the libraries built from them:
+//   dtype   element type of x, y, dy, dx: f32, bf16, f16 or f64. Per-channel inputs and outputs
+//           (weight, bias, running and saved statistics, parameter gradients) are float32, or
+//           float64 for f64: PyTorch's mixed-precision rule, 16-bit activations with float32
+//           parameters; the module rounds 16-bit parameters itself (runtime/src/batchnorm2d.cpp).
+//   layout  nchw (W stride 1), nhwc (C stride 1: channels_last) or strided (any strides,
+//           including negative and zero input strides). The algorithm is the same; the layout
+//           is a stride constraint on every 4-D buffer and picks the schedule.
+// Scalars (eps, factor) are float64 in every variant, so every dtype's kernels of one op have
+// the same C signature and the runtime's dispatch table is one array per op.
 //
 // Kernels take weight and bias whether or not the module is affine: a non-affine module passes
 // its weight of ones and bias of zeros, which gives PyTorch's result exactly ((x - mean) * invstd
-// * 1 + 0) at the cost of reading 2*C floats, so affine needs no library of its own.
+// * 1 + 0) at the cost of reading 2*C values, so affine needs no library of its own.
 #include "Halide.h"
 #include "bn2d_algorithm.h"
 #include "cpu_schedules.h"
@@ -18,26 +27,29 @@ namespace {
 using namespace Halide;
 using bn2d::ScheduleParams;
 
-// The schedule kernels a machine file may name (schedules/schedule_params.h).
+// The schedule kernels a machine file may name (schedules/schedule_params.h). NHWC kernels
+// have schedules (and knobs) of their own; the strided layout uses the NCHW schedules.
 const bn2d::ScheduleVocabulary kVocabulary{
-    {"train_fwd", "eval_fwd", "train_bwd", "eval_bwd"}, bn2d::cpu::kKnobs, bn2d::gpu::kKnobs};
+    {"train_fwd", "eval_fwd", "train_bwd", "eval_bwd", "train_fwd_nhwc", "eval_fwd_nhwc",
+     "train_bwd_nhwc", "eval_bwd_nhwc"},
+    bn2d::cpu::kKnobs,
+    bn2d::gpu::kKnobs};
 
 // Seed problem (20x100x35x45) as estimates, for the autoschedulers and the autotuner.
 constexpr int kEstN = 20, kEstC = 100, kEstH = 35, kEstW = 45;
 
-template<typename T>
-void estimate_nchw(T &buf) {
-    buf.set_estimates({{0, kEstW}, {0, kEstH}, {0, kEstC}, {0, kEstN}});
-}
-template<typename T>
-void estimate_c(T &buf) {
-    buf.set_estimates({{0, kEstC}});
-}
+using Tensor4 = GeneratorInput<Buffer<>>;
+using Vector1 = GeneratorInput<Buffer<>>;
+using Tensor4Out = GeneratorOutput<Buffer<>>;
+using Vector1Out = GeneratorOutput<Buffer<>>;
 
-// Common to every kernel: the schedule file and the accumulator type.
+// Common to every kernel: dtype, layout, schedule file and accumulator type, and the
+// constructors of typed inputs and outputs (called from configure(), in signature order).
 template<typename Self>
 class Bn2dGenerator : public Generator<Self> {
 public:
+    GeneratorParam<std::string> dtype{"dtype", "f32"};
+    GeneratorParam<std::string> layout{"layout", "nchw"};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
     // Type of the per-channel sums (see bn2d::Extents in bn2d_algorithm.h).
     GeneratorParam<std::string> accumulator{"accumulator", "float64"};
@@ -45,16 +57,81 @@ public:
 protected:
     bn2d::Vars v;
 
-    bn2d::Extents extents_of(const GeneratorInput<Buffer<const float, 4>> &x) const {
-        return {x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(), x.dim(3).extent(),
-                accumulator_type(), ""};
+    Type element_type() const {
+        const std::string d = dtype;
+        if (d == "f32") return Float(32);
+        if (d == "bf16") return BFloat(16);
+        if (d == "f16") return Float(16);
+        if (d == "f64") return Float(64);
+        throw std::runtime_error("dtype must be f32, bf16, f16 or f64, got '" + d + "'");
     }
+    // Per-channel values and arithmetic: float32, or float64 for float64 tensors.
+    Type compute_type() const { return element_type() == Float(64) ? Float(64) : Float(32); }
 
     Type accumulator_type() const {
         const std::string a = accumulator;
-        if (a == "float32") return Float(32);
-        if (a == "float64") return Float(64);
-        throw std::runtime_error("accumulator must be float32 or float64, got '" + a + "'");
+        Type t;
+        if (a == "float32") t = Float(32);
+        else if (a == "float64") t = Float(64);
+        else throw std::runtime_error("accumulator must be float32 or float64, got '" + a + "'");
+        return t.bits() < compute_type().bits() ? compute_type() : t;  // never below compute
+    }
+
+    bool nhwc() const { return check_layout() == "nhwc"; }
+    std::string check_layout() const {
+        const std::string l = layout;
+        if (l != "nchw" && l != "nhwc" && l != "strided")
+            throw std::runtime_error("layout must be nchw, nhwc or strided, got '" + l + "'");
+        return l;
+    }
+
+    // A 4-D tensor argument (w, h, c, n) of the element type, with the layout's stride rule.
+    template<typename T>
+    void constrain(T &t) {
+        const std::string l = check_layout();
+        if (l == "nchw") return;  // Halide's default: dim 0 (W) stride 1
+        t.dim(0).set_stride(Expr());
+        if (l == "nhwc") t.dim(2).set_stride(1);
+    }
+    // bfloat16 tensors are uint16 bit patterns (bn2d::Extents::storage).
+    Type storage_type() const { return element_type().is_bfloat() ? UInt(16) : element_type(); }
+    Tensor4 *tensor_in(const std::string &name) {
+        return this->template add_input<Buffer<>>(name, storage_type(), 4);
+    }
+    Vector1 *vector_in(const std::string &name) {
+        return this->template add_input<Buffer<>>(name, compute_type(), 1);
+    }
+    GeneratorInput<double> *scalar_in(const std::string &name) {
+        return this->template add_input<double>(name);
+    }
+    Tensor4Out *tensor_out(const std::string &name) {
+        return this->template add_output<Buffer<>>(name, storage_type(), 4);
+    }
+    Vector1Out *vector_out(const std::string &name) {
+        return this->template add_output<Buffer<>>(name, compute_type(), 1);
+    }
+
+    bn2d::Extents extents_of(Tensor4 &x) const {
+        bn2d::Extents e{x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(),
+                        x.dim(3).extent(), accumulator_type(), ""};
+        e.element = element_type();
+        e.compute = compute_type();
+        return e;
+    }
+
+    // Estimates (the seed problem) and layout constraints for every argument.
+    void set_estimates(const std::vector<Tensor4 *> &tensors, const std::vector<Tensor4Out *> &outs,
+                       const std::vector<Vector1 *> &vectors, const std::vector<Vector1Out *> &vouts) {
+        for (Tensor4 *t : tensors) {
+            t->set_estimates({{0, kEstW}, {0, kEstH}, {0, kEstC}, {0, kEstN}});
+            constrain(*t);
+        }
+        for (Tensor4Out *t : outs) {
+            t->set_estimates({{0, kEstW}, {0, kEstH}, {0, kEstC}, {0, kEstN}});
+            constrain(*t);
+        }
+        for (Vector1 *b : vectors) b->set_estimates({{0, kEstC}});
+        for (Vector1Out *b : vouts) b->set_estimates({{0, kEstC}});
     }
 
     std::string backend() const {
@@ -65,20 +142,23 @@ protected:
         return "cpu";
     }
 
-    // THE SCHEDULE: the CPU or GPU schedule of `kernel` with this machine's parameters. The
-    // whole machine file is checked first (unknown keys), then the keys of this kernel that its
-    // schedule did not read: either fails the build, naming the file, line and key.
+    // THE SCHEDULE: the CPU or GPU schedule of `op` for this layout with this machine's
+    // parameters. The whole machine file is checked first (unknown keys), then the keys of this
+    // schedule kernel that its schedule did not read: either fails the build, naming the file,
+    // line and key.
     template<typename CpuSchedule, typename GpuSchedule>
-    void apply_schedule(const std::string &kernel, CpuSchedule &&cpu_schedule,
+    void apply_schedule(const std::string &op, CpuSchedule &&cpu_schedule,
                         GpuSchedule &&gpu_schedule) {
         if (this->using_autoscheduler()) return;
         ScheduleParams sp = ScheduleParams::load(schedule_file);
         sp.validate(kVocabulary);
         const std::string be = backend();
+        const std::string kernel = nhwc() ? op + "_nhwc" : op;
+        const bn2d::Layout l = nhwc() ? bn2d::Layout::nhwc : bn2d::Layout::nchw;
         if (be == "cpu") {
-            cpu_schedule(sp);
+            cpu_schedule(sp, kernel, l);
         } else {
-            gpu_schedule(sp, be);
+            gpu_schedule(sp, be, kernel, l);
         }
         sp.check_all_read(be, kernel);
     }
@@ -86,83 +166,90 @@ protected:
 
 class TrainForwardGenerator : public Bn2dGenerator<TrainForwardGenerator> {
 public:
-    Input<Buffer<const float, 4>> x{"x"};
-    Input<Buffer<const float, 1>> weight{"weight"};
-    Input<Buffer<const float, 1>> bias{"bias"};
-    Input<Buffer<const float, 1>> running_mean{"running_mean"};
-    Input<Buffer<const float, 1>> running_var{"running_var"};
-    Input<float> eps{"eps"};
+    Tensor4 *x;
+    Vector1 *weight, *bias, *running_mean, *running_var;
+    GeneratorInput<double> *eps;
     // exponential_average_factor: momentum, or 1/num_batches_tracked when momentum is None.
-    Input<float> factor{"factor"};
+    GeneratorInput<double> *factor;
 
-    Output<Buffer<float, 4>> y{"y"};
-    Output<Buffer<float, 1>> saved_mean{"saved_mean"};
-    Output<Buffer<float, 1>> saved_invstd{"saved_invstd"};
-    Output<Buffer<float, 1>> running_mean_out{"running_mean_out"};
-    Output<Buffer<float, 1>> running_var_out{"running_var_out"};
+    Tensor4Out *y;
+    Vector1Out *saved_mean, *saved_invstd, *running_mean_out, *running_var_out;
+
+    void configure() {
+        x = tensor_in("x");
+        weight = vector_in("weight");
+        bias = vector_in("bias");
+        running_mean = vector_in("running_mean");
+        running_var = vector_in("running_var");
+        eps = scalar_in("eps");
+        factor = scalar_in("factor");
+        y = tensor_out("y");
+        saved_mean = vector_out("saved_mean");
+        saved_invstd = vector_out("saved_invstd");
+        running_mean_out = vector_out("running_mean_out");
+        running_var_out = vector_out("running_var_out");
+    }
 
     void generate() {
         // THE ALGORITHM
-        bn2d::TrainForward p = bn2d::train_forward(x, weight, bias, running_mean, running_var,
-                                                   eps, factor, extents_of(x), v);
-        y = p.y;
-        saved_mean = p.saved_mean;
-        saved_invstd = p.saved_invstd;
-        running_mean_out = p.running_mean_out;
-        running_var_out = p.running_var_out;
+        bn2d::TrainForward p =
+            bn2d::train_forward(*x, *weight, *bias, *running_mean, *running_var, *eps, *factor,
+                                extents_of(*x), v);
+        *y = p.y;
+        *saved_mean = p.saved_mean;
+        *saved_invstd = p.saved_invstd;
+        *running_mean_out = p.running_mean_out;
+        *running_var_out = p.running_var_out;
 
-        // ESTIMATES
-        estimate_nchw(x);
-        estimate_nchw(y);
-        for (auto *b : {&weight, &bias, &running_mean, &running_var}) estimate_c(*b);
-        for (auto *b : {&saved_mean, &saved_invstd, &running_mean_out, &running_var_out})
-            estimate_c(*b);
-        eps.set_estimate(1e-5f);
-        factor.set_estimate(0.1f);
+        // ESTIMATES AND LAYOUT
+        set_estimates({x}, {y}, {weight, bias, running_mean, running_var},
+                      {saved_mean, saved_invstd, running_mean_out, running_var_out});
+        eps->set_estimate(1e-5);
+        factor->set_estimate(0.1);
 
         // THE SCHEDULE
-        const std::string kernel = "train_fwd";
         apply_schedule(
-            kernel,
-            [&](const ScheduleParams &sp) {
-                bn2d::cpu::schedule_train_forward(p, kernel, v, sp, get_target());
+            "train_fwd",
+            [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
+                bn2d::cpu::schedule_train_forward(p, kernel, l, v, sp, get_target());
             },
-            [&](const ScheduleParams &sp, const std::string &be) {
-                bn2d::gpu::schedule_train_forward(p, be, kernel, v, sp);
-            });
+            [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
+                bn2d::Layout l) { bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp); });
     }
 };
 
 class EvalForwardGenerator : public Bn2dGenerator<EvalForwardGenerator> {
 public:
-    Input<Buffer<const float, 4>> x{"x"};
-    Input<Buffer<const float, 1>> weight{"weight"};
-    Input<Buffer<const float, 1>> bias{"bias"};
-    Input<Buffer<const float, 1>> running_mean{"running_mean"};
-    Input<Buffer<const float, 1>> running_var{"running_var"};
-    Input<float> eps{"eps"};
+    Tensor4 *x;
+    Vector1 *weight, *bias, *running_mean, *running_var;
+    GeneratorInput<double> *eps;
+    Tensor4Out *y;
 
-    Output<Buffer<float, 4>> y{"y"};
+    void configure() {
+        x = tensor_in("x");
+        weight = vector_in("weight");
+        bias = vector_in("bias");
+        running_mean = vector_in("running_mean");
+        running_var = vector_in("running_var");
+        eps = scalar_in("eps");
+        y = tensor_out("y");
+    }
 
     void generate() {
-        bn2d::EvalForward p =
-            bn2d::eval_forward(x, weight, bias, running_mean, running_var, eps, extents_of(x), v);
-        y = p.y;
+        bn2d::EvalForward p = bn2d::eval_forward(*x, *weight, *bias, *running_mean, *running_var,
+                                                 *eps, extents_of(*x), v);
+        *y = p.y;
 
-        estimate_nchw(x);
-        estimate_nchw(y);
-        for (auto *b : {&weight, &bias, &running_mean, &running_var}) estimate_c(*b);
-        eps.set_estimate(1e-5f);
+        set_estimates({x}, {y}, {weight, bias, running_mean, running_var}, {});
+        eps->set_estimate(1e-5);
 
-        const std::string kernel = "eval_fwd";
         apply_schedule(
-            kernel,
-            [&](const ScheduleParams &sp) {
-                bn2d::cpu::schedule_eval_forward(p, kernel, v, sp, get_target());
+            "eval_fwd",
+            [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
+                bn2d::cpu::schedule_eval_forward(p, kernel, l, v, sp, get_target());
             },
-            [&](const ScheduleParams &sp, const std::string &be) {
-                bn2d::gpu::schedule_eval_forward(p, be, kernel, v, sp);
-            });
+            [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
+                bn2d::Layout l) { bn2d::gpu::schedule_eval_forward(p, be, kernel, l, v, sp); });
     }
 };
 
@@ -180,29 +267,33 @@ public:
     GeneratorParam<bool> with_grad_input{"with_grad_input", true};
     GeneratorParam<bool> with_grad_params{"with_grad_params", true};
 
-    Input<Buffer<const float, 4>> x{"x"};
-    Input<Buffer<const float, 4>> grad_out{"grad_out"};
-    Input<Buffer<const float, 1>> mean{"mean"};
-    Input<Buffer<const float, 1>> stat{"stat"};  // saved invstd (train) or running_var (eval)
-    Input<float> eps{"eps"};                      // used in eval mode only
-    Input<Buffer<const float, 1>> weight{"weight"};
+    Tensor4 *x, *grad_out;
+    Vector1 *mean, *stat;  // stat: saved invstd (train) or running_var (eval)
+    GeneratorInput<double> *eps;  // used in eval mode only
+    Vector1 *weight;
     // Accumulated parameter gradients so far: the outputs are these plus this call's gradient.
-    Input<Buffer<const float, 1>> *grad_weight_in = nullptr, *grad_bias_in = nullptr;
+    Vector1 *grad_weight_in = nullptr, *grad_bias_in = nullptr;
 
-    Output<Buffer<float, 4>> *grad_input = nullptr;
-    Output<Buffer<float, 1>> *grad_weight = nullptr, *grad_bias = nullptr;
+    Tensor4Out *grad_input = nullptr;
+    Vector1Out *grad_weight = nullptr, *grad_bias = nullptr;
 
     void configure() {
         if (!with_grad_input && !with_grad_params)
             throw std::runtime_error("backward: at least one of with_grad_input, with_grad_params");
+        x = tensor_in("x");
+        grad_out = tensor_in("grad_out");
+        mean = vector_in("mean");
+        stat = vector_in("stat");
+        eps = scalar_in("eps");
+        weight = vector_in("weight");
         if (with_grad_params) {
-            grad_weight_in = add_input<Buffer<const float, 1>>("grad_weight_in");
-            grad_bias_in = add_input<Buffer<const float, 1>>("grad_bias_in");
+            grad_weight_in = vector_in("grad_weight_in");
+            grad_bias_in = vector_in("grad_bias_in");
         }
-        if (with_grad_input) grad_input = add_output<Buffer<float, 4>>("grad_input");
+        if (with_grad_input) grad_input = tensor_out("grad_input");
         if (with_grad_params) {
-            grad_weight = add_output<Buffer<float, 1>>("grad_weight");
-            grad_bias = add_output<Buffer<float, 1>>("grad_bias");
+            grad_weight = vector_out("grad_weight");
+            grad_bias = vector_out("grad_bias");
         }
     }
 
@@ -210,31 +301,30 @@ public:
         const bn2d::BackwardRequest want{mode == Mode::Train, with_grad_input, with_grad_params};
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
-        bn2d::Backward p = bn2d::backward(want, x, grad_out, mean, stat, eps, weight, gw_in, gb_in,
-                                          extents_of(x), v);
+        bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight,
+                                          gw_in, gb_in, extents_of(*x), v);
         if (grad_input) *grad_input = p.grad_input;
         if (grad_weight) *grad_weight = p.grad_weight;
         if (grad_bias) *grad_bias = p.grad_bias;
 
-        estimate_nchw(x);
-        estimate_nchw(grad_out);
-        for (auto *b : {&mean, &stat, &weight}) estimate_c(*b);
-        eps.set_estimate(1e-5f);
-        if (grad_input) estimate_nchw(*grad_input);
-        for (auto *b : {grad_weight, grad_bias})
-            if (b) estimate_c(*b);
-        for (auto *b : {grad_weight_in, grad_bias_in})
-            if (b) estimate_c(*b);
+        std::vector<Tensor4Out *> outs;
+        if (grad_input) outs.push_back(grad_input);
+        std::vector<Vector1 *> vectors{mean, stat, weight};
+        std::vector<Vector1Out *> vouts;
+        if (grad_weight) {
+            vectors.insert(vectors.end(), {grad_weight_in, grad_bias_in});
+            vouts = {grad_weight, grad_bias};
+        }
+        set_estimates({x, grad_out}, outs, vectors, vouts);
+        eps->set_estimate(1e-5);
 
-        const std::string kernel = want.training ? "train_bwd" : "eval_bwd";
         apply_schedule(
-            kernel,
-            [&](const ScheduleParams &sp) {
-                bn2d::cpu::schedule_backward(p, kernel, v, sp, get_target());
+            want.training ? "train_bwd" : "eval_bwd",
+            [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
+                bn2d::cpu::schedule_backward(p, kernel, l, v, sp, get_target());
             },
-            [&](const ScheduleParams &sp, const std::string &be) {
-                bn2d::gpu::schedule_backward(p, be, kernel, v, sp);
-            });
+            [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
+                bn2d::Layout l) { bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp); });
     }
 };
 

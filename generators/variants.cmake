@@ -11,16 +11,24 @@
 # for grad_input anyway) and drops the 2*C values. Separate libraries only where the work
 # differs: which outputs exist, training or eval statistics, and the target.
 
-# bn2d_kernel(<kernel> <dtype> <layout> GENERATOR <generator> [PARAMS <key=value>...])
+# bn2d_kernel(<kernel> DTYPES <dtype>... LAYOUTS <layout>... GENERATOR <generator>
+#             [PARAMS <key=value>...])
+#   One library per dtype x layout x backend.
 #   <kernel>: the op and its outputs. Kernels named *_bwd* share the schedule knobs of
-#   train_bwd or eval_bwd in schedules/machines/*.params.
-bn2d_kernel(train_fwd        f32 nchw GENERATOR bn2d_train_forward)
-bn2d_kernel(eval_fwd         f32 nchw GENERATOR bn2d_eval_forward)
-bn2d_kernel(train_bwd        f32 nchw GENERATOR bn2d_backward PARAMS mode=train)
-bn2d_kernel(train_bwd_params f32 nchw GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false)
-bn2d_kernel(eval_bwd         f32 nchw GENERATOR bn2d_backward PARAMS mode=eval)
-bn2d_kernel(eval_bwd_input   f32 nchw GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false)
-bn2d_kernel(eval_bwd_params  f32 nchw GENERATOR bn2d_backward PARAMS mode=eval with_grad_input=false)
+#   train_bwd or eval_bwd in schedules/machines/*.params (NHWC: train_bwd_nhwc, ...).
+#   dtypes: f32, bf16, f16, f64 (element type of x, y, dy, dx; per-channel values are float32,
+#   float64 for f64). Layouts: nchw (W stride 1), nhwc (channels_last: C stride 1), strided
+#   (any strides; the runtime's path for every other view and for mixed layouts). The runtime
+#   falls back to strided when a layout is not listed, and names a missing dtype in its error.
+set(all_dtypes f32 bf16 f16 f64)
+set(all_layouts nchw nhwc strided)
+bn2d_kernel(train_fwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_train_forward)
+bn2d_kernel(eval_fwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_eval_forward)
+bn2d_kernel(train_bwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train)
+bn2d_kernel(train_bwd_params DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false)
+bn2d_kernel(eval_bwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval)
+bn2d_kernel(eval_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false)
+bn2d_kernel(eval_bwd_params  DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_input=false)
 
 # bn2d_target(<backend> <name> <Halide target>)
 #   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64
@@ -32,5 +40,6 @@ bn2d_target(cpu    avx2     x86-64-linux-avx2-fma-f16c)
 bn2d_target(cpu    sse41    x86-64-linux-sse41)
 bn2d_target(cpu    baseline x86-64-linux)
 bn2d_target(cuda   sm80     x86-64-linux-cuda-cuda_capability_80)
-# float64 per-channel sums need cl_khr_fp64 on the device (PoCL has it).
+# float64 sums and tensors need cl_khr_fp64 on the device; float16 kernels are built with
+# cl_half added (cmake/Bn2dKernels.cmake) and need cl_khr_fp16.
 bn2d_target(opencl cl12     x86-64-linux-opencl-cl_doubles)

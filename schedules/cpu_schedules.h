@@ -13,7 +13,14 @@
 //    C = 3, N = 1 keeps every core busy.
 // Measured on a 2-core Zen 4 VM (README): on DRAM-bound shapes eval at 0.96-1.03x the
 // streaming bound, training forward 1.32-1.62x, backward 1.32-1.61x. Known weak spot: 7x7
-// planes, where the per-row cost of the rfactored reduction dominates 49-float rows.
+// planes, where the per-row cost of the rfactored reduction dominates 49-float rows; NHWC
+// (below) is the layout for them.
+//
+// NHWC (channels_last) tensors get schedules of their own: C is innermost in memory, so every
+// loop vectorizes over channels. The statistics are a parallel pass over blocks of rows, each
+// block keeping a vector of partial sums per channel (L1-resident: C * 2 sums), then the
+// normalization is a second, pointwise pass: two reads of x, as oneDNN's NHWC kernels do,
+// because a channel's values are spread over the whole tensor.
 // Tunables come from ScheduleParams (schedules/machines/*.params); defaults below.
 #pragma once
 
@@ -33,7 +40,8 @@ using Halide::Var;
 
 // The knobs a machine file may set for CPU kernels (schedules/machines/*.params).
 inline const std::vector<std::string> kKnobs = {"vector_lanes", "accumulators", "chunk",
-                                                "grain",        "min_channels", "min_batch"};
+                                                "grain",        "min_channels", "min_batch",
+                                                "block_rows"};
 
 struct Knobs {
     int lanes;         // vector width in floats
@@ -42,6 +50,7 @@ struct Knobs {
     int grain;         // minimum elements per parallel task (amortizes task overhead)
     int min_channels;  // below this many channels, parallelize inside channels too
     int min_batch;     // pointwise kernels: from this many batch items, one task per item
+    int block_rows;    // NHWC: rows (pixels) per block of partial sums; 0: grain / C
 };
 
 inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Target &t) {
@@ -52,9 +61,11 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
     k.grain = sp.get("cpu", kernel, "grain", 65536);
     k.min_channels = sp.get("cpu", kernel, "min_channels", 8);
     k.min_batch = sp.get("cpu", kernel, "min_batch", 8);
-    if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1)
+    k.block_rows = sp.get("cpu", kernel, "block_rows", 0);
+    if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1 ||
+        k.block_rows < 0)
         throw std::runtime_error("cpu." + kernel + ": need lanes >= 1, accumulators >= 1, " +
-                                 "chunk >= lanes, grain >= 1");
+                                 "chunk >= lanes, grain >= 1, block_rows >= 0");
     return k;
 }
 
@@ -168,29 +179,104 @@ inline void schedule_pointwise(Func out, Func per_channel, const Vars &v, const 
     if (per_channel.defined()) per_channel.compute_root();
 }
 
-inline void schedule_train_forward(TrainForward &p, const std::string &kernel, const Vars &v,
-                                   const ScheduleParams &sp, const Target &t) {
+// ---- NHWC ---------------------------------------------------------------------------------
+// A dense channels_last tensor arrives as rows of C values: (w = N*H*W rows, h = 1, c, n = 1);
+// a padded one as (w, h, c, n) with C innermost. Loops run over rows, vectors over channels.
+
+inline Expr nhwc_block_rows(Expr C, const Knobs &k) {
+    if (k.block_rows > 0) return Expr(k.block_rows);
+    return Halide::max(1, k.grain / Halide::max(C, 1));
+}
+
+// Per-channel sums: blocks of rows (and batch items) in parallel, each summing into its own
+// vector of C partial sums, swept row by row with C innermost; then one vectorized pass over
+// the blocks. Partial sums are in the accumulator type, like the NCHW rfactor's lanes.
+inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k) {
+    Var c(s.sums.args()[0].name()), blk("blk"), nn("nn"), task("task");
+    RVar rxo("rxo"), rxi("rxi");
+    Func partial = s.sums.update()
+                       .split(s.r.x, rxo, rxi, nhwc_block_rows(C, k), TailStrategy::GuardWithIf)
+                       .rfactor({{rxo, blk}, {s.r.z, nn}});
+    partial.compute_root().vectorize(c, k.lanes, TailStrategy::GuardWithIf);
+    partial.update()
+        .reorder(c, rxi, s.r.y, blk, nn)
+        .vectorize(c, k.lanes, TailStrategy::GuardWithIf)
+        .fuse(blk, nn, task)
+        .parallel(task);
+    s.sums.compute_root().vectorize(c, k.lanes, TailStrategy::GuardWithIf);
+    s.sums.update().vectorize(c, k.lanes, TailStrategy::GuardWithIf);
+}
+
+// A pointwise NHWC output: channels innermost and vectorized, all rows in one loop cut into
+// parallel tasks of about `grain` elements.
+inline void schedule_pointwise_nhwc(Func out, const Vars &v, const Knobs &k) {
+    Expr C = out.output_buffer().dim(2).extent();
+    Expr rows_per_task = Halide::max(1, k.grain / Halide::max(C, 1));
+    Var wh("wh"), rows("rows"), task("task"), ti("ti");
+    out.reorder(v.c, v.w, v.h, v.n)
+        .vectorize(v.c, k.lanes, TailStrategy::GuardWithIf)
+        .fuse(v.w, v.h, wh)
+        .fuse(wh, v.n, rows)
+        .split(rows, task, ti, rows_per_task, TailStrategy::GuardWithIf)
+        .parallel(task);
+}
+
+inline void compute_per_channel(const std::vector<Func> &funcs, const Vars &v, const Knobs &k) {
+    for (Func f : funcs) {
+        if (f.defined()) f.compute_root().vectorize(v.c, k.lanes, TailStrategy::GuardWithIf);
+    }
+}
+
+inline void schedule_train_forward(TrainForward &p, const std::string &kernel, Layout layout,
+                                   const Vars &v, const ScheduleParams &sp, const Target &t) {
     Knobs k = knobs(sp, kernel, t);
+    if (layout == Layout::nhwc) {
+        schedule_channel_sums_nhwc(p.stats.s, p.y.output_buffer().dim(2).extent(), k);
+        compute_per_channel({p.mean, p.scale}, v, k);
+        compute_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out},
+                            v, k);
+        schedule_pointwise_nhwc(p.y, v, k);
+        return;
+    }
     schedule_per_channel(p.y, p.stats.s,
                          {p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out},
-                         {p.scale}, v, k);
+                         {p.mean, p.scale}, v, k);
 }
 
-inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, const Vars &v,
-                                  const ScheduleParams &sp, const Target &t) {
-    schedule_pointwise(p.y, p.scale, v, knobs(sp, kernel, t));
+inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Layout layout,
+                                  const Vars &v, const ScheduleParams &sp, const Target &t) {
+    Knobs k = knobs(sp, kernel, t);
+    if (layout == Layout::nhwc) {
+        compute_per_channel({p.scale}, v, k);
+        schedule_pointwise_nhwc(p.y, v, k);
+        return;
+    }
+    schedule_pointwise(p.y, p.scale, v, k);
 }
 
-inline void schedule_backward(Backward &p, const std::string &kernel, const Vars &v,
-                              const ScheduleParams &sp, const Target &t) {
+inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout,
+                              const Vars &v, const ScheduleParams &sp, const Target &t) {
     Knobs k = knobs(sp, kernel, t);
     if (!p.training) p.invstd.compute_root();  // sqrt once per channel, not per element
     std::vector<Func> params;
     if (p.grad_weight.defined()) params = {p.grad_weight, p.grad_bias};
+    if (layout == Layout::nhwc) {
+        if (p.sums.sums.defined()) {
+            Expr C = (p.grad_input.defined() ? p.grad_input : params.front())
+                         .output_buffer()
+                         .dim(p.grad_input.defined() ? 2 : 0)
+                         .extent();
+            schedule_channel_sums_nhwc(p.sums, C, k);
+        }
+        compute_per_channel({p.coefficients}, v, k);
+        compute_per_channel(params, v, k);
+        if (p.grad_input.defined()) schedule_pointwise_nhwc(p.grad_input, v, k);
+        return;
+    }
     if (p.grad_input.defined() && p.sums.sums.defined()) {
-        schedule_per_channel(p.grad_input, p.sums, params, {}, v, k);
+        schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, v, k);
     } else if (p.grad_input.defined()) {
-        schedule_pointwise(p.grad_input, Func(), v, k);
+        schedule_pointwise(p.grad_input, p.coefficients, v, k);
     } else {
         schedule_reduction_only(params, p.sums, v, k);
     }

@@ -7,6 +7,8 @@
 //    blocks over N too; a warp-wide tile keeps short rows (7x7 = 49) ~77% busy where a
 //    128-wide one would be 38%.
 //  * Per-channel outputs: one thread per channel.
+// NHWC (channels_last): threads run along C, which is contiguous, so loads coalesce; the sums
+// are blocks of rows with a thread per channel, then a thread per channel over the blocks.
 // Every extent can be smaller than a tile, hence GuardWithIf throughout.
 #pragma once
 
@@ -89,36 +91,87 @@ inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, c
     }
 }
 
+// ---- NHWC ---------------------------------------------------------------------------------
+inline void schedule_channel_sums_nhwc(ChannelSums &s, const Vars &v, const Knobs &k) {
+    Var blk("blk"), nn("nn"), co("co"), ci("ci");
+    RVar rxo("rxo"), rxi("rxi");
+    Func partial = s.sums.update()
+                       .split(s.r.x, rxo, rxi, k.per_thread * k.rows, TailStrategy::GuardWithIf)
+                       .rfactor({{rxo, blk}, {s.r.z, nn}});
+    partial.compute_root()
+        .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
+        .reorder(ci, co, blk, nn)
+        .gpu_blocks(co, blk, nn)
+        .gpu_threads(ci);
+    partial.update()
+        .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
+        .reorder(rxi, s.r.y, ci, co, blk, nn)
+        .gpu_blocks(co, blk, nn)
+        .gpu_threads(ci);
+    s.sums.compute_root().gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+    s.sums.update().gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+}
+
+inline void schedule_elementwise_nhwc(Func out, const Vars &v, const Knobs &k) {
+    Var wh("wh"), co("co"), ci("ci"), ro("ro"), ri("ri");
+    out.fuse(v.w, v.h, wh)
+        .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
+        .split(wh, ro, ri, k.rows, TailStrategy::GuardWithIf)
+        .reorder(ci, ri, co, ro, v.n)
+        .gpu_blocks(co, ro, v.n)
+        .gpu_threads(ci, ri);
+}
+
+inline void schedule_sums(ChannelSums &s, Layout layout, const Vars &v, const Knobs &k) {
+    if (layout == Layout::nhwc) {
+        schedule_channel_sums_nhwc(s, v, k);
+    } else {
+        schedule_channel_sums(s, v, k);
+    }
+}
+
+inline void schedule_tensor(Func out, Layout layout, const Vars &v, const Knobs &k) {
+    if (layout == Layout::nhwc) {
+        schedule_elementwise_nhwc(out, v, k);
+    } else {
+        schedule_elementwise(out, v, k);
+    }
+}
+
 inline void schedule_train_forward(TrainForward &p, const std::string &backend,
-                                   const std::string &kernel, const Vars &v,
+                                   const std::string &kernel, Layout layout, const Vars &v,
                                    const ScheduleParams &sp) {
     Knobs k = knobs(sp, backend, kernel);
-    schedule_channel_sums(p.stats.s, v, k);
+    schedule_sums(p.stats.s, layout, v, k);
     p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
-    schedule_elementwise(p.y, v, k);
+    schedule_tensor(p.y, layout, v, k);
     schedule_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out}, v,
                          k);
 }
 
 inline void schedule_eval_forward(EvalForward &p, const std::string &backend,
-                                  const std::string &kernel, const Vars &v,
+                                  const std::string &kernel, Layout layout, const Vars &v,
                                   const ScheduleParams &sp) {
     Knobs k = knobs(sp, backend, kernel);
     p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
-    schedule_elementwise(p.y, v, k);
+    schedule_tensor(p.y, layout, v, k);
 }
 
 inline void schedule_backward(Backward &p, const std::string &backend, const std::string &kernel,
-                              const Vars &v, const ScheduleParams &sp) {
+                              Layout layout, const Vars &v, const ScheduleParams &sp) {
     Knobs k = knobs(sp, backend, kernel);
     if (!p.training) {
         p.invstd.compute_root();
         schedule_per_channel({p.invstd}, v, k);
     }
-    if (p.sums.sums.defined()) schedule_channel_sums(p.sums, v, k);
-    if (p.grad_input.defined()) schedule_elementwise(p.grad_input, v, k);
+    if (p.sums.sums.defined()) schedule_sums(p.sums, layout, v, k);
+    if (p.coefficients.defined()) {
+        p.coefficients.compute_root();
+        schedule_per_channel({p.coefficients}, v, k);
+    }
+    if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k);
     schedule_per_channel({p.grad_weight, p.grad_bias}, v, k);
 }
 

@@ -23,6 +23,10 @@
 
 namespace bn2d {
 
+// The layouts with schedules of their own: nchw (W innermost; also the strided kernels, whose
+// strides are unknown) and nhwc (channels_last: C innermost, reductions vectorize over C).
+enum class Layout { nchw, nhwc };
+
 // What a machine file may name: kernels, and the knobs of each backend family.
 struct ScheduleVocabulary {
     std::vector<std::string> kernels;

@@ -14,6 +14,7 @@
 
 #include "bn2d/bn2d.h"
 #include "reference.h"
+#include "typed_tensor.h"
 
 namespace bn2d::test {
 
@@ -36,6 +37,10 @@ inline std::vector<float> random_vector(std::mt19937 &rng, int64_t n, float mean
     std::vector<float> v(static_cast<size_t>(n));
     for (float &x : v) x = d(rng);
     return v;
+}
+
+inline std::vector<double> to_f64(const std::vector<float> &v) {
+    return std::vector<double>(v.begin(), v.end());
 }
 
 inline std::vector<float> poisoned(int64_t n) {
@@ -83,6 +88,13 @@ inline std::vector<float> to_vector(const Tensor &t) {
     return std::vector<float>(t.data(), t.data() + t.numel());
 }
 
+// A contiguous float32 or float64 host tensor (module storage views), as float64.
+inline std::vector<double> to_vector_f64(const Tensor &t) {
+    if (!t.defined()) return {};
+    if (t.dtype() == DType::float64) return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
+    return std::vector<double>(t.data(), t.data() + t.numel());
+}
+
 // A float64 reference module with the same options (eps, momentum, affine, tracking, mode).
 inline reference::Module reference_like(const BatchNorm2d &bn) {
     reference::Module ref(bn.num_features());
@@ -100,8 +112,8 @@ inline void randomize_parameters(std::mt19937 &rng, BatchNorm2d &bn, reference::
     std::vector<float> w = random_vector(rng, C, 1.0f, 0.3f), b = random_vector(rng, C, 0.0f, 0.5f);
     StateDict d = bn.state_dict();
     if (bn.affine()) {
-        d.weight = w;
-        d.bias = b;
+        d.weight.assign(w.begin(), w.end());
+        d.bias.assign(b.begin(), b.end());
         ref.weight.assign(w.begin(), w.end());
         ref.bias.assign(b.begin(), b.end());
     }
@@ -136,22 +148,30 @@ namespace bn2d::test {
 
 // Runs forward and backward with every output mask, in training and in eval mode, on `device`
 // with verbose mode on, and returns the bn2d_verbose lines printed (one per kernel call).
-inline std::vector<std::string> verbose_lines_of_every_op(Device device) {
+// `layout`: a tests/typed_tensor.h memory layout (nchw, nhwc, padded) for every tensor.
+inline std::vector<std::string> verbose_lines_of_every_op(Device device,
+                                                          DType dtype = DType::float32,
+                                                          const std::string &layout = "nchw") {
     const Shape s{2, 3, 4, 5};
-    const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
     std::mt19937 rng(7);
-    BatchNorm2d bn(s.c);
+    Options o;
+    o.dtype = dtype == DType::float64 ? DType::float64 : DType::float32;
+    BatchNorm2d bn(s.c, o);
     bn.to(device);
-    DeviceBuffer x(device, sizes), y(device, sizes), dy(device, sizes), dx(device, sizes);
-    x.upload(random_vector(rng, s.numel()));
-    dy.upload(random_vector(rng, s.numel()));
+    TypedTensor hx(dtype, s, layout), hy(dtype, s, layout), hdy(dtype, s, layout);
+    hx.randomize(rng);
+    hdy.randomize(rng);
+    DeviceBuffer x = hx.device_buffer(device), y = hy.device_buffer(device),
+                 dy = hdy.device_buffer(device), dx = hy.device_buffer(device);
+    hx.upload(x);
+    hdy.upload(dy);
     set_verbose(true);
     ::testing::internal::CaptureStderr();
     for (bool training : {true, false}) {
         bn.train(training);
         for (const BackwardMask &m : all_masks()) {
-            bn.forward(x.view(), y.view());
-            bn.backward(dy.view(), m.input ? dx.view() : Tensor(), m);
+            bn.forward(hx.device_view(x), hy.device_view(y));
+            bn.backward(hdy.device_view(dy), m.input ? hy.device_view(dx) : Tensor(), m);
         }
     }
     const std::string err = ::testing::internal::GetCapturedStderr();

@@ -15,8 +15,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-bool bitwise_equal(const std::vector<float> &a, const std::vector<float> &b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+template<typename T>
+bool bitwise_equal(const std::vector<T> &a, const std::vector<T> &b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 struct Snapshot {
@@ -39,7 +40,7 @@ Snapshot snapshot(const BatchNorm2d &bn) {
 ::testing::AssertionResult same(const Snapshot &a, const Snapshot &b) {
     ::testing::AssertionResult r = ::testing::AssertionFailure();
     bool ok = true;
-    auto cmp = [&](const char *what, const std::vector<float> &x, const std::vector<float> &y) {
+    auto cmp = [&](const char *what, const auto &x, const auto &y) {
         if (!bitwise_equal(x, y)) {
             r << what << " changed; ";
             ok = false;
@@ -201,23 +202,30 @@ TEST_F(Errors, OutOverlapsInput) {
     expect_error([&] { bn.backward(view(dy, s), view(x2, s)); }, {"grad_input", "overlaps"});
 }
 
-TEST_F(Errors, InnermostStrideNotOne) {
+// Any strides are accepted (tests/layouts_dtypes_test.cpp); an output that would write two
+// elements to one address is not.
+TEST_F(Errors, OutputOverlapsItself) {
     std::vector<float> wide(2 * s.numel(), 1.0f);
-    const std::vector<int64_t> sizes = {4, 3, 5, 6}, w_stride_2 = {180, 60, 12, 2};
-    expect_error([&] { bn.forward(Tensor(wide.data(), sizes, w_stride_2), view(y, s)); },
-                 {"input", "innermost (W) stride must be 1", "got 2"});
-    expect_error([&] { bn.forward(view(x, s), Tensor(wide.data(), sizes, w_stride_2)); },
-                 {"out", "innermost (W) stride must be 1"});
-    // NHWC (channels last) is not supported: W stride = C.
+    const std::vector<int64_t> sizes = {4, 3, 5, 6};
+    expect_error([&] { bn.forward(view(x, s), Tensor(wide.data(), sizes, {0, 30, 6, 1})); },
+                 {"out", "overlapping elements", "[0, 30, 6, 1]"});
+    expect_error([&] { bn.backward(view(dy, s), Tensor(wide.data(), sizes, {90, 30, 6, 2})); },
+                 {"grad_input", "overlapping elements"});
+}
+
+// dtype rules (PyTorch's): the input has the parameters' dtype, or is 16-bit with float32
+// parameters; outputs and gradients have the input's dtype.
+TEST_F(Errors, DtypeMismatch) {
+    std::vector<double> x64(s.numel(), 1.5), y64(s.numel());
+    std::vector<uint16_t> yb(s.numel());
+    const std::vector<int64_t> sizes = {4, 3, 5, 6};
     expect_error(
-        [&] {
-            bn.forward(Tensor(wide.data(), sizes, {90, 1, 18, 3}), view(y, s));
-        },
-        {"innermost (W) stride must be 1", "got 3"});
-    expect_error([&] { bn.backward(Tensor(wide.data(), sizes, w_stride_2), view(dx, s)); },
-                 {"grad_out", "innermost (W) stride must be 1"});
-    expect_error([&] { bn.backward(view(dy, s), Tensor(wide.data(), sizes, w_stride_2)); },
-                 {"grad_input", "innermost (W) stride must be 1"});
+        [&] { bn.forward(Tensor(x64.data(), DType::float64, sizes), Tensor(y64.data(), DType::float64, sizes)); },
+        {"input is float64", "parameters are float32"});
+    expect_error([&] { bn.forward(view(x, s), Tensor(yb.data(), DType::bfloat16, sizes)); },
+                 {"out is bfloat16 but input is float32"});
+    expect_error([&] { bn.backward(Tensor(yb.data(), DType::bfloat16, sizes), view(dx, s)); },
+                 {"grad_out is bfloat16"});
 }
 
 TEST_F(Errors, StridesDoNotMatchSizes) {
@@ -388,8 +396,8 @@ TEST_F(Errors, LoadStateDictWrongSizes) {
     expect_error([&] { bn.load_state_dict(bad); }, {"num_batches_tracked"});
     // All or nothing: a dict whose weight is fine but running_var is not loads nothing.
     bad = bn.state_dict();
-    for (float &w : bad.weight)
-        w = 42.0f;
+    for (double &w : bad.weight)
+        w = 42.0;
     bad.running_var.clear();
     expect_error([&] { bn.load_state_dict(bad); }, {"running_var"});
 }
@@ -451,7 +459,7 @@ TEST_F(Errors, DeviceBufferUploadWrongSize) {
         b.upload(std::vector<float>(5, 1.0f));
         ADD_FAILURE() << "no exception";
     } catch (const Error &e) {
-        EXPECT_THAT(e.what(), HasSubstr("5 floats for a buffer of 6"));
+        EXPECT_THAT(e.what(), HasSubstr("5 elements for a buffer of 6"));
     }
     EXPECT_THROW(DeviceBuffer(Device::CPU, {2, -3}), Error);
 }

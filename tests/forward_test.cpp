@@ -458,11 +458,11 @@ TEST(Forward, ResetAndStateDictRoundTrip) {
     bn.forward(view(x, s), view(y, s));
     StateDict saved = bn.state_dict();
     EXPECT_EQ(saved.num_batches_tracked, 1);
-    EXPECT_NE(saved.running_mean, std::vector<float>(s.c, 0.0f));
+    EXPECT_NE(saved.running_mean, std::vector<double>(s.c, 0.0));
 
     bn.reset_running_stats();
-    EXPECT_EQ(bn.state_dict().running_mean, std::vector<float>(s.c, 0.0f));
-    EXPECT_EQ(bn.state_dict().running_var, std::vector<float>(s.c, 1.0f));
+    EXPECT_EQ(bn.state_dict().running_mean, std::vector<double>(s.c, 0.0));
+    EXPECT_EQ(bn.state_dict().running_var, std::vector<double>(s.c, 1.0));
     EXPECT_EQ(bn.num_batches_tracked(), 0);
     EXPECT_EQ(bn.state_dict().weight, saved.weight); // parameters untouched
 
@@ -471,8 +471,8 @@ TEST(Forward, ResetAndStateDictRoundTrip) {
     EXPECT_EQ(bn.num_batches_tracked(), 1);
 
     bn.reset_parameters();
-    EXPECT_EQ(bn.state_dict().weight, std::vector<float>(s.c, 1.0f));
-    EXPECT_EQ(bn.state_dict().bias, std::vector<float>(s.c, 0.0f));
+    EXPECT_EQ(bn.state_dict().weight, std::vector<double>(s.c, 1.0));
+    EXPECT_EQ(bn.state_dict().bias, std::vector<double>(s.c, 0.0));
     EXPECT_EQ(bn.num_batches_tracked(), 0);
     EXPECT_EQ(bn.to_string(),
               "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common.h"
+#include "layout_dtype_check.h"
 
 #ifndef BN2D_TEST_DEVICE
 #error "define BN2D_TEST_DEVICE as OpenCL or Cuda"
@@ -200,7 +201,7 @@ TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
     bn.to(kDevice);
     EXPECT_EQ(bn.weight().device(), kDevice);
     EXPECT_NE(bn.weight().device_handle(), 0u);
-    EXPECT_EQ(bn.state_dict().weight, std::vector<float>(4, 1.0f));
+    EXPECT_EQ(bn.state_dict().weight, std::vector<double>(4, 1.0));
     bn.to(Device::CPU);
     EXPECT_EQ(bn.weight().device(), Device::CPU);
 }
@@ -211,16 +212,16 @@ TEST(GpuDevice, StateSurvivesMovesAndLoads) {
     BatchNorm2d bn(6);
     StateDict d = bn.state_dict();
     std::mt19937 rng(62);
-    d.weight = random_vector(rng, 6);
-    d.bias = random_vector(rng, 6);
-    d.running_mean = random_vector(rng, 6);
-    d.running_var = random_vector(rng, 6, 2.0f, 0.1f);
+    d.weight = to_f64(random_vector(rng, 6));
+    d.bias = to_f64(random_vector(rng, 6));
+    d.running_mean = to_f64(random_vector(rng, 6));
+    d.running_var = to_f64(random_vector(rng, 6, 2.0f, 0.1f));
     d.num_batches_tracked = 7;
     bn.load_state_dict(d);
     bn.to(kDevice);
     EXPECT_EQ(bn.state_dict().running_var, d.running_var);
     EXPECT_EQ(bn.state_dict().num_batches_tracked, 7);
-    d.bias = random_vector(rng, 6);
+    d.bias = to_f64(random_vector(rng, 6));
     bn.load_state_dict(d); // on the device
     EXPECT_EQ(bn.state_dict().bias, d.bias);
     bn.to(Device::CPU);
@@ -228,10 +229,10 @@ TEST(GpuDevice, StateSurvivesMovesAndLoads) {
     EXPECT_EQ(bn.state_dict().weight, d.weight);
     bn.to(kDevice);
     bn.reset_running_stats();
-    EXPECT_EQ(bn.state_dict().running_var, std::vector<float>(6, 1.0f));
+    EXPECT_EQ(bn.state_dict().running_var, std::vector<double>(6, 1.0));
     EXPECT_EQ(bn.state_dict().weight, d.weight);
     bn.reset_parameters();
-    EXPECT_EQ(bn.state_dict().weight, std::vector<float>(6, 1.0f));
+    EXPECT_EQ(bn.state_dict().weight, std::vector<double>(6, 1.0));
 }
 
 // Host tensors are rejected by a module on the device, with the reason.
@@ -256,20 +257,81 @@ TEST(GpuDevice, HostTensorOnDeviceModule) {
 namespace bn2d::test {
 namespace {
 
-// Every kernel of the variant table is reached on this backend, and BN2D_VERBOSE names it.
+// Every layout x dtype the CPU tests cover (tests/layouts_dtypes_test.cpp), on the device:
+// NCHW, NHWC, padded rows and mixed layouts (the strided kernels); negative strides are
+// CPU-only. Names carry layout and dtype (ctest -R nhwc, -R bf16).
+class GpuLayoutDtype : public ::testing::TestWithParam<Variant> {
+protected:
+    void SetUp() override { SKIP_WITHOUT_DEVICE(); }
+};
+
+// Why the device cannot run `dtype` ("" if it can): float16 on an OpenCL device without
+// cl_khr_fp16 (PoCL on the CPU) is a clean error saying so.
+std::string dtype_unsupported_reason(DType dtype) {
+    const Shape s{1, 1, 1, 2};
+    TypedTensor x(dtype, s, "nchw"), y(dtype, s, "nchw");
+    std::mt19937 rng(1);
+    x.randomize(rng);
+    Options o;
+    o.dtype = dtype == DType::float64 ? DType::float64 : DType::float32;
+    BatchNorm2d bn(1, o);
+    bn.to(kDevice);
+    OnDevice dx(x, kDevice), dy(y, kDevice);
+    try {
+        bn.forward(dx.view(), dy.view());
+    } catch (const Error &e) {
+        const std::string msg = e.what();
+        if (msg.find("cl_khr_fp16") != std::string::npos) return msg.substr(0, msg.find('\n'));
+        throw;
+    }
+    return "";
+}
+
+TEST_P(GpuLayoutDtype, MatchesFloat64Reference) {
+    const std::string reason = dtype_unsupported_reason(GetParam().dtype);
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    check_against_reference(GetParam(), problems::load("gpu"), kDevice);
+}
+
+std::vector<Variant> gpu_variants() {
+    std::vector<Variant> v;
+    for (DType t : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        for (const char *l : {"nchw", "nhwc", "padded"}) v.push_back({l, l, t});
+        v.push_back({"nchw", "nhwc", t});
+    }
+    return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GpuLayoutDtype, ::testing::ValuesIn(gpu_variants()),
+                         [](const ::testing::TestParamInfo<Variant> &i) { return i.param.name(); });
+
+// Every kernel of the variant table is reached on this backend, and BN2D_VERBOSE names it
+// (float16 only where the device runs it).
 TEST(GpuVariants, VerboseNamesEveryKernelOfTheTable) {
     SKIP_WITHOUT_DEVICE();
-    const std::vector<std::string> lines = verbose_lines_of_every_op(kDevice);
-    ASSERT_EQ(lines.size(), 12u);
-    std::set<std::string> reached;
-    for (const std::string &line : lines) {
-        const std::vector<std::string> f = split(line, ',');
-        ASSERT_EQ(f.size(), 9u) << line;
-        EXPECT_EQ(f[4].substr(0, f[4].find(':')), device_name(kDevice)) << line;
-        reached.insert(f[3]);
+    std::set<std::string> reached, skipped_dtypes;
+    for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        if (!dtype_unsupported_reason(dtype).empty()) {
+            skipped_dtypes.insert(std::string("_") + dtype_short_name(dtype) + "_");
+            continue;
+        }
+        for (const std::string layout : {"nchw", "nhwc", "padded"}) {
+            const std::vector<std::string> lines = verbose_lines_of_every_op(kDevice, dtype, layout);
+            ASSERT_EQ(lines.size(), 12u);
+            for (const std::string &line : lines) {
+                const std::vector<std::string> f = split(line, ',');
+                ASSERT_EQ(f.size(), 9u) << line;
+                EXPECT_EQ(f[4].substr(0, f[4].find(':')), device_name(kDevice)) << line;
+                reached.insert(f[3]);
+            }
+        }
     }
-    for (const std::string &k : build_info().kernels)
-        EXPECT_TRUE(reached.count(k)) << "kernel " << k << " is never dispatched on " << device_name(kDevice);
+    for (const std::string &k : build_info().kernels) {
+        bool skipped = false;
+        for (const std::string &d : skipped_dtypes) skipped = skipped || k.find(d) != std::string::npos;
+        if (!skipped)
+            EXPECT_TRUE(reached.count(k)) << "kernel " << k << " is never dispatched on " << device_name(kDevice);
+    }
 }
 
 }  // namespace

@@ -20,23 +20,31 @@ TEST(Variants, TableListsKernelsAndIsas) {
 }
 
 TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
-    const std::vector<std::string> lines = verbose_lines_of_every_op(Device::CPU);
-    ASSERT_EQ(lines.size(), 12u) << "one line per kernel call: 2 modes x 3 masks x (fwd + bwd)";
     std::set<std::string> reached;
-    for (const std::string &line : lines) {
-        SCOPED_TRACE(line);
-        const std::vector<std::string> f = split(line, ',');
-        ASSERT_EQ(f.size(), 9u);
-        EXPECT_EQ(f[1], "exec");
-        EXPECT_TRUE(f[2] == "train_fwd" || f[2] == "eval_fwd" || f[2] == "train_bwd" ||
-                    f[2] == "eval_bwd");
-        EXPECT_EQ(f[2].substr(0, 5), f[3].substr(0, 5)) << "op and kernel disagree on the mode";
-        EXPECT_EQ(f[4], std::string("cpu:") + isa_name(last_cpu_isa_used()));
-        EXPECT_EQ(f[5], "2x3x4x5");
-        EXPECT_EQ(f[6], "nchw");
-        EXPECT_EQ(f[7], "f32");
-        EXPECT_GE(std::stod(f[8]), 0.0);
-        reached.insert(f[3]);
+    for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        // padded rows (W stride 2) take the strided kernels
+        for (const std::string layout : {"nchw", "nhwc", "padded"}) {
+            const std::string kernel_layout = layout == "padded" ? "strided" : layout;
+            const std::vector<std::string> lines = verbose_lines_of_every_op(Device::CPU, dtype, layout);
+            ASSERT_EQ(lines.size(), 12u) << "one line per kernel call: 2 modes x 3 masks x (fwd + bwd)";
+            for (const std::string &line : lines) {
+                SCOPED_TRACE(line);
+                const std::vector<std::string> f = split(line, ',');
+                ASSERT_EQ(f.size(), 9u);
+                EXPECT_EQ(f[1], "exec");
+                EXPECT_TRUE(f[2] == "train_fwd" || f[2] == "eval_fwd" || f[2] == "train_bwd" ||
+                            f[2] == "eval_bwd");
+                EXPECT_EQ(f[2].substr(0, 5), f[3].substr(0, 5)) << "op and kernel disagree on the mode";
+                const std::string suffix = std::string("_") + dtype_short_name(dtype) + "_" + kernel_layout;
+                EXPECT_EQ(f[3].substr(f[3].size() - suffix.size()), suffix);
+                EXPECT_EQ(f[4], std::string("cpu:") + isa_name(last_cpu_isa_used()));
+                EXPECT_EQ(f[5], "2x3x4x5");
+                EXPECT_EQ(f[6], kernel_layout);
+                EXPECT_EQ(f[7], dtype_short_name(dtype));
+                EXPECT_GE(std::stod(f[8]), 0.0);
+                reached.insert(f[3]);
+            }
+        }
     }
     for (const std::string &k : build_info().kernels)
         EXPECT_TRUE(reached.count(k)) << "kernel " << k << " of the table is never dispatched";

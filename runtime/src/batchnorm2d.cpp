@@ -33,10 +33,23 @@ std::string fmt(double v) {
     return os.str();
 }
 
+// Rounds a value to a parameter dtype (16-bit parameters live in float32 storage).
+double round_to(DType t, double v) {
+    switch (t) {
+    case DType::float32: return static_cast<float>(v);
+    case DType::bfloat16: return float_from_bfloat16(bfloat16_from_float(static_cast<float>(v)));
+    case DType::float16: return float_from_float16(float16_from_float(static_cast<float>(v)));
+    case DType::float64: return v;
+    }
+    return v;
+}
+
 }  // namespace
 
 struct BatchNorm2d::State {
     int64_t C;
+    DType dtype;          // of the parameters (Options::dtype)
+    DType storage_dtype;  // of the storage: float64 for float64, else float32
     double eps;
     std::optional<double> momentum;
     bool affine, track;
@@ -68,22 +81,41 @@ struct BatchNorm2d::State {
     // ---- storage helpers (host or device) ----
     const halide_device_interface_t *iface() const { return detail::device_interface(device); }
 
-    std::vector<float> read(Buf &b) {
-        detail::sync_to_host(b, device, "copying module state to the host");
-        return std::vector<float>(b.data(), b.data() + C);
+    Buf allocate() const {
+        return Buf(detail::element_type(storage_dtype), static_cast<int>(C));
     }
 
-    void write(Buf &b, const std::vector<float> &v) {
-        std::copy(v.begin(), v.end(), b.data());
+    std::vector<double> read(Buf &b) {
+        detail::sync_to_host(b, device, "copying module state to the host");
+        std::vector<double> v(static_cast<size_t>(C));
+        for (int64_t i = 0; i < C; ++i)
+            v[i] = storage_dtype == DType::float64 ? static_cast<const double *>(b.data())[i]
+                                                   : static_cast<const float *>(b.data())[i];
+        return v;
+    }
+
+    // Writes values rounded to the parameter dtype.
+    void write(Buf &b, const std::vector<double> &v, DType round = DType::float64) {
+        for (int64_t i = 0; i < C; ++i) {
+            const double r = round_to(round, round_to(storage_dtype, v[i]));
+            if (storage_dtype == DType::float64) static_cast<double *>(b.data())[i] = r;
+            else static_cast<float *>(b.data())[i] = static_cast<float>(r);
+        }
         detail::sync_to_device(b, device, "copying module state to the device");
     }
+    void write_param(Buf &b, const std::vector<double> &v) { write(b, v, dtype); }
 
-    void fill(Buf &b, float value) { write(b, std::vector<float>(C, value)); }
+    void fill(Buf &b, double value) { write(b, std::vector<double>(C, value)); }
 
     // dst = src, where both live (host or device). Only called after a kernel succeeded.
+    // A 16-bit parameter is rounded to its type, as PyTorch would store it.
     void commit(Buf &dst, Buf &src) {
+        if (dtype == DType::bfloat16 || dtype == DType::float16) {
+            write_param(dst, read(src));
+            return;
+        }
         if (device == Device::CPU) {
-            std::memcpy(dst.data(), src.data(), sizeof(float) * C);
+            std::memcpy(dst.data(), src.data(), dtype_size(storage_dtype) * C);
             return;
         }
         src.set_device_dirty();
@@ -101,11 +133,13 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_
     check_eps(o.eps);
     check_momentum(o.momentum);
     s_->C = num_features;
+    s_->dtype = o.dtype;
+    s_->storage_dtype = detail::per_channel_dtype(o.dtype);
     s_->eps = o.eps;
     s_->momentum = o.momentum;
     s_->affine = o.affine;
     s_->track = o.track_running_stats;
-    for (Buf *b : s_->all_buffers()) *b = Buf(static_cast<int>(num_features));
+    for (Buf *b : s_->all_buffers()) *b = s_->allocate();
     s_->fill(s_->grad_weight, 0.0f);
     s_->fill(s_->grad_bias, 0.0f);
     reset_parameters();
@@ -127,10 +161,10 @@ bool BatchNorm2d::is_training() const { return s_->training; }
 
 namespace {
 
-// Validates an NCHW tensor argument against the module; `expect` is the shape it must have
+// Validates a 4-D tensor argument against the module; `expect` is the shape it must have
 // (empty: any N, H, W with C = num_features).
-void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
-                const std::vector<int64_t> &expect) {
+void check_tensor(const char *name, const Tensor &t, int64_t C, Device device,
+                  const std::vector<int64_t> &expect) {
     // Null data is fine only for an empty tensor (PyTorch accepts empty batches).
     if (!t.defined() && (t.dim() != 4 || t.numel() > 0))
         fail(std::string(name) + " is null (no data pointer)");
@@ -152,9 +186,46 @@ void check_nchw(const char *name, const Tensor &t, int64_t C, Device device,
     if (t.device() != device)
         fail(std::string(name) + " is on " + device_name(t.device()) + " but the module is on " +
              device_name(device) + " (use to())");
-    if (t.numel() > 0 && t.size(3) > 1 && t.stride(3) != 1)
-        fail(std::string(name) + ": the innermost (W) stride must be 1, got " +
-             std::to_string(t.stride(3)) + " (NHWC and other layouts are not supported yet)");
+    if (t.device() == Device::OpenCL)
+        for (int i = 0; i < 4; ++i)
+            if (t.size(i) > 1 && t.stride(i) < 0)
+                fail(std::string(name) + ": negative strides " + "are not supported on opencl");
+}
+
+// PyTorch's rule: an input of the parameters' dtype, or bfloat16/float16 with float32
+// parameters (mixed precision).
+void check_input_dtype(const char *name, const Tensor &t, DType params) {
+    const DType d = t.dtype();
+    const bool mixed = params == DType::float32 && (d == DType::bfloat16 || d == DType::float16);
+    if (d != params && !mixed)
+        fail(std::string(name) + " is " + dtype_name(d) + " but the module's parameters are " +
+             dtype_name(params) + " (inputs must have the parameters' dtype, or be bfloat16 or " +
+             "float16 with float32 parameters)");
+}
+
+void check_same_dtype(const char *name, const Tensor &t, const char *ref_name, const Tensor &ref) {
+    if (t.dtype() != ref.dtype())
+        fail(std::string(name) + " is " + dtype_name(t.dtype()) + " but " + ref_name + " is " +
+             dtype_name(ref.dtype()));
+}
+
+// An output must not write two of its elements to one address (a zero stride, or strides that
+// interleave): PyTorch's "unsupported operation: more than one element of the written-to
+// tensor refers to a single memory location".
+void check_no_self_overlap(const char *name, const Tensor &t) {
+    if (t.numel() == 0) return;
+    std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of dims with size > 1
+    for (int i = 0; i < t.dim(); ++i)
+        if (t.size(i) > 1) dims.push_back({std::llabs(t.stride(i)), t.size(i)});
+    std::sort(dims.begin(), dims.end());
+    int64_t reach = 1;  // elements spanned by the smaller dims
+    for (const auto &[stride, size] : dims) {
+        if (stride < reach)
+            fail(std::string(name) + " has overlapping elements (strides " +
+                 Tensor(nullptr, t.strides()).shape_string() + " for shape " + t.shape_string() +
+                 "); an output must not overlap itself");
+        reach = stride * size;
+    }
 }
 
 // Whether the memory spans of two tensors intersect. Outputs must not alias inputs: a channel
@@ -170,9 +241,10 @@ bool overlaps(const Tensor &a, const Tensor &b) {
             (reach < 0 ? lo : hi) += reach;
         }
         const char *base = t.device() == Device::CPU
-                               ? reinterpret_cast<const char *>(t.data())
+                               ? reinterpret_cast<const char *>(t.data_ptr())
                                : reinterpret_cast<const char *>(t.device_handle());
-        return std::make_pair(base + lo * 4, base + (hi + 1) * 4);
+        const int64_t bytes = dtype_size(t.dtype());
+        return std::make_pair(base + lo * bytes, base + (hi + 1) * bytes);
     };
     auto [a0, a1] = span(a);
     auto [b0, b1] = span(b);
@@ -186,16 +258,26 @@ void check_no_alias(const char *out_name, const Tensor &out, const char *in_name
              " in memory; in-place operation is not supported");
 }
 
-bool dense_plane(const Tensor &t) {
-    return (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+// The layout of a call's tensors and whether all of them fuse their dense dimensions.
+struct Placement {
+    detail::Layout layout;
+    bool fuse;
+};
+Placement place(const std::vector<const Tensor *> &tensors) {
+    Placement p{detail::common_layout(tensors), true};
+    for (const Tensor *t : tensors) p.fuse = p.fuse && detail::fusable(*t, p.layout);
+    return p;
 }
 
 }  // namespace
 
 void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     State &s = *s_;
-    check_nchw("input", x, s.C, s.device, {});
-    check_nchw("out", out, s.C, s.device, x.sizes());
+    check_tensor("input", x, s.C, s.device, {});
+    check_tensor("out", out, s.C, s.device, x.sizes());
+    check_input_dtype("input", x, s.dtype);
+    check_same_dtype("out", out, "input", x);
+    check_no_self_overlap("out", out);
     check_no_alias("out", out, "input", x);
 
     // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
@@ -223,13 +305,14 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
         return;
     }
 
-    const bool fuse = dense_plane(x) && dense_plane(out);
-    Buf hx = detail::nchw_buffer(x, fuse), hy = detail::nchw_buffer(out, fuse);
-    const float eps = static_cast<float>(s.eps);
+    const Placement p = place({&x, &out});
+    Buf hx = detail::tensor_buffer(x, p.layout, p.fuse);
+    Buf hy = detail::tensor_buffer(out, p.layout, p.fuse);
+    const detail::Call call{s.device, p.layout, x};
     // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
     if (batch_stats) {
-        detail::run_train_forward(s.device, x, hx, s.weight, s.bias, s.running_mean,
-                                  s.running_var, eps, static_cast<float>(factor), hy,
+        detail::run_train_forward(call, hx, s.weight, s.bias, s.running_mean, s.running_var,
+                                  s.eps, factor, hy,
                                   s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
                                   s.running_var_next);
         if (update_running) {
@@ -239,8 +322,8 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
         std::swap(s.saved_mean, s.saved_mean_next);
         std::swap(s.saved_invstd, s.saved_invstd_next);
     } else {
-        detail::run_eval_forward(s.device, x, hx, s.weight, s.bias, s.running_mean,
-                                 s.running_var, eps, hy);
+        detail::run_eval_forward(call, hx, s.weight, s.bias, s.running_mean, s.running_var,
+                                 s.eps, hy);
     }
     s.num_batches_tracked = tracked;
     record();
@@ -249,8 +332,11 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
 std::vector<float> BatchNorm2d::forward(const Tensor &x) {
     if (s_->device != Device::CPU || x.device() != Device::CPU)
         fail("forward(x) allocates on the host; use forward(x, out) for device tensors");
+    if (x.dtype() != DType::float32)
+        fail("forward(x) returns float32; use forward(x, out) for " +
+             std::string(dtype_name(x.dtype())) + " tensors");
     std::vector<float> out(static_cast<size_t>(std::max<int64_t>(x.numel(), 0)));
-    if (x.dim() != 4) check_nchw("input", x, s_->C, s_->device, {});
+    if (x.dim() != 4) check_tensor("input", x, s_->C, s_->device, {});
     forward(x, Tensor(out.data(), x.sizes()));
     return out;
 }
@@ -264,9 +350,12 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
                         : "eval-mode backward after a training-mode forward: call eval() "
                           "before forward(), or train() before backward()");
     const std::vector<int64_t> &shape = s.forward_x.sizes();
-    check_nchw("grad_out", grad_out, s.C, s.device, shape);
+    check_tensor("grad_out", grad_out, s.C, s.device, shape);
+    check_same_dtype("grad_out", grad_out, "the forward input", s.forward_x);
     if (mask.input) {
-        check_nchw("grad_input", grad_input, s.C, s.device, shape);
+        check_tensor("grad_input", grad_input, s.C, s.device, shape);
+        check_same_dtype("grad_input", grad_input, "the forward input", s.forward_x);
+        check_no_self_overlap("grad_input", grad_input);
         check_no_alias("grad_input", grad_input, "grad_out", grad_out);
         check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
     }
@@ -274,16 +363,18 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
     if (!mask.input && !params) return;
     if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
 
-    const bool fuse = dense_plane(s.forward_x) && dense_plane(grad_out) &&
-                      (!mask.input || dense_plane(grad_input));
-    Buf hx = detail::nchw_buffer(s.forward_x, fuse), hdy = detail::nchw_buffer(grad_out, fuse);
-    Buf hdx = mask.input ? detail::nchw_buffer(grad_input, fuse) : Buf();
+    std::vector<const Tensor *> tensors{&s.forward_x, &grad_out};
+    if (mask.input) tensors.push_back(&grad_input);
+    const Placement p = place(tensors);
+    Buf hx = detail::tensor_buffer(s.forward_x, p.layout, p.fuse);
+    Buf hdy = detail::tensor_buffer(grad_out, p.layout, p.fuse);
+    Buf hdx = mask.input ? detail::tensor_buffer(grad_input, p.layout, p.fuse) : Buf();
     const bool training = s.forward_batch_stats;
     detail::BackwardBuffers b{hx, hdy, training ? s.saved_mean : s.running_mean,
                               training ? s.saved_invstd : s.running_var, s.weight,
                               mask.input ? hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
                               s.grad_weight_next, s.grad_bias_next};
-    detail::run_backward(s.device, training, params, s.forward_x, static_cast<float>(s.eps), b);
+    detail::run_backward({s.device, p.layout, s.forward_x}, training, params, s.eps, b);
     if (params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);
@@ -293,6 +384,9 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
 std::vector<float> BatchNorm2d::backward(const Tensor &grad_out) {
     if (s_->device != Device::CPU || grad_out.device() != Device::CPU)
         fail("backward(grad_out) allocates on the host; use backward(grad_out, grad_input)");
+    if (grad_out.dtype() != DType::float32)
+        fail("backward(grad_out) returns float32; use backward(grad_out, grad_input) for " +
+             std::string(dtype_name(grad_out.dtype())) + " tensors");
     std::vector<float> dx(static_cast<size_t>(std::max<int64_t>(grad_out.numel(), 0)));
     backward(grad_out, Tensor(dx.data(), grad_out.sizes()));
     return dx;
@@ -331,7 +425,7 @@ StateDict BatchNorm2d::state_dict() const {
 
 void BatchNorm2d::load_state_dict(const StateDict &d) {
     const size_t C = static_cast<size_t>(s_->C);
-    auto check = [&](const char *name, const std::vector<float> &v, bool present) {
+    auto check = [&](const char *name, const std::vector<double> &v, bool present) {
         const size_t want = present ? C : 0;
         if (v.size() != want)
             fail(std::string("load_state_dict: ") + name + " has " + std::to_string(v.size()) +
@@ -343,40 +437,40 @@ void BatchNorm2d::load_state_dict(const StateDict &d) {
     check("running_var", d.running_var, s_->track);
     if (d.num_batches_tracked < 0) fail("load_state_dict: num_batches_tracked must be >= 0");
     if (s_->affine) {
-        s_->write(s_->weight, d.weight);
-        s_->write(s_->bias, d.bias);
+        s_->write_param(s_->weight, d.weight);
+        s_->write_param(s_->bias, d.bias);
     }
     if (s_->track) {
-        s_->write(s_->running_mean, d.running_mean);
-        s_->write(s_->running_var, d.running_var);
+        s_->write_param(s_->running_mean, d.running_mean);
+        s_->write_param(s_->running_var, d.running_var);
         s_->num_batches_tracked = d.num_batches_tracked;
     }
 }
 
 namespace {
-Tensor storage_view(Buf &b, int64_t C, Device d) {
-    if (d == Device::CPU) return Tensor(b.data(), {C});
-    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d);
+Tensor storage_view(Buf &b, int64_t C, Device d, DType t) {
+    if (d == Device::CPU) return Tensor(b.data(), t, {C});
+    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d, t);
 }
 }  // namespace
 
 Tensor BatchNorm2d::weight() const {
-    return s_->affine ? storage_view(s_->weight, s_->C, s_->device) : Tensor();
+    return s_->affine ? storage_view(s_->weight, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::bias() const {
-    return s_->affine ? storage_view(s_->bias, s_->C, s_->device) : Tensor();
+    return s_->affine ? storage_view(s_->bias, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::running_mean() const {
-    return s_->track ? storage_view(s_->running_mean, s_->C, s_->device) : Tensor();
+    return s_->track ? storage_view(s_->running_mean, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::running_var() const {
-    return s_->track ? storage_view(s_->running_var, s_->C, s_->device) : Tensor();
+    return s_->track ? storage_view(s_->running_var, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::weight_grad() const {
-    return s_->affine ? storage_view(s_->grad_weight, s_->C, s_->device) : Tensor();
+    return s_->affine ? storage_view(s_->grad_weight, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::bias_grad() const {
-    return s_->affine ? storage_view(s_->grad_bias, s_->C, s_->device) : Tensor();
+    return s_->affine ? storage_view(s_->grad_bias, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 int64_t BatchNorm2d::num_batches_tracked() const { return s_->num_batches_tracked; }
 
@@ -388,14 +482,13 @@ BatchNorm2d &BatchNorm2d::to(Device device) {
              "): device not usable: " + device_unavailable_reason(device));
     // Read everything to the host, build the new storage, then swap: all or nothing.
     std::vector<Buf *> bufs = s.all_buffers();
-    std::vector<std::vector<float>> host;
-    for (Buf *b : bufs) host.push_back(s.read(*b));
     std::vector<Buf> moved;
-    for (size_t i = 0; i < bufs.size(); ++i) {
-        Buf b(static_cast<int>(s.C));
-        std::copy(host[i].begin(), host[i].end(), b.data());
-        detail::sync_to_device(b, device, "moving module state to the device");
-        moved.push_back(std::move(b));
+    for (Buf *b : bufs) {
+        detail::sync_to_host(*b, s.device, "copying module state to the host");
+        Buf copy = s.allocate();
+        std::memcpy(copy.data(), b->data(), dtype_size(s.storage_dtype) * s.C);
+        detail::sync_to_device(copy, device, "moving module state to the device");
+        moved.push_back(std::move(copy));
     }
     for (size_t i = 0; i < bufs.size(); ++i) *bufs[i] = std::move(moved[i]);
     s.device = device;
@@ -405,6 +498,7 @@ BatchNorm2d &BatchNorm2d::to(Device device) {
 
 Device BatchNorm2d::device() const { return s_->device; }
 int64_t BatchNorm2d::num_features() const { return s_->C; }
+DType BatchNorm2d::dtype() const { return s_->dtype; }
 double BatchNorm2d::eps() const { return s_->eps; }
 std::optional<double> BatchNorm2d::momentum() const { return s_->momentum; }
 bool BatchNorm2d::affine() const { return s_->affine; }
@@ -424,7 +518,9 @@ std::string BatchNorm2d::to_string() const {
     return "BatchNorm2d(" + std::to_string(s_->C) + ", eps=" + fmt(s_->eps) +
            ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
            ", affine=" + (s_->affine ? "True" : "False") +
-           ", track_running_stats=" + (s_->track ? "True" : "False") + ")";
+           ", track_running_stats=" + (s_->track ? "True" : "False") +
+           (s_->dtype == DType::float32 ? "" : std::string(", dtype=") + dtype_name(s_->dtype)) +
+           ")";
 }
 
 }  // namespace bn2d

@@ -17,14 +17,17 @@ namespace bn2d {
 
 struct DeviceBuffer::Impl {
     Device device;
+    DType dtype;
     std::vector<int64_t> sizes;
     detail::HalideBuffer buf;  // 1-D, numel elements
+    size_t bytes() const { return static_cast<size_t>(dtype_size(dtype)) * buf.number_of_elements(); }
 };
 
-DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes)
+DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtype)
     : impl_(std::make_unique<Impl>()) {
     detail::init_runtime();
     impl_->device = device;
+    impl_->dtype = dtype;
     impl_->sizes = std::move(sizes);
     int64_t n = 1;
     for (int64_t s : impl_->sizes) {
@@ -32,7 +35,8 @@ DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes)
         n *= s;
     }
     if (n > INT32_MAX) throw Error("DeviceBuffer: too large for 32-bit indexing");
-    impl_->buf = Halide::Runtime::Buffer<float>(static_cast<int>(std::max<int64_t>(n, 1)));
+    impl_->buf = detail::HalideBuffer(detail::element_type(dtype),
+                                      static_cast<int>(std::max<int64_t>(n, 1)));
     if (device != Device::CPU) {
         detail::check_halide(impl_->buf.device_malloc(detail::device_interface(device)),
                              (std::string("allocating on ") + device_name(device)).c_str());
@@ -48,34 +52,44 @@ int64_t DeviceBuffer::numel() const {
     return n;
 }
 Device DeviceBuffer::device() const { return impl_->device; }
+DType DeviceBuffer::dtype() const { return impl_->dtype; }
 
-void DeviceBuffer::upload(const float *host) {
-    std::memcpy(impl_->buf.data(), host, sizeof(float) * numel());
+void DeviceBuffer::upload_bytes(const void *host) {
+    std::memcpy(impl_->buf.data(), host, dtype_size(impl_->dtype) * numel());
     detail::sync_to_device(impl_->buf, impl_->device, "DeviceBuffer::upload");
 }
 
-void DeviceBuffer::download(float *host) const {
+void DeviceBuffer::download_bytes(void *host) const {
     detail::sync_to_host(impl_->buf, impl_->device, "DeviceBuffer::download");
-    std::memcpy(host, impl_->buf.data(), sizeof(float) * numel());
+    std::memcpy(host, impl_->buf.data(), dtype_size(impl_->dtype) * numel());
 }
 
-void DeviceBuffer::upload(const std::vector<float> &host) {
-    if (static_cast<int64_t>(host.size()) != numel())
-        throw Error("DeviceBuffer::upload: " + std::to_string(host.size()) + " floats for a buffer of " +
+void DeviceBuffer::check_element(size_t bytes, size_t count) const {
+    if (bytes != static_cast<size_t>(dtype_size(impl_->dtype)))
+        throw Error(std::string("DeviceBuffer: elements of ") + std::to_string(bytes) +
+                    " bytes for a " + dtype_name(impl_->dtype) + " buffer");
+    if (count != static_cast<size_t>(numel()))
+        throw Error("DeviceBuffer: " + std::to_string(count) + " elements for a buffer of " +
                     std::to_string(numel()));
-    upload(host.data());
-}
-
-std::vector<float> DeviceBuffer::download() const {
-    std::vector<float> out(numel());
-    download(out.data());
-    return out;
 }
 
 Tensor DeviceBuffer::view() const {
-    if (impl_->device == Device::CPU) return Tensor(impl_->buf.data(), impl_->sizes);
-    return Tensor::on_device(detail::app_device_handle(impl_->buf, impl_->device), impl_->sizes,
-                             impl_->device);
+    return view(impl_->sizes, {});
+}
+
+Tensor DeviceBuffer::view(std::vector<int64_t> sizes, std::vector<int64_t> strides) const {
+    Tensor probe(nullptr, impl_->dtype, sizes, strides);
+    int64_t hi = 0;
+    for (int i = 0; i < probe.dim(); ++i) {
+        if (probe.size(i) == 0) hi = -1;
+        if (probe.stride(i) < 0) throw Error("DeviceBuffer::view: negative strides");
+        if (hi >= 0) hi += (probe.size(i) - 1) * probe.stride(i);
+    }
+    if (hi >= numel()) throw Error("DeviceBuffer::view: " + probe.shape_string() + " reaches past the buffer");
+    if (impl_->device == Device::CPU)
+        return Tensor(impl_->buf.data(), impl_->dtype, probe.sizes(), probe.strides());
+    return Tensor::on_device(detail::app_device_handle(impl_->buf, impl_->device), probe.sizes(),
+                             impl_->device, impl_->dtype, probe.strides());
 }
 
 // ---- GPU availability and context ----
@@ -94,8 +108,8 @@ Availability probe(Device d) {
     try {
         DeviceBuffer b(d, {1});
         float one = 1.0f, back = 0.0f;
-        b.upload(&one);
-        b.download(&back);
+        b.upload_bytes(&one);
+        b.download_bytes(&back);
         if (back != 1.0f) return {false, "device round trip returned wrong data"};
         return {true, ""};
     } catch (const Error &e) {

@@ -30,27 +30,47 @@ Selected select(Device d) {
     throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
 }
 
-// Runs kernel `k` of the selected set; with verbose mode on, times it (device calls are
+// Runs kernel `k` of the selected set for the call's dtype and layout (the strided kernel when
+// the table has none for the layout); with verbose mode on, times it (device calls are
 // synchronized first) and prints one bn2d_verbose line.
 template<typename Kernel, typename... Args>
-void call(Device d, const char *op, Kernel KernelSet::*k, const char *kernel_name, const Tensor &x,
-          Args... args) {
-    const Selected s = select(d);
+void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount],
+          const char *kernel_name, Args... args) {
+    const Selected s = select(c.device);
+    const int dt = static_cast<int>(c.x.dtype());
+    Layout layout = c.layout;
+    Kernel fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
+    if (!fn) {
+        layout = Layout::strided;
+        fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
+    }
+    if (!fn)
+        throw Error(std::string(op) + ": no " + kernel_name + " kernel for " +
+                    dtype_name(c.x.dtype()) + " " + layout_name(c.layout) +
+                    " tensors in this build (generators/variants.cmake)");
     auto check = [&](int rc) {
-        if (rc != 0) check_halide(rc, std::string(op) + " (" + device_name(d) + ")");
+        if (rc == 0) return;
+        std::string what = std::string(op) + " (" + device_name(c.device) + ")";
+        if (c.device == Device::OpenCL && c.x.dtype() == DType::float16)
+            what += ": float16 kernels need the OpenCL device's cl_khr_fp16 extension";
+        check_halide(rc, what);
     };
     if (!verbose()) {
-        check((s.kernels.*k)(args...));
+        check(fn(args...));
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    int rc = (s.kernels.*k)(args...);
-    if (rc == 0 && d != Device::CPU) rc = halide_device_sync_global(nullptr, device_interface(d));
+    int rc = fn(args...);
+    if (rc == 0 && c.device != Device::CPU)
+        rc = halide_device_sync_global(nullptr, device_interface(c.device));
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s,%s:%s,%lldx%lldx%lldx%lld,nchw,f32,%.4f%s\n", op,
-                 kernel_name, device_name(d), s.isa, (long long)x.size(0), (long long)x.size(1),
-                 (long long)x.size(2), (long long)x.size(3), ms, rc == 0 ? "" : ",failed");
+    const Tensor &x = c.x;
+    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s_%s_%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n",
+                 op, kernel_name, dtype_short_name(x.dtype()), layout_name(layout),
+                 device_name(c.device), s.isa, (long long)x.size(0), (long long)x.size(1),
+                 (long long)x.size(2), (long long)x.size(3), layout_name(layout),
+                 dtype_short_name(x.dtype()), ms, rc == 0 ? "" : ",failed");
     check(rc);
 }
 
@@ -58,43 +78,42 @@ void call(Device d, const char *op, Kernel KernelSet::*k, const char *kernel_nam
 
 }  // namespace
 
-void run_train_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+void run_train_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
                        halide_buffer_t *bias, halide_buffer_t *running_mean,
-                       halide_buffer_t *running_var, float eps, float factor, halide_buffer_t *y,
+                       halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *y,
                        halide_buffer_t *saved_mean, halide_buffer_t *saved_invstd,
                        halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
-    call(d, "train_fwd", BN2D_KERNEL(train_fwd_f32_nchw), x, x_buf, weight, bias, running_mean,
-         running_var, eps, factor, y, saved_mean, saved_invstd, running_mean_out,
-         running_var_out);
+    call(c, "train_fwd", BN2D_KERNEL(train_fwd), x_buf, weight, bias, running_mean, running_var,
+         eps, factor, y, saved_mean, saved_invstd, running_mean_out, running_var_out);
 }
 
-void run_eval_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+void run_eval_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
                       halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, float eps, halide_buffer_t *y) {
-    call(d, "eval_fwd", BN2D_KERNEL(eval_fwd_f32_nchw), x, x_buf, weight, bias, running_mean,
-         running_var, eps, y);
+                      halide_buffer_t *running_var, double eps, halide_buffer_t *y) {
+    call(c, "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, weight, bias, running_mean, running_var, eps,
+         y);
 }
 
-void run_backward(Device d, bool training, bool want_params, const Tensor &x, float eps,
+void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b) {
     const char *op = training ? "train_bwd" : "eval_bwd";
     if (want_params && !b.grad_input) {
         if (training)
-            call(d, op, BN2D_KERNEL(train_bwd_params_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat,
-                 eps, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+            call(c, op, BN2D_KERNEL(train_bwd_params), b.x, b.grad_out, b.mean, b.stat, eps,
+                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
         else
-            call(d, op, BN2D_KERNEL(eval_bwd_params_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat,
-                 eps, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, b.mean, b.stat, eps,
+                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
     } else if (!want_params && !training) {
-        call(d, op, BN2D_KERNEL(eval_bwd_input_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
-             b.weight, b.grad_input);
+        call(c, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
+             b.grad_input);
     } else if (training) {
         // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
-        call(d, op, BN2D_KERNEL(train_bwd_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
-             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+        call(c, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
+             b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
     } else {
-        call(d, op, BN2D_KERNEL(eval_bwd_f32_nchw), x, b.x, b.grad_out, b.mean, b.stat, eps,
-             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+        call(c, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
+             b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
     }
 }
 

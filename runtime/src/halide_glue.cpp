@@ -67,24 +67,88 @@ const halide_device_interface_t *device_interface(Device d) {
     return nullptr;
 }
 
-HalideBuffer nchw_buffer(const Tensor &t, bool fuse_plane) {
+const char *layout_name(Layout l) {
+    switch (l) {
+    case Layout::nchw: return "nchw";
+    case Layout::nhwc: return "nhwc";
+    case Layout::strided: return "strided";
+    }
+    return "?";
+}
+
+halide_type_t element_type(DType t) {
+    switch (t) {
+    case DType::float32: return halide_type_of<float>();
+    case DType::bfloat16: return halide_type_t(halide_type_uint, 16);
+    case DType::float16: return halide_type_t(halide_type_float, 16);
+    case DType::float64: return halide_type_of<double>();
+    }
+    return halide_type_of<float>();
+}
+
+DType per_channel_dtype(DType t) { return t == DType::float64 ? DType::float64 : DType::float32; }
+
+namespace {
+// Dimension i of [N, C, H, W] has unit stride, or is of size 1 (its stride is meaningless:
+// PyTorch's x[..., ::8] of a W = 8 tensor has W = 1, stride 8).
+bool unit_stride(const Tensor &t, int i) { return t.size(i) <= 1 || t.stride(i) == 1; }
+}  // namespace
+
+Layout common_layout(const std::vector<const Tensor *> &tensors) {
+    auto all = [&](auto pred) {
+        for (const Tensor *t : tensors)
+            if (!pred(*t)) return false;
+        return true;
+    };
+    // NCHW first when both hold (C = 1, or W = 1 with C stride 1), as PyTorch's
+    // suggest_memory_format prefers contiguous.
+    if (all([](const Tensor &t) { return unit_stride(t, 3); })) return Layout::nchw;
+    if (all([](const Tensor &t) { return unit_stride(t, 1); })) return Layout::nhwc;
+    return Layout::strided;
+}
+
+bool fusable(const Tensor &t, Layout layout) {
+    switch (layout) {
+    case Layout::nchw:  // the H x W plane is H*W consecutive elements
+        return unit_stride(t, 3) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+    case Layout::nhwc:
+        return unit_stride(t, 1) && (t.size(3) <= 1 || t.stride(3) == t.size(1)) &&
+               (t.size(2) <= 1 || t.stride(2) == t.size(3) * t.size(1)) &&
+               (t.size(0) <= 1 || t.stride(0) == t.size(2) * t.size(3) * t.size(1));
+    case Layout::strided: return false;
+    }
+    return false;
+}
+
+HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse) {
     const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
-    int64_t max_offset = 0;
-    for (int i = 0; i < 4; ++i) max_offset += (t.size(i) - 1) * t.stride(i);
-    to_i32(max_offset, "element span");
+    int64_t lo = 0, hi = 0;
+    for (int i = 0; i < 4; ++i) (t.stride(i) < 0 ? lo : hi) += (t.size(i) - 1) * t.stride(i);
+    to_i32(hi, "element span");
+    to_i32(lo, "element span");
+    // Strides of size-1 dimensions are set to what the layout's kernels require.
+    auto stride = [&](int i, int64_t required) {
+        return t.size(i) <= 1 ? static_cast<int32_t>(required) : to_i32(t.stride(i), "stride");
+    };
     halide_dimension_t dims[4];
-    if (fuse_plane) {
+    if (fuse && layout == Layout::nchw) {
         dims[0] = {0, to_i32(H * W, "H*W"), 1, 0};
         dims[1] = {0, 1, to_i32(H * W, "H*W"), 0};
+        dims[2] = {0, to_i32(C, "C"), stride(1, H * W), 0};
+        dims[3] = {0, to_i32(N, "N"), stride(0, C * H * W), 0};
+    } else if (fuse && layout == Layout::nhwc) {
+        dims[0] = {0, to_i32(N * H * W, "N*H*W"), to_i32(C, "C"), 0};
+        dims[1] = {0, 1, to_i32(N * H * W * C, "numel"), 0};
+        dims[2] = {0, to_i32(C, "C"), 1, 0};
+        dims[3] = {0, 1, to_i32(N * H * W * C, "numel"), 0};
     } else {
-        // The kernels require a unit W stride; a size-1 W's stride is meaningless (PyTorch's
-        // x[..., ::8] of a W = 8 tensor has W = 1, stride 8).
-        dims[0] = {0, to_i32(W, "W"), W == 1 ? 1 : to_i32(t.stride(3), "stride"), 0};
-        dims[1] = {0, to_i32(H, "H"), to_i32(t.stride(2), "stride"), 0};
+        dims[0] = {0, to_i32(W, "W"), stride(3, layout == Layout::nchw ? 1 : 0), 0};
+        dims[1] = {0, to_i32(H, "H"), stride(2, 0), 0};
+        dims[2] = {0, to_i32(C, "C"), stride(1, layout == Layout::nhwc ? 1 : 0), 0};
+        dims[3] = {0, to_i32(N, "N"), stride(0, 0), 0};
     }
-    dims[2] = {0, to_i32(C, "C"), to_i32(t.stride(1), "stride"), 0};
-    dims[3] = {0, to_i32(N, "N"), to_i32(t.stride(0), "stride"), 0};
-    HalideBuffer b(t.device() == Device::CPU ? t.data() : nullptr, 4, dims);
+    HalideBuffer b(element_type(t.dtype()), t.device() == Device::CPU ? t.data_ptr() : nullptr, 4,
+                   dims);
     if (t.device() != Device::CPU) {
         // A device tensor: wrap the caller's pointer, zero copy; detached with the buffer.
         check_halide(b.device_wrap_native(device_interface(t.device()), t.device_handle()),

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "HalideBuffer.h"
 #include "HalideRuntime.h"
@@ -11,7 +12,21 @@
 
 namespace bn2d::detail {
 
-using HalideBuffer = Halide::Runtime::Buffer<float>;
+using HalideBuffer = Halide::Runtime::Buffer<void>;
+
+// The layouts with kernels of their own, in the variant table's order (bn2d_kernel_table.h).
+//   nchw:    W stride 1 (any other strides: padded rows, gaps between channels)
+//   nhwc:    C stride 1 (channels_last)
+//   strided: anything else, and calls whose tensors differ in layout
+enum class Layout { nchw, nhwc, strided };
+// The layout every tensor of one call satisfies; size-1 dimensions match any stride.
+Layout common_layout(const std::vector<const Tensor *> &tensors);
+const char *layout_name(Layout l);
+
+// The Halide type of a tensor element as the kernels see it (bfloat16: its uint16 bits).
+halide_type_t element_type(DType t);
+// The type of per-channel values for a dtype: float64 for float64, else float32.
+DType per_channel_dtype(DType t);
 
 // ---- Halide glue (halide_glue.cpp) ----
 // Installs the error handler once and reads the environment (BN2D_MAX_CPU_ISA, BN2D_VERBOSE).
@@ -21,10 +36,14 @@ void check_halide(int rc, const std::string &what);
 // The Halide device interface of a device; nullptr for the CPU. Throws if not compiled in.
 const halide_device_interface_t *device_interface(Device d);
 
-// A non-owning Halide buffer over an NCHW Tensor, dims (w, h, c, n); a device tensor's pointer
-// is wrapped (and detached when the buffer goes). With fuse_plane, a dense H x W plane is one
-// row of H*W elements (h extent 1), which the kernels vectorize without a row tail.
-HalideBuffer nchw_buffer(const Tensor &t, bool fuse_plane);
+// A non-owning Halide buffer over a 4-D [N, C, H, W] Tensor, dims (w, h, c, n); a device
+// tensor's pointer is wrapped (and detached when the buffer goes). With `fuse`, dense
+// dimensions are presented as one: for nchw a dense H x W plane is one row of H*W elements
+// (h extent 1), for nhwc dense (N, H, W) are N*H*W rows of C values (h = n = 1), which the
+// kernels loop over without row tails. The caller decides that every tensor of the call fuses
+// (fusable()).
+HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse);
+bool fusable(const Tensor &t, Layout layout);
 // The handle an application sees for a device allocation of ours: a CUdeviceptr, or a cl_mem
 // (Halide's OpenCL buffers hold a wrapper struct in `device`, not the cl_mem itself).
 uint64_t app_device_handle(HalideBuffer &b, Device d);
@@ -40,14 +59,21 @@ void init_settings_from_environment();
 // ---- kernel dispatch (dispatch.cpp) ----
 // Each picks the kernel of the variant table for the device (and, on the CPU, the ISA), runs
 // it, and throws on error. `x` is the caller's input tensor, for BN2D_VERBOSE's line.
-void run_train_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+// Each picks the kernel for the device, the tensors' dtype and their layout (falling back to
+// the strided kernel when the table has none for that layout).
+struct Call {
+    Device device;
+    Layout layout;
+    const Tensor &x;  // the caller's input tensor: dtype, and the shape BN2D_VERBOSE prints
+};
+void run_train_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
                        halide_buffer_t *bias, halide_buffer_t *running_mean,
-                       halide_buffer_t *running_var, float eps, float factor, halide_buffer_t *y,
+                       halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *y,
                        halide_buffer_t *saved_mean, halide_buffer_t *saved_invstd,
                        halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out);
-void run_eval_forward(Device d, const Tensor &x, halide_buffer_t *x_buf, halide_buffer_t *weight,
+void run_eval_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
                       halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, float eps, halide_buffer_t *y);
+                      halide_buffer_t *running_var, double eps, halide_buffer_t *y);
 // training: mean/stat = saved mean, saved invstd. eval: running_mean, running_var.
 // grad_input null: not wanted. grad_weight/grad_bias are written as grad_*_in + this call's
 // gradient when want_params; otherwise they may still be written (training backward computes
@@ -57,7 +83,7 @@ struct BackwardBuffers {
     halide_buffer_t *grad_input;  // nullable
     halide_buffer_t *grad_weight_in, *grad_bias_in, *grad_weight, *grad_bias;
 };
-void run_backward(Device d, bool training, bool want_params, const Tensor &x, float eps,
+void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b);
 
 }  // namespace bn2d::detail

@@ -1,5 +1,8 @@
-// Tensor: non-owning strided views of the caller's memory.
+// Tensor: non-owning strided views of the caller's memory; element types.
 #include "bn2d/tensor.h"
+
+#include <cmath>
+#include <cstring>
 
 #include "bn2d/errors.h"
 
@@ -12,6 +15,67 @@ const char *device_name(Device d) {
     case Device::OpenCL: return "opencl";
     }
     return "?";
+}
+
+const char *dtype_name(DType t) {
+    switch (t) {
+    case DType::float32: return "float32";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+    case DType::float64: return "float64";
+    }
+    return "?";
+}
+
+const char *dtype_short_name(DType t) {
+    switch (t) {
+    case DType::float32: return "f32";
+    case DType::bfloat16: return "bf16";
+    case DType::float16: return "f16";
+    case DType::float64: return "f64";
+    }
+    return "?";
+}
+
+int dtype_size(DType t) {
+    switch (t) {
+    case DType::float32: return 4;
+    case DType::float64: return 8;
+    default: return 2;
+    }
+}
+
+DType dtype_from_name(const std::string &name) {
+    for (DType t : {DType::float32, DType::bfloat16, DType::float16, DType::float64})
+        if (name == dtype_name(t) || name == dtype_short_name(t)) return t;
+    throw Error("unknown dtype '" + name + "' (float32, bfloat16, float16, float64)");
+}
+
+uint16_t bfloat16_from_float(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    if (std::isnan(v)) return 0x7fc0;
+    return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+float float_from_bfloat16(uint16_t b) {
+    const uint32_t bits = static_cast<uint32_t>(b) << 16;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+uint16_t float16_from_float(float v) {
+    const _Float16 h = static_cast<_Float16>(v);  // IEEE conversion: round to nearest even
+    uint16_t bits;
+    std::memcpy(&bits, &h, 2);
+    return bits;
+}
+
+float float_from_float16(uint16_t bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<float>(h);
 }
 
 namespace {
@@ -27,22 +91,54 @@ std::vector<int64_t> contiguous_strides(const std::vector<int64_t> &sizes) {
 }  // namespace
 
 Tensor::Tensor(float *data, std::vector<int64_t> sizes, Device device)
-    : data_(data), sizes_(std::move(sizes)), device_(device) {
-    strides_ = contiguous_strides(sizes_);
+    : Tensor(data, DType::float32, std::move(sizes), {}, device) {}
+
+namespace {
+void check_rank(const std::vector<int64_t> &sizes, const std::vector<int64_t> &strides) {
+    if (strides.size() != sizes.size())
+        throw Error("Tensor: " + std::to_string(sizes.size()) + " sizes but " +
+                    std::to_string(strides.size()) + " strides");
 }
+}  // namespace
 
 Tensor::Tensor(float *data, std::vector<int64_t> sizes, std::vector<int64_t> strides, Device device)
     : data_(data), sizes_(std::move(sizes)), strides_(std::move(strides)), device_(device) {
-    if (strides_.size() != sizes_.size())
-        throw Error("Tensor: " + std::to_string(sizes_.size()) + " sizes but " +
-                    std::to_string(strides_.size()) + " strides");
+    check_rank(sizes_, strides_);
 }
 
-Tensor Tensor::on_device(uint64_t handle, std::vector<int64_t> sizes, Device device) {
+Tensor::Tensor(void *data, DType dtype, std::vector<int64_t> sizes, std::vector<int64_t> strides,
+               Device device)
+    : data_(data), sizes_(std::move(sizes)), strides_(std::move(strides)), device_(device),
+      dtype_(dtype) {
+    if (strides_.empty()) strides_ = contiguous_strides(sizes_);
+    check_rank(sizes_, strides_);
+}
+
+std::vector<int64_t> Tensor::channels_last_strides(const std::vector<int64_t> &sizes) {
+    if (sizes.size() != 4) throw Error("channels_last: needs 4 sizes (N, C, H, W)");
+    const int64_t C = sizes[1], H = sizes[2], W = sizes[3];
+    return {H * W * C, 1, W * C, C};
+}
+
+Tensor Tensor::channels_last(void *data, DType dtype, int64_t n, int64_t c, int64_t h, int64_t w,
+                             Device device) {
+    return Tensor(data, dtype, {n, c, h, w}, channels_last_strides({n, c, h, w}), device);
+}
+
+Tensor Tensor::on_device(uint64_t handle, std::vector<int64_t> sizes, Device device, DType dtype,
+                         std::vector<int64_t> strides) {
     if (device == Device::CPU) throw Error("Tensor::on_device: device must be cuda or opencl");
-    Tensor t(nullptr, std::move(sizes), device);
+    Tensor t(nullptr, dtype, std::move(sizes), std::move(strides), device);
     t.handle_ = handle;
     return t;
+}
+
+void Tensor::check_element_type(size_t bytes, bool floating) const {
+    const bool ok = bytes == static_cast<size_t>(dtype_size(dtype_)) &&
+                    floating == (dtype_ == DType::float32 || dtype_ == DType::float64);
+    if (!ok)
+        throw Error(std::string("Tensor::data<T>(): T does not match the tensor's dtype ") +
+                    dtype_name(dtype_) + " (float, double, or uint16_t for 16-bit types)");
 }
 
 int64_t Tensor::numel() const {

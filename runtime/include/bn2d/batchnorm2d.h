@@ -23,6 +23,12 @@ struct Options {
     std::optional<double> momentum = 0.1;
     bool affine = true;
     bool track_running_stats = true;
+    // Type of weight, bias and the running statistics, as module.to(dtype) sets it in PyTorch.
+    // Inputs of that type are accepted, and for float32 parameters also bfloat16 and float16
+    // inputs (PyTorch's mixed precision: statistics and arithmetic in float32). 16-bit
+    // parameters are held in float32 storage, rounded to their type after every update, so
+    // they hold exactly the values PyTorch's would; the views below are then float32 tensors.
+    DType dtype = DType::float32;
 };
 
 // Which gradients backward() computes, like ATen's output_mask. Unrequested work is skipped
@@ -32,9 +38,10 @@ struct BackwardMask {
     bool params = true;  // grad_weight and grad_bias (affine only)
 };
 
-// A host copy of the module state, in PyTorch's state_dict order and names.
+// A host copy of the module state, in PyTorch's state_dict order and names. Values are
+// float64, which holds every parameter dtype exactly; loading rounds them to the module's.
 struct StateDict {
-    std::vector<float> weight, bias, running_mean, running_var;  // empty when absent
+    std::vector<double> weight, bias, running_mean, running_var;  // empty when absent
     int64_t num_batches_tracked = 0;
 };
 
@@ -55,7 +62,10 @@ public:
     bool is_training() const;
 
     // ---- forward ----
-    // y = (x - mean) / sqrt(var + eps) * weight + bias, x and out NCHW of the same shape.
+    // y = (x - mean) / sqrt(var + eps) * weight + bias, x and out [N, C, H, W] of the same
+    // shape and dtype, in any layout: NCHW (W stride 1) and channels_last (C stride 1) run
+    // kernels of their own, any other strides (and x and out in different layouts) a general
+    // strided kernel. out must not overlap x or itself.
     // Batch statistics when training or when running stats are not tracked; in training with
     // tracking, also updates running_mean/var and num_batches_tracked.
     // No allocation on this path. x must stay alive and unchanged until backward() if you call it.
@@ -77,7 +87,8 @@ public:
     StateDict state_dict() const;
     void load_state_dict(const StateDict &state);  // validated; all or nothing
 
-    // Views of the module's own storage, on device() (undefined Tensor when absent).
+    // Views of the module's own storage, on device() (undefined Tensor when absent): float32,
+    // or float64 for a float64 module.
     Tensor weight() const;
     Tensor bias() const;
     Tensor running_mean() const;
@@ -92,6 +103,7 @@ public:
     Device device() const;
 
     int64_t num_features() const;
+    DType dtype() const;  // of the parameters and running statistics (Options::dtype)
     double eps() const;
     std::optional<double> momentum() const;
     bool affine() const;

@@ -25,22 +25,39 @@ void device_synchronize(Device device);
 // own pointers with Tensor::on_device() instead (zero copy).
 class DeviceBuffer {
 public:
-    DeviceBuffer(Device device, std::vector<int64_t> sizes);  // contiguous; throws Error
+    // Contiguous, numel elements of `dtype`; throws Error.
+    DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtype = DType::float32);
     ~DeviceBuffer();
     DeviceBuffer(DeviceBuffer &&) noexcept;
     DeviceBuffer &operator=(DeviceBuffer &&) noexcept;
     DeviceBuffer(const DeviceBuffer &) = delete;
     DeviceBuffer &operator=(const DeviceBuffer &) = delete;
 
-    void upload(const float *host);  // numel() floats, host -> device
-    void download(float *host) const;  // device -> host, waits for queued work
-    void upload(const std::vector<float> &host);
-    std::vector<float> download() const;
-    Tensor view() const;  // the Tensor to pass to the module
+    // numel() elements host -> device, and device -> host (waits for queued work). T is the
+    // element's C++ type (float, double, uint16_t for 16-bit types), checked against dtype().
+    template<typename T>
+    void upload(const std::vector<T> &host) {
+        check_element(sizeof(T), host.size());
+        upload_bytes(host.data());
+    }
+    template<typename T = float>
+    std::vector<T> download() const {
+        std::vector<T> out(static_cast<size_t>(numel()));
+        check_element(sizeof(T), out.size());
+        download_bytes(out.data());
+        return out;
+    }
+    void upload_bytes(const void *host);
+    void download_bytes(void *host) const;
+    Tensor view() const;  // the Tensor to pass to the module: contiguous
+    // Another view of the allocation (e.g. channels_last strides); must stay inside it.
+    Tensor view(std::vector<int64_t> sizes, std::vector<int64_t> strides) const;
     int64_t numel() const;
     Device device() const;
+    DType dtype() const;
 
 private:
+    void check_element(size_t bytes, size_t count) const;
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
