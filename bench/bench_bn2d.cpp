@@ -1,10 +1,18 @@
-// CPU benchmarks, one binary: for each suite shape (NCHW float32) and op (training forward,
-// eval forward, backward), ours against the streaming bound (the same bytes moved by a trivial
-// multiply-add on all cores), oneDNN in NCHW and NHWC, libtorch, and a naive two-pass loop.
+// CPU benchmarks, one binary: for each suite shape and op (training forward, eval forward,
+// backward), ours in NCHW and NHWC (channels_last), float32 and bfloat16, against the floor and
+// the peers:
+//   floor   the op's bytes moved by a trivial multiply-add on all cores with streaming
+//           (non-temporal) stores: the physical floor (ordinary stores read each output line
+//           first, 3 bytes moved for every 2 the op needs)
+//   bound   the same with ordinary stores, as every implementation here stores
+//   onednn_nchw, onednn_nhwc (float32), onednn_nhwc_bf16; torch (NCHW), torch_nhwc
+//   (channels_last), torch_bf16; naive: a single-threaded two-pass loop (NCHW float32)
 //
-// Names read op/implementation/shape, e.g. train_fwd/ours/20x100x35x45 (Google Benchmark adds
-// /real_time). Bytes per second count the bytes the op must move (bench/suite.h): forward 2
-// tensors (read x, write y), backward 3 (read x and dy, write dx).
+// Names read op/implementation/shape, e.g. train_fwd/ours_nhwc/20x100x35x45 (Google Benchmark
+// adds /real_time); implementations without a layout suffix are NCHW float32, _bf16 ones
+// bfloat16. Bytes per second count the bytes the op must move at its dtype (bench/suite.h):
+// forward 2 tensors (read x, write y), backward 3 (read x and dy, write dx); the floor and the
+// bound of a bfloat16 row move the bfloat16 op's bytes.
 //
 //   --bn2d_threads=N (or BN2D_BENCH_THREADS=N): threads of every implementation (default: all
 //   cores). Ours: bn2d::set_num_threads; the bound: its own std::thread pool; oneDNN and
@@ -87,7 +95,9 @@ void fill_random(float *p, int64_t n, uint64_t seed, float offset) {
 }
 
 struct ShapeData {
-    Buffer x, dy, y, dx;  // inputs x, dy; outputs y, dx
+    Buffer x, dy, y, dx;  // inputs x, dy; outputs y, dx (float32)
+    Buffer xh, dyh, yh, dxh;  // the same as bfloat16 (made on first use)
+    uint16_t *h(const Buffer &b) const { return reinterpret_cast<uint16_t *>(b.get()); }
 };
 
 ShapeData &data_for(const Shape &s) {
@@ -106,18 +116,41 @@ ShapeData &data_for(const Shape &s) {
     return *slot;
 }
 
-void finish(benchmark::State &state, Op op, const Shape &s) {
-    state.SetBytesProcessed(state.iterations() * op_bytes(op, s));
+ShapeData &bf16_data_for(const Shape &s) {
+    ShapeData &d = data_for(s);
+    if (!d.xh) {
+        const int64_t n = s.numel(), half = (n + 1) / 2;  // floats holding n bfloat16 values
+        for (Buffer *b : {&d.xh, &d.dyh, &d.yh, &d.dxh}) *b = allocate(half);
+        for (int64_t i = 0; i < n; ++i) {
+            d.h(d.xh)[i] = bn2d::bfloat16_from_float(d.x[i]);
+            d.h(d.dyh)[i] = bn2d::bfloat16_from_float(d.dy[i]);
+        }
+    }
+    return d;
+}
+
+void finish(benchmark::State &state, Op op, const Shape &s, int bytes_per_element = 4) {
+    state.SetBytesProcessed(state.iterations() * op_bytes(op, s, bytes_per_element));
     state.counters["threads"] = g_threads;
 }
 
+std::vector<int64_t> sizes_of(const Shape &s) { return {s.n, s.c, s.h, s.w}; }
+std::vector<int64_t> strides_of(const Shape &s, bool nhwc) {
+    return nhwc ? bn2d::Tensor::channels_last_strides(sizes_of(s))
+                : std::vector<int64_t>{s.c * s.h * s.w, s.h * s.w, s.w, 1};
+}
+
 // ---- ours ---------------------------------------------------------------------------------------
-void bench_ours(benchmark::State &state, Op op, Shape s) {
-    ShapeData &d = data_for(s);
-    const bn2d::Tensor x = bn2d::Tensor::nchw(d.x.get(), s.n, s.c, s.h, s.w);
-    const bn2d::Tensor dy = bn2d::Tensor::nchw(d.dy.get(), s.n, s.c, s.h, s.w);
-    const bn2d::Tensor y = bn2d::Tensor::nchw(d.y.get(), s.n, s.c, s.h, s.w);
-    const bn2d::Tensor dx = bn2d::Tensor::nchw(d.dx.get(), s.n, s.c, s.h, s.w);
+// The same random bytes viewed in either layout (the values are random: the layout only
+// changes the access pattern).
+void bench_ours(benchmark::State &state, Op op, Shape s, bool nhwc, bn2d::DType dtype) {
+    const bool bf16 = dtype == bn2d::DType::bfloat16;
+    ShapeData &d = bf16 ? bf16_data_for(s) : data_for(s);
+    auto view = [&](const Buffer &f32, const Buffer &b16) {
+        return bn2d::Tensor(bf16 ? b16.get() : f32.get(), dtype, sizes_of(s), strides_of(s, nhwc));
+    };
+    const bn2d::Tensor x = view(d.x, d.xh), dy = view(d.dy, d.dyh);
+    const bn2d::Tensor y = view(d.y, d.yh), dx = view(d.dx, d.dxh);
     bn2d::BatchNorm2d bn(s.c);  // training mode, affine, tracking running stats
     // One training forward: running stats for eval, saved batch stats for backward.
     bn.forward(x, y);
@@ -134,7 +167,7 @@ void bench_ours(benchmark::State &state, Op op, Shape s) {
         call();
         benchmark::ClobberMemory();
     }
-    finish(state, op, s);
+    finish(state, op, s, bn2d::dtype_size(dtype));
     state.SetLabel(bn2d::isa_name(bn2d::last_cpu_isa_used()));
 }
 
@@ -152,6 +185,53 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
 stream_bwd(const float *__restrict x, const float *__restrict dy, float *__restrict dx, int64_t n,
            float a, float b) {
     for (int64_t i = 0; i < n; ++i) dx[i] = a * x[i] + b * dy[i];
+}
+
+// The same with non-temporal stores (no read for ownership): the floor. AVX-512 or AVX
+// streaming stores of whole aligned vectors (chunks are 64-byte aligned), a scalar tail.
+__attribute__((target("avx512f"))) void nt_fwd_avx512(const float *x, float *y, int64_t n,
+                                                     float a, float b) {
+    int64_t i = 0;
+    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+    for (; i + 16 <= n; i += 16)
+        _mm512_stream_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), vb));
+    for (; i < n; ++i) y[i] = a * x[i] + b;
+}
+__attribute__((target("avx512f"))) void nt_bwd_avx512(const float *x, const float *dy, float *dx,
+                                                     int64_t n, float a, float b) {
+    int64_t i = 0;
+    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+    for (; i + 16 <= n; i += 16)
+        _mm512_stream_ps(dx + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i),
+                                                 _mm512_mul_ps(vb, _mm512_loadu_ps(dy + i))));
+    for (; i < n; ++i) dx[i] = a * x[i] + b * dy[i];
+}
+__attribute__((target("avx2,fma"))) void nt_fwd_avx2(const float *x, float *y, int64_t n, float a,
+                                                    float b) {
+    int64_t i = 0;
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    for (; i + 8 <= n; i += 8)
+        _mm256_stream_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), vb));
+    for (; i < n; ++i) y[i] = a * x[i] + b;
+}
+__attribute__((target("avx2,fma"))) void nt_bwd_avx2(const float *x, const float *dy, float *dx,
+                                                    int64_t n, float a, float b) {
+    int64_t i = 0;
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    for (; i + 8 <= n; i += 8)
+        _mm256_stream_ps(dx + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i),
+                                                 _mm256_mul_ps(vb, _mm256_loadu_ps(dy + i))));
+    for (; i < n; ++i) dx[i] = a * x[i] + b * dy[i];
+}
+void nt_fwd(const float *x, float *y, int64_t n, float a, float b) {
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    avx512 ? nt_fwd_avx512(x, y, n, a, b) : nt_fwd_avx2(x, y, n, a, b);
+    _mm_sfence();
+}
+void nt_bwd(const float *x, const float *dy, float *dx, int64_t n, float a, float b) {
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    avx512 ? nt_bwd_avx512(x, dy, dx, n, a, b) : nt_bwd_avx2(x, dy, dx, n, a, b);
+    _mm_sfence();
 }
 
 // A persistent pool of g_threads threads (the caller and g_threads-1 workers; OpenMP-free) that
@@ -175,7 +255,9 @@ public:
         for (auto &t : workers_) t.join();
     }
     // out = a*x + b (dy null) or out = a*x + b*dy, over n floats; returns when all is written.
-    void run(const float *x, const float *dy, float *out, int64_t n, float a, float b) {
+    void run(const float *x, const float *dy, float *out, int64_t n, float a, float b,
+             bool nontemporal) {
+        nontemporal_ = nontemporal;
         x_ = x;
         dy_ = dy;
         out_ = out;
@@ -217,9 +299,9 @@ private:
             // done_ counts it, so the job's fields are stable here.
             const int64_t lo = c * chunk_, hi = std::min(n_, lo + chunk_);
             if (dy_) {
-                stream_bwd(x_ + lo, dy_ + lo, out_ + lo, hi - lo, a_, b_);
+                (nontemporal_ ? nt_bwd : stream_bwd)(x_ + lo, dy_ + lo, out_ + lo, hi - lo, a_, b_);
             } else {
-                stream_fwd(x_ + lo, out_ + lo, hi - lo, a_, b_);
+                (nontemporal_ ? nt_fwd : stream_fwd)(x_ + lo, out_ + lo, hi - lo, a_, b_);
             }
             done_.fetch_add(1, std::memory_order_release);
         }
@@ -262,6 +344,7 @@ private:
     int64_t n_ = 0, chunk_ = 1;
     uint32_t nchunks_ = 0;  // caller only (workers read the count from claim_)
     float a_ = 0, b_ = 0;
+    bool nontemporal_ = false;
 };
 
 StreamPool &stream_pool() {
@@ -269,20 +352,23 @@ StreamPool &stream_pool() {
     return pool;
 }
 
-void bench_bound(benchmark::State &state, Op op, Shape s) {
+// bound (ordinary stores) or floor (streaming stores), over the op's bytes at `bytes_per_element`
+// (a bfloat16 op moves the bytes of numel / 2 floats).
+void bench_bound(benchmark::State &state, Op op, Shape s, bool nontemporal, int bytes_per_element) {
     ShapeData &d = data_for(s);
     const bool bwd = op == Op::Bwd;
     const float *x = d.x.get(), *dy = bwd ? d.dy.get() : nullptr;
     float *out = bwd ? d.dx.get() : d.y.get();
+    const int64_t floats = (s.numel() * bytes_per_element + 3) / 4;
     float a = 1.0001f;
     StreamPool &pool = stream_pool();
-    for (int i = 0; i < kWarmupCalls; ++i) pool.run(x, dy, out, s.numel(), a, 0.5f);
+    for (int i = 0; i < kWarmupCalls; ++i) pool.run(x, dy, out, floats, a, 0.5f, nontemporal);
     for (auto _ : state) {
-        pool.run(x, dy, out, s.numel(), a, 0.5f);
+        pool.run(x, dy, out, floats, a, 0.5f, nontemporal);
         benchmark::ClobberMemory();
         a += 1e-7f;  // a different result every time
     }
-    finish(state, op, s);
+    finish(state, op, s, bytes_per_element);
 }
 
 // ---- naive: single-threaded two-pass, what one writes first -----------------------------------
@@ -356,14 +442,17 @@ void bench_naive(benchmark::State &state, Op op, Shape s) {
 // Same bytes in both layouts (the data is random, so the layout only changes the access
 // pattern). Scale and shift (use_scale | use_shift); eval uses global stats; backward is
 // prop_kind::backward (diff_src, diff_scale, diff_shift) of a training forward run once.
-void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
+void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16) {
     using namespace dnnl;
     using tag = memory::format_tag;
-    ShapeData &d = data_for(s);
+    ShapeData &d = bf16 ? bf16_data_for(s) : data_for(s);
     engine eng(engine::kind::cpu, 0);
     stream strm(eng);
-    const memory::desc md({s.n, s.c, s.h, s.w}, memory::data_type::f32,
+    const memory::desc md({s.n, s.c, s.h, s.w},
+                          bf16 ? memory::data_type::bf16 : memory::data_type::f32,
                           nhwc ? tag::nhwc : tag::nchw);
+    float *xp = bf16 ? d.xh.get() : d.x.get(), *yp = bf16 ? d.yh.get() : d.y.get();
+    float *dyp = bf16 ? d.dyh.get() : d.dy.get(), *dxp = bf16 ? d.dxh.get() : d.dx.get();
     const memory::desc cd({s.c}, memory::data_type::f32, tag::x);
     std::vector<float> mean(s.c, 0.0f), var(s.c, 1.0f), scale(s.c, 1.0f), shift(s.c, 0.0f),
         dscale(s.c), dshift(s.c);
@@ -373,7 +462,7 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
     const auto fwd_train_pd = batch_normalization_forward::primitive_desc(
         batch_normalization_forward::desc(prop_kind::forward_training, md, eps, flags), eng);
     std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, d.x.get())},       {DNNL_ARG_DST, mem(md, d.y.get())},
+        {DNNL_ARG_SRC, mem(md, xp)},              {DNNL_ARG_DST, mem(md, yp)},
         {DNNL_ARG_MEAN, mem(cd, mean.data())},    {DNNL_ARG_VARIANCE, mem(cd, var.data())},
         {DNNL_ARG_SCALE, mem(cd, scale.data())},  {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
     // The training forward once: batch statistics for backward (and eval's "running" stats).
@@ -397,13 +486,13 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
             fwd_train_pd);
         prim = batch_normalization_backward(pd);
         impl = pd.impl_info_str();
-        args = {{DNNL_ARG_SRC, mem(md, d.x.get())},
-                {DNNL_ARG_DIFF_DST, mem(md, d.dy.get())},
+        args = {{DNNL_ARG_SRC, mem(md, xp)},
+                {DNNL_ARG_DIFF_DST, mem(md, dyp)},
                 {DNNL_ARG_MEAN, mem(cd, mean.data())},
                 {DNNL_ARG_VARIANCE, mem(cd, var.data())},
                 {DNNL_ARG_SCALE, mem(cd, scale.data())},
                 {DNNL_ARG_SHIFT, mem(cd, shift.data())},
-                {DNNL_ARG_DIFF_SRC, mem(md, d.dx.get())},
+                {DNNL_ARG_DIFF_SRC, mem(md, dxp)},
                 {DNNL_ARG_DIFF_SCALE, mem(cd, dscale.data())},
                 {DNNL_ARG_DIFF_SHIFT, mem(cd, dshift.data())}};
     }
@@ -414,7 +503,7 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
         strm.wait();
         benchmark::ClobberMemory();
     }
-    finish(state, op, s);
+    finish(state, op, s, bf16 ? 2 : 4);
     state.SetLabel(impl);
 }
 #endif
@@ -427,13 +516,14 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc) {
 // allocates its outputs per call, as it does for its users (label "alloc"); main() keeps freed
 // memory in the heap so that this costs no fresh page faults. If a real forward out= kernel is
 // found, forward writes into the preallocated output instead (label "out").
-void bench_torch(benchmark::State &state, Op op, Shape s) {
+void bench_torch(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16) {
     torch::NoGradGuard no_grad;
-    ShapeData &d = data_for(s);
-    const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
-    at::Tensor x = torch::from_blob(d.x.get(), {s.n, s.c, s.h, s.w}, opts);
-    at::Tensor dy = torch::from_blob(d.dy.get(), {s.n, s.c, s.h, s.w}, opts);
-    at::Tensor y = torch::from_blob(d.y.get(), {s.n, s.c, s.h, s.w}, opts);
+    ShapeData &d = bf16 ? bf16_data_for(s) : data_for(s);
+    const auto opts = torch::TensorOptions().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32);
+    const std::vector<int64_t> sizes = sizes_of(s), strides = strides_of(s, nhwc);
+    at::Tensor x = torch::from_blob(bf16 ? d.xh.get() : d.x.get(), sizes, strides, opts);
+    at::Tensor dy = torch::from_blob(bf16 ? d.dyh.get() : d.dy.get(), sizes, strides, opts);
+    at::Tensor y = torch::from_blob(bf16 ? d.yh.get() : d.y.get(), sizes, strides, opts);
     at::Tensor w = torch::ones({s.c}), b = torch::zeros({s.c});
     at::Tensor rm = torch::zeros({s.c}), rv = torch::ones({s.c});
     at::Tensor save_mean, save_invstd;
@@ -446,7 +536,7 @@ void bench_torch(benchmark::State &state, Op op, Shape s) {
         try {
             at::native_batch_norm_out(y, out_mean, out_invstd, x, w, b, rm, rv, training, 0.1,
                                       1e-5);
-            use_out = y.data_ptr() == d.y.get();
+            use_out = y.data_ptr() == (bf16 ? d.yh.get() : d.y.get());
         } catch (const c10::Error &) {
             use_out = false;
         }
@@ -469,7 +559,7 @@ void bench_torch(benchmark::State &state, Op op, Shape s) {
         call();
         benchmark::ClobberMemory();
     }
-    finish(state, op, s);
+    finish(state, op, s, bf16 ? 2 : 4);
     state.SetLabel(use_out ? "out" : "alloc");
 }
 #endif
@@ -496,14 +586,23 @@ void register_all() {
                     ->UseRealTime()
                     ->Unit(benchmark::kMillisecond);
             };
-            reg("ours", bench_ours);
-            reg("bound", bench_bound);
+            using bn2d::DType;
+            reg("ours", bench_ours, false, DType::float32);
+            reg("ours_nhwc", bench_ours, true, DType::float32);
+            reg("ours_bf16", bench_ours, false, DType::bfloat16);
+            reg("ours_nhwc_bf16", bench_ours, true, DType::bfloat16);
+            reg("floor", bench_bound, true, 4);
+            reg("bound", bench_bound, false, 4);
+            reg("floor_bf16", bench_bound, true, 2);
 #if BN2D_BENCH_ONEDNN
-            reg("onednn_nchw", bench_onednn, false);
-            reg("onednn_nhwc", bench_onednn, true);
+            reg("onednn_nchw", bench_onednn, false, false);
+            reg("onednn_nhwc", bench_onednn, true, false);
+            reg("onednn_nhwc_bf16", bench_onednn, true, true);
 #endif
 #if BN2D_BENCH_TORCH
-            reg("torch", bench_torch);
+            reg("torch", bench_torch, false, false);
+            reg("torch_nhwc", bench_torch, true, false);
+            reg("torch_bf16", bench_torch, false, true);
 #endif
             reg("naive", bench_naive);
         }

@@ -28,9 +28,10 @@ inline const char *op_name(Op op) {
     return op == Op::TrainFwd ? "train_fwd" : op == Op::EvalFwd ? "eval_fwd" : "bwd";
 }
 
-// Forward: read x, write y. Backward: read x and dy, write dx (parameter gradients are C floats).
-inline int64_t op_bytes(Op op, const Shape &s) {
-    return (op == Op::Bwd ? 3 : 2) * s.numel() * int64_t(sizeof(float));
+// Forward: read x, write y. Backward: read x and dy, write dx (parameter gradients are C
+// floats), at the tensors' bytes per element.
+inline int64_t op_bytes(Op op, const Shape &s, int bytes_per_element = 4) {
+    return (op == Op::Bwd ? 3 : 2) * s.numel() * int64_t(bytes_per_element);
 }
 
 // What the kernels were built from, in the results' context: which schedule was measured.

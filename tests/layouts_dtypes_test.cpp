@@ -32,14 +32,17 @@ INSTANTIATE_TEST_SUITE_P(All, LayoutDtype, ::testing::ValuesIn(variants()),
 
 // The kernel each layout reaches, as BN2D_VERBOSE reports it.
 TEST(LayoutDispatch, EachLayoutRunsItsKernel) {
-    const Shape s{2, 6, 3, 5};
     struct Case {
         std::string x, y, kernel_layout;
+        int64_t channels = 20;
     };
+    // channels_last with fewer than 16 channels (an RGB image) runs the strided kernels.
     for (const Case &c : {Case{"nchw", "nchw", "nchw"}, Case{"nhwc", "nhwc", "nhwc"},
                           Case{"padded", "padded", "strided"}, Case{"reversed", "reversed", "nhwc"},
-                          Case{"nchw", "nhwc", "strided"}, Case{"padded", "nhwc", "strided"}}) {
-        SCOPED_TRACE(c.x + " -> " + c.y);
+                          Case{"nchw", "nhwc", "strided"}, Case{"padded", "nhwc", "strided"},
+                          Case{"nhwc", "nhwc", "strided", 3}, Case{"nchw", "nchw", "nchw", 3}}) {
+        SCOPED_TRACE(c.x + " -> " + c.y + ", C = " + std::to_string(c.channels));
+        const Shape s{2, c.channels, 3, 5};
         std::mt19937 rng(5);
         TypedTensor x(DType::bfloat16, s, c.x), y(DType::bfloat16, s, c.y);
         x.randomize(rng);

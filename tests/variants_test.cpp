@@ -38,7 +38,7 @@ TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
                 const std::string suffix = std::string("_") + dtype_short_name(dtype) + "_" + kernel_layout;
                 EXPECT_EQ(f[3].substr(f[3].size() - suffix.size()), suffix);
                 EXPECT_EQ(f[4], std::string("cpu:") + isa_name(last_cpu_isa_used()));
-                EXPECT_EQ(f[5], "2x3x4x5");
+                EXPECT_EQ(f[5], "2x16x4x5");
                 EXPECT_EQ(f[6], kernel_layout);
                 EXPECT_EQ(f[7], dtype_short_name(dtype));
                 EXPECT_GE(std::stod(f[8]), 0.0);

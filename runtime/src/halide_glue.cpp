@@ -94,6 +94,12 @@ namespace {
 bool unit_stride(const Tensor &t, int i) { return t.size(i) <= 1 || t.stride(i) == 1; }
 }  // namespace
 
+// channels_last tensors with fewer channels than this (images: C = 3) run the strided kernels:
+// vectors along W (loads with stride C) beat vectors of 3 channels in 16 lanes. Measured on
+// 1x3x1080x1920, 2 cores: training forward 24.9 -> 5.4 ms, eval 12 -> 2.5 ms (oneDNN NHWC:
+// 30.6 and 19.4 ms).
+constexpr int64_t kMinNhwcChannels = 16;
+
 Layout common_layout(const std::vector<const Tensor *> &tensors) {
     auto all = [&](auto pred) {
         for (const Tensor *t : tensors)
@@ -103,7 +109,9 @@ Layout common_layout(const std::vector<const Tensor *> &tensors) {
     // NCHW first when both hold (C = 1, or W = 1 with C stride 1), as PyTorch's
     // suggest_memory_format prefers contiguous.
     if (all([](const Tensor &t) { return unit_stride(t, 3); })) return Layout::nchw;
-    if (all([](const Tensor &t) { return unit_stride(t, 1); })) return Layout::nhwc;
+    if (all([](const Tensor &t) { return unit_stride(t, 1); }) &&
+        tensors.front()->size(1) >= kMinNhwcChannels)
+        return Layout::nhwc;
     return Layout::strided;
 }
 

@@ -20,6 +20,7 @@ using HalideBuffer = Halide::Runtime::Buffer<void>;
 //   strided: anything else, and calls whose tensors differ in layout
 enum class Layout { nchw, nhwc, strided };
 // The layout every tensor of one call satisfies; size-1 dimensions match any stride.
+// channels_last with fewer than 16 channels gets the strided kernels (halide_glue.cpp).
 Layout common_layout(const std::vector<const Tensor *> &tensors);
 const char *layout_name(Layout l);
 
