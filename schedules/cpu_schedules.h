@@ -192,7 +192,8 @@ inline Expr nhwc_block_rows(Expr C, const Knobs &k) {
 // vector of C partial sums, swept row by row with C innermost; then one vectorized pass over
 // the blocks. Partial sums are in the accumulator type, like the NCHW rfactor's lanes.
 inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k) {
-    Var c(s.sums.args()[0].name()), blk("blk"), nn("nn"), task("task");
+    Var c(s.sums.args()[0].name()), blk("blk"), nn("nn"), task("task"), co("co"), ci("ci"),
+        cv("cv"), cl("cl");
     RVar rxo("rxo"), rxi("rxi");
     Func partial = s.sums.update()
                        .split(s.r.x, rxo, rxi, nhwc_block_rows(C, k), TailStrategy::GuardWithIf)
@@ -202,9 +203,16 @@ inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k) {
     // them on every row (measured: 20x100x35x45 1.7x slower on 2 threads than on 1, and
     // 1x3x1080x1920, 3 channels per block, 280x the floor).
     partial.compute_root().align_storage(c, 16).vectorize(c, k.lanes, TailStrategy::GuardWithIf);
+    // Channels in tiles of `accumulators` vectors, rows inside a tile: a tile's partial sums
+    // stay in registers across the block's rows (its addresses do not change in the row loop),
+    // instead of a load and a store of them per row.
+    const int tile = k.lanes * k.accumulators;
     partial.update()
-        .reorder(c, rxi, s.r.y, blk, nn)
-        .vectorize(c, k.lanes, TailStrategy::GuardWithIf)
+        .split(c, co, ci, tile, TailStrategy::GuardWithIf)
+        .split(ci, cv, cl, k.lanes, TailStrategy::GuardWithIf)
+        .reorder(cl, cv, rxi, s.r.y, co, blk, nn)
+        .vectorize(cl)
+        .unroll(cv)
         .fuse(blk, nn, task)
         .parallel(task);
     s.sums.compute_root().vectorize(c, k.lanes, TailStrategy::GuardWithIf);
