@@ -111,6 +111,18 @@ protected:
         return this->template add_output<Buffer<>>(name, compute_type(), 1);
     }
 
+    // The inputs of both forward kernels, in signature order (braced initialization runs the
+    // constructors left to right).
+    struct ForwardInputs {
+        Tensor4 *x;
+        Vector1 *weight, *bias, *running_mean, *running_var;
+        GeneratorInput<double> *eps;
+    };
+    ForwardInputs forward_inputs() {
+        return {tensor_in("x"),         vector_in("weight"),      vector_in("bias"),
+                vector_in("running_mean"), vector_in("running_var"), scalar_in("eps")};
+    }
+
     bn2d::Extents extents_of(Tensor4 &x) const {
         bn2d::Extents e{x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(),
                         x.dim(3).extent(), accumulator_type(), ""};
@@ -166,9 +178,7 @@ protected:
 
 class TrainForwardGenerator : public Bn2dGenerator<TrainForwardGenerator> {
 public:
-    Tensor4 *x;
-    Vector1 *weight, *bias, *running_mean, *running_var;
-    GeneratorInput<double> *eps;
+    ForwardInputs in;
     // exponential_average_factor: momentum, or 1/num_batches_tracked when momentum is None.
     GeneratorInput<double> *factor;
 
@@ -176,12 +186,7 @@ public:
     Vector1Out *saved_mean, *saved_invstd, *running_mean_out, *running_var_out;
 
     void configure() {
-        x = tensor_in("x");
-        weight = vector_in("weight");
-        bias = vector_in("bias");
-        running_mean = vector_in("running_mean");
-        running_var = vector_in("running_var");
-        eps = scalar_in("eps");
+        in = forward_inputs();
         factor = scalar_in("factor");
         y = tensor_out("y");
         saved_mean = vector_out("saved_mean");
@@ -193,8 +198,8 @@ public:
     void generate() {
         // THE ALGORITHM
         bn2d::TrainForward p =
-            bn2d::train_forward(*x, *weight, *bias, *running_mean, *running_var, *eps, *factor,
-                                extents_of(*x), v);
+            bn2d::train_forward(*in.x, *in.weight, *in.bias, *in.running_mean, *in.running_var,
+                                *in.eps, *factor, extents_of(*in.x), v);
         *y = p.y;
         *saved_mean = p.saved_mean;
         *saved_invstd = p.saved_invstd;
@@ -202,9 +207,9 @@ public:
         *running_var_out = p.running_var_out;
 
         // ESTIMATES AND LAYOUT
-        set_estimates({x}, {y}, {weight, bias, running_mean, running_var},
+        set_estimates({in.x}, {y}, {in.weight, in.bias, in.running_mean, in.running_var},
                       {saved_mean, saved_invstd, running_mean_out, running_var_out});
-        eps->set_estimate(1e-5);
+        in.eps->set_estimate(1e-5);
         factor->set_estimate(0.1);
 
         // THE SCHEDULE
@@ -220,28 +225,22 @@ public:
 
 class EvalForwardGenerator : public Bn2dGenerator<EvalForwardGenerator> {
 public:
-    Tensor4 *x;
-    Vector1 *weight, *bias, *running_mean, *running_var;
-    GeneratorInput<double> *eps;
+    ForwardInputs in;
     Tensor4Out *y;
 
     void configure() {
-        x = tensor_in("x");
-        weight = vector_in("weight");
-        bias = vector_in("bias");
-        running_mean = vector_in("running_mean");
-        running_var = vector_in("running_var");
-        eps = scalar_in("eps");
+        in = forward_inputs();
         y = tensor_out("y");
     }
 
     void generate() {
-        bn2d::EvalForward p = bn2d::eval_forward(*x, *weight, *bias, *running_mean, *running_var,
-                                                 *eps, extents_of(*x), v);
+        bn2d::EvalForward p =
+            bn2d::eval_forward(*in.x, *in.weight, *in.bias, *in.running_mean, *in.running_var,
+                               *in.eps, extents_of(*in.x), v);
         *y = p.y;
 
-        set_estimates({x}, {y}, {weight, bias, running_mean, running_var}, {});
-        eps->set_estimate(1e-5);
+        set_estimates({in.x}, {y}, {in.weight, in.bias, in.running_mean, in.running_var}, {});
+        in.eps->set_estimate(1e-5);
 
         apply_schedule(
             "eval_fwd",
