@@ -103,6 +103,8 @@ inline ChannelSums channel_sums(const std::string &stage, Func a, Func b, const 
 }
 
 // Batch statistics of one channel: mean and biased variance, with the Funcs a schedule places.
+// NaN and Inf propagate as in PyTorch: a NaN in a channel makes its mean and variance NaN; a
+// +Inf (-Inf) makes the mean +Inf (-Inf) and the variance NaN.
 //
 // Method: shifted one-pass sums. Each channel is shifted by one of its own samples,
 // K = x(0, 0, c, 0), then S1 = sum(x - K) and S2 = sum((x - K)^2) are accumulated together and
@@ -129,7 +131,18 @@ struct BatchStats {
 inline BatchStats batch_stats(Func x, const Extents &e, const Vars &v) {
     BatchStats st;
     st.shift = e.func("shift");
-    st.shift(v.c) = e.wide(x(0, 0, v.c, 0));
+    // A non-finite first sample is no shift (K = 0): the sums then carry the Inf or NaN the
+    // way PyTorch's do (mean Inf for a +Inf channel, not Inf - Inf = NaN).
+    // The test is on the bits: Halide's default float semantics let LLVM assume no NaN or
+    // Inf and fold a floating-point is_finite() away.
+    Expr first = e.wide(x(0, 0, v.c, 0));
+    const bool wide = e.acc.bits() == 64;
+    Expr exponent = Halide::reinterpret(wide ? Halide::UInt(64) : Halide::UInt(32), first) &
+                    (wide ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
+                          : Halide::Expr(uint32_t(0x7f800000u)));
+    Expr all_ones = wide ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
+                         : Halide::Expr(uint32_t(0x7f800000u));
+    st.shift(v.c) = Halide::select(exponent != all_ones, first, Halide::cast(e.acc, 0));
     Func centered = e.func("centered"), centered_sq = e.func("centered_sq");
     centered(v.w, v.h, v.c, v.n) = e.wide(x(v.w, v.h, v.c, v.n)) - st.shift(v.c);
     centered_sq(v.w, v.h, v.c, v.n) = centered(v.w, v.h, v.c, v.n) * centered(v.w, v.h, v.c, v.n);
@@ -140,8 +153,13 @@ inline BatchStats batch_stats(Func x, const Extents &e, const Vars &v) {
     st.mean = e.func("batch_mean");
     st.mean(v.c) = st.shift(v.c) + shifted_mean;
     st.var = e.func("batch_var");
-    // Rounding can push a zero variance a hair below zero; clamp, as var is a square.
-    st.var(v.c) = Halide::max(st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean, 0);
+    // Rounding can push a zero variance a hair below zero; clamp, as var is a square. But
+    // max(NaN, 0) is 0, and a channel with a NaN (or Inf - Inf) must keep a NaN variance (and
+    // running_var), as in PyTorch: NaN passes explicitly (strict_float, as above; a plain
+    // select is simplified into the max).
+    Expr var = st.s.sums(v.c)[1] / M - shifted_mean * shifted_mean;
+    st.var(v.c) = Halide::strict_float(
+        Halide::select(Halide::is_nan(var), var, Halide::max(var, Halide::cast(e.acc, 0))));
     return st;
 }
 

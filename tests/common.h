@@ -77,6 +77,29 @@ template<typename Got, typename Want, typename Where>
     return r << bad << " of " << got.size() << " elements differ";
 }
 
+// As all_close, but NaN must meet NaN and an infinity the same infinity (for inputs with NaN
+// and Inf, whose propagation is part of the semantics).
+template<typename Got, typename Want>
+::testing::AssertionResult same_with_non_finite(const Got &got, const Want &want, double atol,
+                                                double rtol) {
+    if (got.size() != want.size())
+        return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+    int bad = 0;
+    ::testing::AssertionResult r = ::testing::AssertionFailure();
+    for (size_t i = 0; i < got.size(); ++i) {
+        const double g = got[i], w = want[i];
+        const bool ok = std::isnan(w)   ? std::isnan(g)
+                        : std::isinf(w) ? g == w
+                                        : std::isfinite(g) && std::abs(g - w) <= atol + rtol * std::abs(w);
+        if (!ok) {
+            if (bad < 5) r << "at index " << i << ": got " << g << ", want " << w << "\n";
+            ++bad;
+        }
+    }
+    if (bad == 0) return ::testing::AssertionSuccess();
+    return r << bad << " of " << got.size() << " elements differ";
+}
+
 template<typename Got, typename Want>
 ::testing::AssertionResult all_close(const Got &got, const Want &want, double atol, double rtol) {
     return all_close(got, want, atol, rtol,

@@ -195,6 +195,48 @@ TEST(GpuDevice, OutlierFirstSampleKeepsVarianceAccurate) {
     }
 }
 
+// NaN and Inf propagate on the device as on the CPU (where they match libtorch:
+// torch_parity_test.cpp): a NaN, a +Inf, a -Inf, both infinities, and non-finite first samples.
+TEST(GpuDevice, NanAndInfPropagateLikeTheCpu) {
+    SKIP_WITHOUT_DEVICE();
+    const Shape s{2, 6, 3, 4};
+    std::mt19937 rng(92);
+    std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f);
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+    x[s.index(1, 1, 2, 1)] = nan;
+    x[s.index(0, 2, 1, 3)] = inf;
+    x[s.index(1, 3, 0, 2)] = -inf;
+    x[s.index(0, 4, 2, 2)] = inf;
+    x[s.index(1, 4, 1, 0)] = -inf;
+    x[s.index(0, 5, 0, 0)] = nan;
+    const std::vector<float> dy = random_vector(rng, s.numel());
+    const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
+    BatchNorm2d cpu(s.c), dev(s.c);
+    dev.to(kDevice);
+    DeviceBuffer d_x(kDevice, sizes), d_y(kDevice, sizes), d_dy(kDevice, sizes), d_dx(kDevice, sizes);
+    d_x.upload(x);
+    d_dy.upload(dy);
+    for (bool training : {true, false}) {
+        SCOPED_TRACE(training ? "training" : "eval");
+        cpu.train(training);
+        dev.train(training);
+        std::vector<float> y = poisoned(s.numel()), dx = poisoned(s.numel());
+        std::vector<float> xs = x, dys = dy;
+        cpu.forward(view(xs, s), view(y, s));
+        cpu.backward(view(dys, s), view(dx, s));
+        d_y.upload(poisoned(s.numel()));
+        d_dx.upload(poisoned(s.numel()));
+        dev.forward(d_x.view(), d_y.view());
+        dev.backward(d_dy.view(), d_dx.view());
+        EXPECT_TRUE(same_with_non_finite(to_f64(d_y.download()), to_f64(y), 1e-5, 1e-5)) << "y";
+        EXPECT_TRUE(same_with_non_finite(to_f64(d_dx.download()), to_f64(dx), 1e-5, 1e-5)) << "dx";
+        EXPECT_TRUE(same_with_non_finite(dev.state_dict().running_var, cpu.state_dict().running_var,
+                                         1e-6, 1e-5));
+        EXPECT_TRUE(same_with_non_finite(dev.state_dict().running_mean,
+                                         cpu.state_dict().running_mean, 1e-6, 1e-5));
+    }
+}
+
 TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
     SKIP_WITHOUT_DEVICE();
     BatchNorm2d bn(4);

@@ -362,5 +362,54 @@ TEST(TorchParityNumerics, BatchMeanNearZeroOnA1080pImage) {
     }
 }
 
+// ---- NaN and Inf: propagated as libtorch propagates them -------------------------------
+
+// Channels: 0 clean, 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample
+// (the shift sample of the statistics). Not covered: a +-Inf first sample, whose mean is NaN
+// on the CPU kernels where libtorch (and our GPU kernels) give +-Inf. Training forward (y, running
+// statistics), backward (dx, parameter gradients), then eval forward and backward with the
+// running statistics that result. Before: the variance clamp max(var, 0) turned a NaN variance
+// into 0 (running_var 0.9 where libtorch has NaN), and an Inf shift sample gave -Inf outputs
+// and a NaN mean where libtorch has NaN outputs and an Inf mean.
+TEST(TorchParityNonFinite, NanAndInfPropagateAsInLibtorch) {
+    const Shape s{2, 6, 3, 4};
+    std::mt19937 rng(91);
+    std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f), y = poisoned(s.numel());
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+    x[s.index(1, 1, 2, 1)] = nan;
+    x[s.index(0, 2, 1, 3)] = inf;
+    x[s.index(1, 3, 0, 2)] = -inf;
+    x[s.index(0, 4, 2, 2)] = inf;
+    x[s.index(1, 4, 1, 0)] = -inf;
+    x[s.index(0, 5, 0, 0)] = nan;
+    std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
+
+    BatchNorm2d ours(s.c);
+    torch::nn::BatchNorm2d theirs(torch::nn::BatchNorm2dOptions(s.c));
+    for (bool training : {true, false}) {
+        SCOPED_TRACE(training ? "training" : "eval");
+        ours.train(training);
+        theirs->train(training);
+        torch::Tensor tx = to_torch(x, s).requires_grad_(true);
+        torch::Tensor ty = theirs->forward(tx);
+        ours.forward(view(x, s), view(y, s));
+        EXPECT_TRUE(same_with_non_finite(to_f64(y), values_of(ty), 1e-5, 1e-5)) << "y";
+        EXPECT_TRUE(same_with_non_finite(ours.state_dict().running_mean,
+                                         values_of(theirs->running_mean), 1e-6, 1e-5));
+        EXPECT_TRUE(same_with_non_finite(ours.state_dict().running_var,
+                                         values_of(theirs->running_var), 1e-6, 1e-5));
+        theirs->weight.mutable_grad() = torch::Tensor();
+        theirs->bias.mutable_grad() = torch::Tensor();
+        ty.backward(to_torch(dy, s));
+        ours.zero_grad();
+        ours.backward(view(dy, s), view(dx, s));
+        EXPECT_TRUE(same_with_non_finite(to_f64(dx), values_of(tx.grad()), 1e-5, 1e-5)) << "dx";
+        EXPECT_TRUE(same_with_non_finite(to_vector_f64(ours.weight_grad()),
+                                         values_of(theirs->weight.grad()), 1e-4, 1e-5));
+        EXPECT_TRUE(same_with_non_finite(to_vector_f64(ours.bias_grad()),
+                                         values_of(theirs->bias.grad()), 1e-4, 1e-5));
+    }
+}
+
 } // namespace
 } // namespace bn2d::test
