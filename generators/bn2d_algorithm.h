@@ -133,16 +133,16 @@ inline BatchStats batch_stats(Func x, const Extents &e, const Vars &v) {
     st.shift = e.func("shift");
     // A non-finite first sample is no shift (K = 0): the sums then carry the Inf or NaN the
     // way PyTorch's do (mean Inf for a +Inf channel, not Inf - Inf = NaN).
-    // The test is on the bits: Halide's default float semantics let LLVM assume no NaN or
-    // Inf and fold a floating-point is_finite() away.
+    // Test and select on the bits: Halide's default float semantics let LLVM assume no NaN or
+    // Inf, and fold a floating-point is_finite() or select away.
     Expr first = e.wide(x(0, 0, v.c, 0));
-    const bool wide = e.acc.bits() == 64;
-    Expr exponent = Halide::reinterpret(wide ? Halide::UInt(64) : Halide::UInt(32), first) &
-                    (wide ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
-                          : Halide::Expr(uint32_t(0x7f800000u)));
-    Expr all_ones = wide ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
-                         : Halide::Expr(uint32_t(0x7f800000u));
-    st.shift(v.c) = Halide::select(exponent != all_ones, first, Halide::cast(e.acc, 0));
+    const Halide::Type bits_type = e.acc.bits() == 64 ? Halide::UInt(64) : Halide::UInt(32);
+    Expr exponent_mask = e.acc.bits() == 64 ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
+                                            : Halide::Expr(uint32_t(0x7f800000u));
+    Expr bits = Halide::reinterpret(bits_type, first);
+    st.shift(v.c) = Halide::reinterpret(
+        e.acc, Halide::select((bits & exponent_mask) != exponent_mask, bits,
+                              Halide::cast(bits_type, 0)));
     Func centered = e.func("centered"), centered_sq = e.func("centered_sq");
     centered(v.w, v.h, v.c, v.n) = e.wide(x(v.w, v.h, v.c, v.n)) - st.shift(v.c);
     centered_sq(v.w, v.h, v.c, v.n) = centered(v.w, v.h, v.c, v.n) * centered(v.w, v.h, v.c, v.n);

@@ -364,15 +364,14 @@ TEST(TorchParityNumerics, BatchMeanNearZeroOnA1080pImage) {
 
 // ---- NaN and Inf: propagated as libtorch propagates them -------------------------------
 
-// Channels: 0 clean, 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample
-// (the shift sample of the statistics). Not covered: a +-Inf first sample, whose mean is NaN
-// on the CPU kernels where libtorch (and our GPU kernels) give +-Inf. Training forward (y, running
+// Channels: 0 clean, 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample,
+// 6 a +Inf first sample (the shift sample of the statistics). Training forward (y, running
 // statistics), backward (dx, parameter gradients), then eval forward and backward with the
 // running statistics that result. Before: the variance clamp max(var, 0) turned a NaN variance
 // into 0 (running_var 0.9 where libtorch has NaN), and an Inf shift sample gave -Inf outputs
 // and a NaN mean where libtorch has NaN outputs and an Inf mean.
 TEST(TorchParityNonFinite, NanAndInfPropagateAsInLibtorch) {
-    const Shape s{2, 6, 3, 4};
+    const Shape s{2, 7, 3, 4};
     std::mt19937 rng(91);
     std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f), y = poisoned(s.numel());
     const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
@@ -382,6 +381,7 @@ TEST(TorchParityNonFinite, NanAndInfPropagateAsInLibtorch) {
     x[s.index(0, 4, 2, 2)] = inf;
     x[s.index(1, 4, 1, 0)] = -inf;
     x[s.index(0, 5, 0, 0)] = nan;
+    x[s.index(0, 6, 0, 0)] = inf;
     std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
 
     BatchNorm2d ours(s.c);
