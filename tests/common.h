@@ -43,6 +43,11 @@ inline std::vector<double> to_f64(const std::vector<float> &v) {
     return std::vector<double>(v.begin(), v.end());
 }
 
+// Random data with non-finite values, one case per channel of a 7-channel shape: 0 clean,
+// 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample, 6 a +Inf first sample
+// (the first sample is the shift sample of the statistics).
+inline std::vector<float> non_finite_input(std::mt19937 &rng, const Shape &s);
+
 inline std::vector<float> poisoned(int64_t n) {
     return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
 }
@@ -75,6 +80,21 @@ template<typename Got, typename Want, typename Where>
     }
     if (bad == 0) return ::testing::AssertionSuccess();
     return r << bad << " of " << got.size() << " elements differ";
+}
+
+inline std::vector<float> non_finite_input(std::mt19937 &rng, const Shape &s) {
+    if (s.c != 7 || s.n < 2 || s.h < 3 || s.w < 4)
+        throw std::invalid_argument("non_finite_input: needs [>=2, 7, >=3, >=4]");
+    std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f);
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+    x[s.index(1, 1, 2, 1)] = nan;
+    x[s.index(0, 2, 1, 3)] = inf;
+    x[s.index(1, 3, 0, 2)] = -inf;
+    x[s.index(0, 4, 2, 2)] = inf;
+    x[s.index(1, 4, 1, 0)] = -inf;
+    x[s.index(0, 5, 0, 0)] = nan;
+    x[s.index(0, 6, 0, 0)] = inf;
+    return x;
 }
 
 // As all_close, but NaN must meet NaN and an infinity the same infinity (for inputs with NaN

@@ -201,15 +201,7 @@ TEST(GpuDevice, NanAndInfPropagateLikeTheCpu) {
     SKIP_WITHOUT_DEVICE();
     const Shape s{2, 7, 3, 4};
     std::mt19937 rng(92);
-    std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f);
-    const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
-    x[s.index(1, 1, 2, 1)] = nan;
-    x[s.index(0, 2, 1, 3)] = inf;
-    x[s.index(1, 3, 0, 2)] = -inf;
-    x[s.index(0, 4, 2, 2)] = inf;
-    x[s.index(1, 4, 1, 0)] = -inf;
-    x[s.index(0, 5, 0, 0)] = nan;
-    x[s.index(0, 6, 0, 0)] = inf;
+    const std::vector<float> x = non_finite_input(rng, s);
     const std::vector<float> dy = random_vector(rng, s.numel());
     const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
     BatchNorm2d cpu(s.c), dev(s.c);

@@ -364,8 +364,8 @@ TEST(TorchParityNumerics, BatchMeanNearZeroOnA1080pImage) {
 
 // ---- NaN and Inf: propagated as libtorch propagates them -------------------------------
 
-// Channels: 0 clean, 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample,
-// 6 a +Inf first sample (the shift sample of the statistics). Training forward (y, running
+// One case per channel (common.h's non_finite_input: a NaN, +Inf, -Inf, both, a NaN and a
+// +Inf first sample). Training forward (y, running
 // statistics), backward (dx, parameter gradients), then eval forward and backward with the
 // running statistics that result. Before: the variance clamp max(var, 0) turned a NaN variance
 // into 0 (running_var 0.9 where libtorch has NaN), and an Inf shift sample gave -Inf outputs
@@ -373,15 +373,8 @@ TEST(TorchParityNumerics, BatchMeanNearZeroOnA1080pImage) {
 TEST(TorchParityNonFinite, NanAndInfPropagateAsInLibtorch) {
     const Shape s{2, 7, 3, 4};
     std::mt19937 rng(91);
-    std::vector<float> x = random_vector(rng, s.numel(), 0.5f, 1.5f), y = poisoned(s.numel());
-    const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
-    x[s.index(1, 1, 2, 1)] = nan;
-    x[s.index(0, 2, 1, 3)] = inf;
-    x[s.index(1, 3, 0, 2)] = -inf;
-    x[s.index(0, 4, 2, 2)] = inf;
-    x[s.index(1, 4, 1, 0)] = -inf;
-    x[s.index(0, 5, 0, 0)] = nan;
-    x[s.index(0, 6, 0, 0)] = inf;
+    std::vector<float> x = non_finite_input(rng, s);
+    std::vector<float> y = poisoned(s.numel());
     std::vector<float> dy = random_vector(rng, s.numel()), dx = poisoned(s.numel());
 
     BatchNorm2d ours(s.c);
