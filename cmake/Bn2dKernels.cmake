@@ -213,8 +213,6 @@ list(LENGTH BN2D_KERNELS kernel_count)
 list(LENGTH BN2D_DTYPES dtype_count)
 list(LENGTH BN2D_LAYOUTS layout_count)
 string(REPLACE ";" " " cpu_targets_str "${BN2D_CPU_TARGETS}")
-string(REPLACE ";" "\", \"" dtype_names "${BN2D_DTYPES}")
-string(REPLACE ";" "\", \"" layout_names "${BN2D_LAYOUTS}")
 file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
 "// ${note}
 #pragma once
@@ -228,8 +226,6 @@ namespace bn2d::detail {
 // Indices: bn2d::DType order (f32, bf16, f16, f64) and detail::Layout (nchw, nhwc, strided).
 constexpr int kDtypeCount = @dtype_count@;
 constexpr int kLayoutCount = @layout_count@;
-constexpr const char *kDtypeNames[kDtypeCount] = {\"@dtype_names@\"};
-constexpr const char *kLayoutNames[kLayoutCount] = {\"@layout_names@\"};
 
 // One member per kernel of the table, indexed [dtype][layout]; null where not built.
 struct KernelSet {

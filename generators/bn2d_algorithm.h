@@ -67,10 +67,14 @@ struct Extents {
         if (element.is_bfloat()) return float_to_bf16_bits(e);
         return Halide::cast(element, std::move(e));
     }
+    Halide::Type storage() const { return storage_type(element); }
+
     // The storage type of an element: bfloat16 tensors are held as their uint16 bit patterns
     // and converted here rather than by Halide's bfloat16 type, which crashes the PTX back end
     // in Halide 21 (an LLVM "Invalid cast!" assertion) and needs cl_khr_fp16 on OpenCL.
-    Halide::Type storage() const { return element.is_bfloat() ? Halide::UInt(16) : element; }
+    static Halide::Type storage_type(Halide::Type element) {
+        return element.is_bfloat() ? Halide::UInt(16) : element;
+    }
 
     static Expr bf16_bits_to_float(Expr bits) {
         return Halide::reinterpret(Halide::Float(32), Halide::cast(Halide::UInt(32), bits) << 16);

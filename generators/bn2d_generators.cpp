@@ -94,7 +94,7 @@ protected:
         if (l == "nhwc") t.dim(2).set_stride(1);
     }
     // bfloat16 tensors are uint16 bit patterns (bn2d::Extents::storage).
-    Type storage_type() const { return element_type().is_bfloat() ? UInt(16) : element_type(); }
+    Type storage_type() const { return bn2d::Extents::storage_type(element_type()); }
     Tensor4 *tensor_in(const std::string &name) {
         return this->template add_input<Buffer<>>(name, storage_type(), 4);
     }

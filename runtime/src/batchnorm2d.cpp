@@ -140,8 +140,8 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_
     s_->affine = o.affine;
     s_->track = o.track_running_stats;
     for (Buf *b : s_->all_buffers()) *b = s_->allocate();
-    s_->fill(s_->grad_weight, 0.0f);
-    s_->fill(s_->grad_bias, 0.0f);
+    s_->fill(s_->grad_weight, 0.0);
+    s_->fill(s_->grad_bias, 0.0);
     reset_parameters();
 }
 
@@ -189,7 +189,7 @@ void check_tensor(const char *name, const Tensor &t, int64_t C, Device device,
     if (t.device() == Device::OpenCL)
         for (int i = 0; i < 4; ++i)
             if (t.size(i) > 1 && t.stride(i) < 0)
-                fail(std::string(name) + ": negative strides " + "are not supported on opencl");
+                fail(std::string(name) + ": negative strides are not supported on opencl");
 }
 
 // PyTorch's rule: an input of the parameters' dtype, or bfloat16/float16 with float32
@@ -393,20 +393,20 @@ std::vector<float> BatchNorm2d::backward(const Tensor &grad_out) {
 }
 
 void BatchNorm2d::zero_grad() {
-    s_->fill(s_->grad_weight, 0.0f);
-    s_->fill(s_->grad_bias, 0.0f);
+    s_->fill(s_->grad_weight, 0.0);
+    s_->fill(s_->grad_bias, 0.0);
 }
 
 void BatchNorm2d::reset_running_stats() {
-    s_->fill(s_->running_mean, 0.0f);
-    s_->fill(s_->running_var, 1.0f);
+    s_->fill(s_->running_mean, 0.0);
+    s_->fill(s_->running_var, 1.0);
     s_->num_batches_tracked = 0;
 }
 
 void BatchNorm2d::reset_parameters() {
     reset_running_stats();
-    s_->fill(s_->weight, 1.0f);
-    s_->fill(s_->bias, 0.0f);
+    s_->fill(s_->weight, 1.0);
+    s_->fill(s_->bias, 0.0);
 }
 
 StateDict BatchNorm2d::state_dict() const {
