@@ -219,7 +219,8 @@ public:
                 bn2d::cpu::schedule_train_forward(p, kernel, l, v, sp, get_target());
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp); });
+                bn2d::Layout l) { bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
+            });
     }
 };
 
@@ -248,7 +249,8 @@ public:
                 bn2d::cpu::schedule_eval_forward(p, kernel, l, v, sp, get_target());
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_eval_forward(p, be, kernel, l, v, sp); });
+                bn2d::Layout l) { bn2d::gpu::schedule_eval_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
+            });
     }
 };
 
@@ -323,7 +325,8 @@ public:
                 bn2d::cpu::schedule_backward(p, kernel, l, v, sp, get_target());
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp); });
+                bn2d::Layout l) { bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp, x->dim(0).extent());
+            });
     }
 };
 

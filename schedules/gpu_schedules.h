@@ -1,16 +1,29 @@
 // GPU schedules (CUDA, OpenCL) for the batchnorm2d pipelines.
 //
-// Structure:
-//  * Per-channel sums: a tree of three kernels (schedule_channel_sums), so a small C or a
-//    small N*H*W still launches enough blocks.
-//  * Elementwise outputs (y, grad_input): 2-D tiles of a warp along W by `rows` rows of (h, c),
-//    blocks over N too; a warp-wide tile keeps short rows (7x7 = 49) ~77% busy where a
-//    128-wide one would be 38%.
+// What the kernels see: the runtime presents a dense NCHW plane as one row of H*W elements
+// (h extent 1) and dense NHWC as N*H*W rows of C values, so a "row" below is W as presented:
+// 49 elements for a 7x7 plane, 12544 for 112x112, 2 million for a 1080p image.
+//
+// Structure (measured on an H100 first with one thread per element and a serial per-channel
+// tail: training forward 8.2x a device copy; see bench/results/):
+//  * Per-channel sums: a tree of three kernels, deterministic (no atomics), each level with
+//    enough independent loads in flight:
+//      1. partial(t, kb, rb, c): block (kb, rb, c) of T threads along W; thread t sums U
+//         unrolled elements at stride T (coalesced) for each of S spans and each of R rows.
+//      2. lanes(t, c): a block per channel, thread t sums partial(t, *, *, c), unrolled by 4.
+//      3. sums(c): a thread per channel sums its T lanes, unrolled.
+//    The row length picks one of three specializations at run time: huge rows (one image per
+//    channel: S = 32 spans, so the tree stays small), long rows (U*T-wide blocks) and short
+//    rows (a warp wide, many rows per block: a 7x7 plane keeps 49 of 64 lanes busy).
+//  * Elementwise outputs (y, grad_input): long rows are cut into blocks of T threads with U
+//    unrolled elements each; short rows use 2-D tiles of a warp along W by `rows` rows.
 //  * Per-channel outputs: one thread per channel.
 // NHWC (channels_last): threads run along C, which is contiguous, so loads coalesce; the sums
-// are blocks of rows with a thread per channel, then a thread per channel over the blocks.
-// Every extent can be smaller than a tile, hence GuardWithIf throughout.
+// are blocks of rows (unrolled by 8 for loads in flight) with a thread per channel, then two
+// levels over the blocks. Every extent can be smaller than a tile, hence GuardWithIf.
 #pragma once
+
+#include <functional>
 
 #include "Halide.h"
 #include "bn2d_algorithm.h"
@@ -18,8 +31,10 @@
 
 namespace bn2d::gpu {
 
+using Halide::Expr;
 using Halide::Func;
 using Halide::RVar;
+using Halide::Stage;
 using Halide::TailStrategy;
 using Halide::Var;
 
@@ -28,11 +43,11 @@ inline const std::vector<std::string> kKnobs = {"threads", "tile_w", "rows", "ch
                                                 "per_thread"};
 
 struct Knobs {
-    int threads;      // threads per block along W in reductions
-    int tile_w;       // elementwise tile width along W (a warp: coalesced 128-byte rows)
-    int rows;         // rows (h, c) per elementwise tile
+    int threads;      // threads per block along long rows (reductions and elementwise)
+    int tile_w;       // tile width along short rows, and channels per block in NHWC
+    int rows;         // rows per block: reductions (R), short-row elementwise tiles
     int channel_tile; // threads per block for per-channel outputs
-    int per_thread;   // strided elements per thread in a reduction block
+    int per_thread;   // unrolled elements per thread along a row (U), at stride `threads`
 };
 
 // `backend` is cuda or opencl (different hardware, tuned apart; gpu.* is their shared default).
@@ -42,41 +57,97 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &backend, const s
     k.tile_w = sp.get(backend, kernel, "tile_w", 32);
     k.rows = sp.get(backend, kernel, "rows", 8);
     k.channel_tile = sp.get(backend, kernel, "channel_tile", 64);
-    k.per_thread = sp.get(backend, kernel, "per_thread", 16);
+    k.per_thread = sp.get(backend, kernel, "per_thread", 8);
     if (k.threads < 1 || k.tile_w < 1 || k.rows < 1 || k.channel_tile < 1 || k.per_thread < 1)
         throw std::runtime_error(backend + "." + kernel + ": knobs must be >= 1");
     return k;
 }
 
-// Three kernels, so that every reduction level fills the GPU whatever C and N*H*W are:
-//  1. partial(u, bw, n, c): block (bw, n, c) of `threads` threads; thread u sums elements
-//     w = u + threads * j for `per_thread` consecutive j of its slice bw, over all rows h of
-//     batch item n. Coalesced loads; C * N * ceil(W / (threads * per_thread)) blocks
-//     (C = 3 on a 1080p image: ~3000 blocks; C = 2048 on 7x7: 65536 blocks).
-//  2. lanes(u, c): block per channel, thread u sums partial(u, *, *, c).
-//  3. sums(c): thread per channel sums its `threads` lanes.
-inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
-    Var u("u"), bw("bw"), nn("nn"), u2("u2");
-    RVar rxo("rxo"), rxi("rxi"), rxoo("rxoo"), rxoi("rxoi");
-    Func partial = s.sums.update()
-                       .split(s.r.x, rxo, rxi, k.threads, TailStrategy::GuardWithIf)
-                       .split(rxo, rxoo, rxoi, k.per_thread, TailStrategy::GuardWithIf)
-                       .rfactor({{rxi, u}, {rxoo, bw}, {s.r.z, nn}});
-    Func lanes = s.sums.update().rfactor({{rxi, u2}});
+// Rows at least this long use the long-row schedules; a row of a whole image uses spans.
+constexpr int kHugeRow = 1 << 15;
+constexpr int kSpansPerHugeRow = 32;
 
-    partial.compute_root().reorder(u, bw, nn, v.c).gpu_blocks(bw, nn, v.c).gpu_threads(u);
-    partial.update()
-        .reorder(rxoi, s.r.y, u, bw, nn, v.c)
-        .gpu_blocks(bw, nn, v.c)
-        .gpu_threads(u);
-    lanes.compute_root().reorder(u2, v.c).gpu_blocks(v.c).gpu_threads(u2);
-    lanes.update().reorder(rxoo, s.r.z, u2, v.c).gpu_blocks(v.c).gpu_threads(u2);
-    s.sums.compute_root().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
-    s.sums.update().gpu_tile(v.c, Var("ci"), k.channel_tile, TailStrategy::GuardWithIf);
+// A reduction level computed in registers: `f` (its zero and its sums) per thread of a global
+// wrapper, which the caller tiles; one kernel per level and no read-modify-write of global
+// memory per element (measured on an H100: the partial sums of 32x64x112x112 took 105 us as
+// global updates plus 36 us to zero them first).
+inline Func in_registers(Func f, const Var &thread) {
+    Func out = f.in();
+    f.compute_at(out, thread);
+    return out;
 }
 
-inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k) {
-    Var wo("wo"), wi("wi"), hc("hc"), hco("hco"), hci("hci");
+// One specialization of the NCHW sums tree (see the header comment).
+// `stage` returns the specialization being scheduled (rfactor rewrites it, so it is fetched
+// again for each level).
+inline void schedule_sums_tree(const std::function<Stage()> &stage, ChannelSums &s,
+                               const Vars &v, const Knobs &k, const std::string &tag, int threads,
+                               int unroll, int spans, int rows) {
+    // Names are unique per specialization: bounds inference matches loop variables by name,
+    // and two specializations with a `t` of different extents would share one bound.
+    auto name = [&](const char *n) { return tag + "_" + n; };
+    RVar row(name("row")), rb(name("rb")), ri(name("ri")), wo(name("wo")), t(name("t")),
+        u(name("u")), wb(name("wb")), sp(name("sp")), kb(name("kb"));
+    Var vt(name("vt")), vkb(name("vkb")), vrb(name("vrb")), ci(name("ci"));
+    // Rows are (h, n) pairs; a dense plane has h extent 1.
+    stage()
+        .fuse(s.r.y, s.r.z, row)
+        .split(row, rb, ri, rows, TailStrategy::GuardWithIf)
+        .split(s.r.x, wo, t, threads, TailStrategy::GuardWithIf)
+        .split(wo, wb, u, unroll, TailStrategy::GuardWithIf)
+        .split(wb, kb, sp, spans, TailStrategy::GuardWithIf);
+    Func partial = stage().rfactor({{t, vt}, {kb, vkb}, {rb, vrb}});
+    // (kb, rb) share the grid's x dimension: y is limited to 65535 and N*H rows can exceed it.
+    Var kr(name("kr"));
+    in_registers(partial, vt)
+        .compute_root()
+        .reorder(vt, vkb, vrb, v.c)
+        .fuse(vkb, vrb, kr)
+        .gpu_blocks(kr, v.c)
+        .gpu_threads(vt);
+    partial.update().reorder(u, sp, ri).unroll(u);
+
+    RVar kbo(name("kbo")), kbi(name("kbi"));
+    Var vt2(name("vt2"));
+    Func lanes = stage().rfactor({{t, vt2}});
+    in_registers(lanes, vt2).compute_root().reorder(vt2, v.c).gpu_blocks(v.c).gpu_threads(vt2);
+    lanes.update()
+        .split(kb, kbo, kbi, 4, TailStrategy::GuardWithIf)
+        .reorder(kbi, kbo, rb)
+        .unroll(kbi);
+
+    RVar to(name("to")), ti(name("ti"));
+    stage().split(t, to, ti, 8, TailStrategy::GuardWithIf).unroll(ti);
+}
+
+inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
+    const Expr row = s.r.x.extent();
+    const Expr huge = row >= kHugeRow, long_row = row >= k.threads * k.per_thread;
+    schedule_sums_tree([&] { return s.sums.update().specialize(huge); }, s, v, k, "huge",
+                       k.threads, k.per_thread, kSpansPerHugeRow, 1);
+    schedule_sums_tree([&] { return s.sums.update().specialize(long_row); }, s, v, k, "long",
+                       k.threads, k.per_thread, 1, 4 * k.rows);
+    schedule_sums_tree([&] { return s.sums.update(); }, s, v, k, "short", k.tile_w, 2, 1,
+                       4 * k.rows);
+    Var ci("ci");
+    in_registers(s.sums, ci)
+        .compute_root()
+        .gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+}
+
+inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k, Expr row) {
+    Var wo("wo"), wi("wi"), u("u"), t("t"), hc("hc"), hco("hco"), hci("hci"), blk("blk");
+    // Long rows: a block is T threads x U unrolled elements of one row; (row block, h, c) are
+    // fused into the grid's x dimension, which has no 65535 limit.
+    out.specialize(row >= k.threads * k.per_thread)
+        .split(v.w, wo, wi, k.threads * k.per_thread, TailStrategy::GuardWithIf)
+        .split(wi, u, t, k.threads)
+        .fuse(v.h, v.c, hc)
+        .reorder(u, t, wo, hc, v.n)  // u inside the thread: no barrier between its steps
+        .fuse(wo, hc, blk)
+        .unroll(u)
+        .gpu_blocks(blk, v.n)
+        .gpu_threads(t);
     out.fuse(v.h, v.c, hc)
         .split(v.w, wo, wi, k.tile_w, TailStrategy::GuardWithIf)
         .split(hc, hco, hci, k.rows, TailStrategy::GuardWithIf)
@@ -93,32 +164,53 @@ inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, c
 
 // ---- NHWC ---------------------------------------------------------------------------------
 inline void schedule_channel_sums_nhwc(ChannelSums &s, const Vars &v, const Knobs &k) {
-    Var blk("blk"), nn("nn"), co("co"), ci("ci");
-    RVar rxo("rxo"), rxi("rxi");
+    Var blk("blk"), nn("nn"), co("co"), ci("ci"), vbo("vbo");
+    RVar rxo("rxo"), rxi("rxi"), rxio("rxio"), rxii("rxii"), bo("bo"), bi("bi");
+    // 1. Blocks of per_thread * rows * 8 rows x tile_w channels; each thread sums its channel
+    //    over the block's rows, 8 loads in flight.
     Func partial = s.sums.update()
-                       .split(s.r.x, rxo, rxi, k.per_thread * k.rows, TailStrategy::GuardWithIf)
+                       .split(s.r.x, rxo, rxi, k.per_thread * k.rows * 8, TailStrategy::GuardWithIf)
                        .rfactor({{rxo, blk}, {s.r.z, nn}});
-    partial.compute_root()
+    Var cb("cb");  // (channel tile, block) in the grid's x dimension, which has no 65535 limit
+    in_registers(partial, ci)
+        .compute_root()
         .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
         .reorder(ci, co, blk, nn)
-        .gpu_blocks(co, blk, nn)
+        .fuse(co, blk, cb)
+        .gpu_blocks(cb, nn)
         .gpu_threads(ci);
     partial.update()
+        .split(rxi, rxio, rxii, 8, TailStrategy::GuardWithIf)
+        .reorder(rxii, rxio, s.r.y)
+        .unroll(rxii);
+    // 2. Groups of 32 blocks, a thread per channel; 3. a thread per channel over the groups.
+    Func groups = s.sums.update()
+                      .split(rxo, bo, bi, 32, TailStrategy::GuardWithIf)
+                      .rfactor({{bo, vbo}});
+    in_registers(groups, ci)
+        .compute_root()
         .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
-        .reorder(rxi, s.r.y, ci, co, blk, nn)
-        .gpu_blocks(co, blk, nn)
+        .reorder(ci, co, vbo)
+        .gpu_blocks(co, vbo)
         .gpu_threads(ci);
-    s.sums.compute_root().gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
-    s.sums.update().gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+    groups.update().reorder(bi, s.r.z).unroll(bi, 4, TailStrategy::GuardWithIf);
+    in_registers(s.sums, ci)
+        .compute_root()
+        .gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
 }
 
 inline void schedule_elementwise_nhwc(Func out, const Vars &v, const Knobs &k) {
-    Var wh("wh"), co("co"), ci("ci"), ro("ro"), ri("ri");
+    Var wh("wh"), co("co"), ci("ci"), ro("ro"), ri("ri"), ru("ru"), rr("rr"), cb("cb");
+    // A block is tile_w channels (coalesced) x `rows` rows of threads, each thread per_thread
+    // rows apart, unrolled; (channel tile, row block) share the grid's x dimension.
     out.fuse(v.w, v.h, wh)
         .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
-        .split(wh, ro, ri, k.rows, TailStrategy::GuardWithIf)
-        .reorder(ci, ri, co, ro, v.n)
-        .gpu_blocks(co, ro, v.n)
+        .split(wh, ro, rr, k.rows * k.per_thread, TailStrategy::GuardWithIf)
+        .split(rr, ru, ri, k.rows)
+        .reorder(ru, ci, ri, co, ro, v.n)
+        .fuse(co, ro, cb)
+        .unroll(ru)
+        .gpu_blocks(cb, v.n)
         .gpu_threads(ci, ri);
 }
 
@@ -130,37 +222,40 @@ inline void schedule_sums(ChannelSums &s, Layout layout, const Vars &v, const Kn
     }
 }
 
-inline void schedule_tensor(Func out, Layout layout, const Vars &v, const Knobs &k) {
+// `row`: the row length as presented (the input's dim 0 extent).
+inline void schedule_tensor(Func out, Layout layout, const Vars &v, const Knobs &k, Expr row) {
     if (layout == Layout::nhwc) {
         schedule_elementwise_nhwc(out, v, k);
     } else {
-        schedule_elementwise(out, v, k);
+        schedule_elementwise(out, v, k, row);
     }
 }
 
 inline void schedule_train_forward(TrainForward &p, const std::string &backend,
                                    const std::string &kernel, Layout layout, const Vars &v,
-                                   const ScheduleParams &sp) {
+                                   const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
     schedule_sums(p.stats.s, layout, v, k);
+    // The mean and scale once per channel, not per element (the mean is K + S1/M in float64).
+    p.mean.compute_root();
     p.scale.compute_root();
-    schedule_per_channel({p.scale}, v, k);
-    schedule_tensor(p.y, layout, v, k);
+    schedule_per_channel({p.mean, p.scale}, v, k);
+    schedule_tensor(p.y, layout, v, k, row);
     schedule_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out}, v,
                          k);
 }
 
 inline void schedule_eval_forward(EvalForward &p, const std::string &backend,
                                   const std::string &kernel, Layout layout, const Vars &v,
-                                  const ScheduleParams &sp) {
+                                  const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
     p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
-    schedule_tensor(p.y, layout, v, k);
+    schedule_tensor(p.y, layout, v, k, row);
 }
 
 inline void schedule_backward(Backward &p, const std::string &backend, const std::string &kernel,
-                              Layout layout, const Vars &v, const ScheduleParams &sp) {
+                              Layout layout, const Vars &v, const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
     if (!p.training) {
         p.invstd.compute_root();
@@ -171,7 +266,7 @@ inline void schedule_backward(Backward &p, const std::string &backend, const std
         p.coefficients.compute_root();
         schedule_per_channel({p.coefficients}, v, k);
     }
-    if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k);
+    if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k, row);
     schedule_per_channel({p.grad_weight, p.grad_bias}, v, k);
 }
 

@@ -17,24 +17,78 @@ bundle)
   build="${BN2D_BUILD_DIR:-$root/build}"
   rm -rf "$bundle" && mkdir -p "$bundle/lib"
   cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$bundle/"
-  # Non-libc shared libraries the binaries need (gtest, benchmark, cuDNN); the CUDA driver
-  # (libcuda) comes from the GPU machine.
+  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu"
+  # Non-system shared libraries the binaries need (Google Benchmark). cuDNN 9 is not packed: its
+  # engine libraries are hundreds of MB, and the GPU machine has its own (found at run time); the
+  # CUDA driver (libcuda) comes from the GPU machine too.
   for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu"; do
-    ldd "$bin" | awk '/=> \// {print $3}' | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux' \
+    { ldd "$bin" | awk '/=> \// {print $3}' \
+        | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn' || true; } \
       | xargs -r -I{} cp -L -n {} "$bundle/lib/"
   done
+  # Packed: the device tool carries at most 64 MiB, the stripped binaries are ~80 MB (every
+  # CPU and GPU kernel variant) and compress to ~9 MB.
+  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu lib | xz -T0 -6 > "$bundle.tar.xz"
+  rm -rf "$bundle" && mkdir -p "$bundle" && mv "$bundle.tar.xz" "$bundle/bundle.tar.xz"
   du -sh "$bundle"
   ;;
 run)
   mkdir -p "$out"
-  export LD_LIBRARY_PATH="$bundle/lib:${LD_LIBRARY_PATH:-}"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt" || true
-  "$bundle/test_cuda" --gtest_brief=1 2>&1 | tee "$out/test_cuda.log"
-  "$bundle/bn2d_bench_gpu" --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-    --benchmark_min_time=0.2 --benchmark_out="$out/gpu_bench.json" --benchmark_out_format=json \
-    > "$out/gpu_bench.txt" 2>&1
-  python3 "$root/scripts/bench_report.py" "$out/gpu_bench.json" --bound-name copy --peers cudnn \
-    --ours ours_cuda --markdown-out "$out/gpu_table.md" || cat "$out/gpu_bench.txt"
+  if [ -f "$bundle/bundle.tar.xz" ] && [ ! -x "$bundle/test_cuda" ]; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$bundle/bundle.tar.xz" "$bundle"
+  fi
+  # cuDNN 9: the machine's toolkit, or the one in its Python environment (PyTorch's wheel).
+  cudnn_dir=""
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu \
+           $(python3 -c 'import nvidia.cudnn as m; print(m.__path__[0] + "/lib")' 2>/dev/null); do
+    if [ -e "$d/libcudnn.so.9" ]; then cudnn_dir="$d"; break; fi
+  done
+  echo "cuDNN from: ${cudnn_dir:-not found}" | tee "$out/gpu.txt"
+  export LD_LIBRARY_PATH="$bundle/lib:${cudnn_dir:+$cudnn_dir:}${LD_LIBRARY_PATH:-}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv \
+    | tee -a "$out/gpu.txt" || true
+  # Time limits keep a run inside a device lease: a hang is reported, not waited out.
+  timeout "${BN2D_TEST_TIMEOUT:-240}" "$bundle/test_cuda" --gtest_brief=1 \
+    --gtest_output="xml:$out/test_cuda.xml" > "$out/test_cuda.log" 2>&1 && test_rc=0 || test_rc=$?
+  grep -E '^\[  (FAILED|PASSED|SKIPPED) |tests? ran|Failure|Expected|Which is|error' "$out/test_cuda.log" \
+    | head -60 || true
+  echo "test_cuda exit status: $test_rc"
+  timeout "${BN2D_BENCH_TIMEOUT:-300}" "$bundle/bn2d_bench_gpu" --benchmark_repetitions=5 \
+    --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 \
+    --benchmark_filter="${BN2D_BENCH_FILTER:-.}" \
+    --benchmark_out="$out/gpu_bench.json" --benchmark_out_format=json > "$out/gpu_bench.txt" 2>&1 \
+    || echo "bn2d_bench_gpu exit status: $?"
+  # Optional per-kernel times (Nsight Compute) of our ops on two shapes: where the time goes.
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+  if [ -n "${BN2D_PROFILE:-}" ] && [ -n "$ncu_bin" ]; then
+    for case in ${BN2D_PROFILE}; do  # e.g. "train_fwd/ours_cuda/32x64x112x112"
+      name=$(echo "$case" | tr '/' '_')
+      timeout 90 "$ncu_bin" --metrics gpu__time_duration.sum --csv -c 40 "$bundle/bn2d_bench_gpu" \
+        --benchmark_filter="^$case/" --benchmark_min_time=0.001 --benchmark_repetitions=1 \
+        > "$out/ncu_$name.csv" 2>&1 || true
+      echo "## kernels of $case (us, first 40 launches: warm-up calls)"
+      python3 - "$out/ncu_$name.csv" <<'PY' || true
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows: sys.exit(0)
+h = rows[0]; k = h.index("Kernel Name"); v = h.index("Metric Value"); u = h.index("Metric Unit")
+t = collections.OrderedDict()
+for r in rows[1:]:
+    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r[u], 1.0)
+    t.setdefault(r[k][:60], []).append(float(r[v].replace(",", "")) * scale)
+for name, xs in t.items(): print("%8.1f x%-3d %s" % (sorted(xs)[len(xs)//2], len(xs), name))
+PY
+    done
+  fi
+  # Two tables: NCHW (ours vs cuDNN NCHW) and NHWC (ours channels_last vs cuDNN NHWC).
+  for layout in nchw nhwc; do
+    suffix=$([ "$layout" = nhwc ] && echo _nhwc || true)
+    echo "## $layout"
+    python3 "$root/scripts/bench_report.py" "$out/gpu_bench.json" --bound-name copy --no-plot \
+      --peers "cudnn$suffix" --ours "ours_cuda$suffix" --markdown-out "$out/gpu_table_$layout.md" \
+      2>/dev/null || tail -20 "$out/gpu_bench.txt"
+  done
   ;;
 *)
   echo "usage: $0 bundle|run" >&2

@@ -1,5 +1,5 @@
 // GPU benchmarks: our CUDA kernels vs cuDNN's batch normalization vs a device-to-device copy of
-// the same bytes, on the suite shapes, timed with CUDA events on one stream (ours run on it
+// the same bytes, on the suite shapes, NCHW and NHWC (channels_last), timed with CUDA events on one stream (ours run on it
 // through bn2d::use_cuda_context). Without a usable NVIDIA GPU every benchmark is skipped with
 // the reason. PyTorch CUDA is not a peer here: Debian's libtorch is CPU-only.
 #include <benchmark/benchmark.h>
@@ -8,6 +8,7 @@
 #include <cudnn.h>
 
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -70,15 +71,41 @@ Gpu &gpu() {
     return g;
 }
 
-float *device_random(int64_t n, unsigned seed) {
+// Fresh random data (never zeros) on the device, cheap to draw: a 25M-element tensor is filled
+// in well under a second, once per shape and kept (see shape_buffers).
+float *device_random(int64_t n, uint64_t seed) {
     std::vector<float> h(n);
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(0.3f, 1.5f);
-    for (float &v : h) v = d(rng);
+    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (float &v : h) {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        v = 0.3f + 3.0f * (static_cast<float>(state >> 40) / 16777216.0f - 0.5f);
+    }
     float *p = nullptr;
     CUDA_OK(cudaMalloc(&p, n * sizeof(float)));
     CUDA_OK(cudaMemcpy(p, h.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     return p;
+}
+
+// x, y, dy, dx of one shape, drawn once and shared by every implementation and repetition
+// (Google Benchmark calls a benchmark function several times per repetition count).
+struct ShapeBuffers {
+    float *x, *y, *dy, *dx;
+};
+const ShapeBuffers &shape_buffers(const Shape &s) {
+    static std::map<std::string, ShapeBuffers> cache;
+    static std::string last;
+    if (last != s.name() && cache.count(last)) {  // the suite runs shape by shape: free the last
+        for (float *p : {cache[last].x, cache[last].y, cache[last].dy, cache[last].dx}) cudaFree(p);
+        cache.erase(last);
+    }
+    last = s.name();
+    auto it = cache.find(s.name());
+    if (it == cache.end()) {
+        ShapeBuffers b{device_random(s.numel(), 1), device_random(s.numel(), 2),
+                       device_random(s.numel(), 3), device_random(s.numel(), 4)};
+        it = cache.emplace(s.name(), b).first;
+    }
+    return it->second;
 }
 
 // Times `body` with events on the shared stream; bytes = what the op must move.
@@ -98,76 +125,111 @@ void run_timed(benchmark::State &state, int64_t bytes, F &&body) {
         CUDA_OK(cudaEventElapsedTime(&ms, a, b));
         state.SetIterationTime(ms / 1e3);
     }
+    CUDA_OK(cudaGetLastError());
     state.SetBytesProcessed(state.iterations() * bytes);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
 }
 
-void bench_ours(benchmark::State &state, Op op, Shape s) {
+enum class Layout { nchw, nhwc };
+
+void bench_ours(benchmark::State &state, Op op, Shape s, Layout layout) {
     if (!gpu().ok) return state.SkipWithError(gpu().why.c_str());
     try {
-        float *x = device_random(s.numel(), 1), *y = device_random(s.numel(), 2);
-        float *dy = device_random(s.numel(), 3), *dx = device_random(s.numel(), 4);
+        const ShapeBuffers &b = shape_buffers(s);
         std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
+        const std::vector<int64_t> strides =
+            layout == Layout::nhwc ? bn2d::Tensor::channels_last_strides(sizes) : std::vector<int64_t>{};
         auto view = [&](float *p) {
-            return bn2d::Tensor::on_device(reinterpret_cast<uint64_t>(p), sizes, bn2d::Device::Cuda);
+            return bn2d::Tensor::on_device(reinterpret_cast<uint64_t>(p), sizes, bn2d::Device::Cuda,
+                                           bn2d::DType::float32, strides);
         };
         bn2d::BatchNorm2d bn(s.c);
         bn.to(bn2d::Device::Cuda);
         if (op == Op::EvalFwd) bn.eval();
-        bn.forward(view(x), view(y));
+        bn.forward(view(b.x), view(b.y));
         run_timed(state, op_bytes(op, s), [&] {
             if (op == Op::Bwd) {
-                bn.backward(view(dy), view(dx));
+                bn.backward(view(b.dy), view(b.dx));
             } else {
-                bn.forward(view(x), view(y));
+                bn.forward(view(b.x), view(b.y));
             }
         });
-        for (float *p : {x, y, dy, dx}) cudaFree(p);
     } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
 }
 
-void bench_cudnn(benchmark::State &state, Op op, Shape s) {
+// cuDNN's batch normalization through its Ex API: NCHW in CUDNN_BATCHNORM_SPATIAL mode, NHWC in
+// CUDNN_BATCHNORM_SPATIAL_PERSISTENT (its fast NHWC kernels; the mode PyTorch picks for
+// channels_last), eval forward through cudnnBatchNormalizationForwardInference.
+void bench_cudnn(benchmark::State &state, Op op, Shape s, Layout layout) {
     if (!gpu().ok) return state.SkipWithError(gpu().why.c_str());
+    std::vector<void *> allocations;
     try {
-        float *x = device_random(s.numel(), 1), *y = device_random(s.numel(), 2);
-        float *dy = device_random(s.numel(), 3), *dx = device_random(s.numel(), 4);
-        float *scale = device_random(s.c, 5), *bias = device_random(s.c, 6);
-        float *rm = device_random(s.c, 7), *rv = nullptr, *sm = device_random(s.c, 8);
-        float *si = device_random(s.c, 9), *dscale = device_random(s.c, 10), *dbias = device_random(s.c, 11);
+        const ShapeBuffers &b = shape_buffers(s);
+        auto vec = [&](uint64_t seed) {
+            float *p = device_random(s.c, seed);
+            allocations.push_back(p);
+            return p;
+        };
+        float *scale = vec(5), *bias = vec(6), *rm = vec(7), *rv = vec(8), *sm = vec(9);
+        float *si = vec(10), *dscale = vec(11), *dbias = vec(12);
         std::vector<float> ones(s.c, 1.0f);
-        CUDA_OK(cudaMalloc(&rv, s.c * sizeof(float)));
         CUDA_OK(cudaMemcpy(rv, ones.data(), s.c * sizeof(float), cudaMemcpyHostToDevice));
+        const cudnnBatchNormMode_t mode =
+            layout == Layout::nhwc ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT : CUDNN_BATCHNORM_SPATIAL;
+        const cudnnBatchNormOps_t ops = CUDNN_BATCHNORM_OPS_BN;
         cudnnTensorDescriptor_t xd, pd;
         CUDNN_OK(cudnnCreateTensorDescriptor(&xd));
         CUDNN_OK(cudnnCreateTensorDescriptor(&pd));
-        CUDNN_OK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s.n, s.c, s.h, s.w));
-        CUDNN_OK(cudnnDeriveBNTensorDescriptor(pd, xd, CUDNN_BATCHNORM_SPATIAL));
+        CUDNN_OK(cudnnSetTensor4dDescriptor(
+            xd, layout == Layout::nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT,
+            s.n, s.c, s.h, s.w));
+        CUDNN_OK(cudnnDeriveBNTensorDescriptor(pd, xd, mode));
+        size_t work_bytes = 0, reserve_bytes = 0;
+        if (op == Op::TrainFwd)
+            CUDNN_OK(cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(
+                gpu().cudnn, mode, ops, xd, nullptr, xd, pd, nullptr, &work_bytes));
+        if (op == Op::Bwd)
+            CUDNN_OK(cudnnGetBatchNormalizationBackwardExWorkspaceSize(
+                gpu().cudnn, mode, ops, xd, xd, xd, nullptr, xd, pd, nullptr, &work_bytes));
+        CUDNN_OK(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(gpu().cudnn, mode, ops,
+                                                                      nullptr, xd, &reserve_bytes));
+        void *work = nullptr, *reserve = nullptr;
+        for (auto [ptr, bytes] : {std::pair{&work, work_bytes}, std::pair{&reserve, reserve_bytes}}) {
+            if (!bytes) continue;
+            CUDA_OK(cudaMalloc(ptr, bytes));
+            allocations.push_back(*ptr);
+        }
         const float one = 1.0f, zero = 0.0f;
         const double eps = 1e-5;
+        auto train = [&] {
+            CUDNN_OK(cudnnBatchNormalizationForwardTrainingEx(
+                gpu().cudnn, mode, ops, &one, &zero, xd, b.x, nullptr, nullptr, xd, b.y, pd, scale,
+                bias, 0.1, rm, rv, eps, sm, si, nullptr, work, work_bytes, reserve, reserve_bytes));
+        };
+        if (op == Op::Bwd) train();  // the saved statistics and reserve space backward reads
         run_timed(state, op_bytes(op, s), [&] {
             if (op == Op::TrainFwd) {
-                CUDNN_OK(cudnnBatchNormalizationForwardTraining(
-                    gpu().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd, x, xd, y, pd, scale, bias,
-                    0.1, rm, rv, eps, sm, si));
+                train();
             } else if (op == Op::EvalFwd) {
                 CUDNN_OK(cudnnBatchNormalizationForwardInference(
-                    gpu().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd, x, xd, y, pd, scale, bias,
-                    rm, rv, eps));
+                    gpu().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd, b.x, xd, b.y, pd, scale,
+                    bias, rm, rv, eps));
             } else {
-                CUDNN_OK(cudnnBatchNormalizationBackward(
-                    gpu().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one, &zero, xd, x, xd, dy, xd,
-                    dx, pd, scale, dscale, dbias, eps, sm, si));
+                CUDNN_OK(cudnnBatchNormalizationBackwardEx(
+                    gpu().cudnn, mode, ops, &one, &zero, &one, &zero, xd, b.x, xd, b.y, xd, b.dy,
+                    nullptr, nullptr, xd, b.dx, pd, scale, bias, dscale, dbias, eps, sm, si, nullptr,
+                    work, work_bytes, reserve, reserve_bytes));
             }
         });
         cudnnDestroyTensorDescriptor(xd);
         cudnnDestroyTensorDescriptor(pd);
-        for (float *p : {x, y, dy, dx, scale, bias, rm, rv, sm, si, dscale, dbias}) cudaFree(p);
     } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
+    for (void *p : allocations) cudaFree(p);
 }
 
 // The floor: a device-to-device copy of the bytes the op must move (read + write).
@@ -194,10 +256,15 @@ int register_all() {
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Op op : bn2d::bench::kOps) {
             const std::string base = std::string(op_name(op)) + "/";
-            benchmark::RegisterBenchmark((base + "ours_cuda/" + s.name()).c_str(), bench_ours, op, s)
-                ->UseManualTime()->Unit(benchmark::kMicrosecond);
-            benchmark::RegisterBenchmark((base + "cudnn/" + s.name()).c_str(), bench_cudnn, op, s)
-                ->UseManualTime()->Unit(benchmark::kMicrosecond);
+            for (Layout l : {Layout::nchw, Layout::nhwc}) {
+                const std::string suffix = l == Layout::nhwc ? "_nhwc/" : "/";
+                benchmark::RegisterBenchmark((base + "ours_cuda" + suffix + s.name()).c_str(),
+                                             bench_ours, op, s, l)
+                    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+                benchmark::RegisterBenchmark((base + "cudnn" + suffix + s.name()).c_str(),
+                                             bench_cudnn, op, s, l)
+                    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+            }
             benchmark::RegisterBenchmark((base + "copy/" + s.name()).c_str(), bench_copy, op, s)
                 ->UseManualTime()->Unit(benchmark::kMicrosecond);
         }
