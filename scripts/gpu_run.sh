@@ -50,7 +50,7 @@ run)
     | tee -a "$out/gpu.txt" || true
   # Time limits keep a run inside a device lease: a hang is reported, not waited out.
   timeout "${BN2D_TEST_TIMEOUT:-240}" "$bundle/test_cuda" --gtest_brief=1 \
-    --gtest_output="xml:$out/test_cuda.xml" > "$out/test_cuda.log" 2>&1 && test_rc=0 || test_rc=$?
+    > "$out/test_cuda.log" 2>&1 && test_rc=0 || test_rc=$?
   grep -E '^\[  (FAILED|PASSED|SKIPPED) |tests? ran|Failure|Expected|Which is|error' "$out/test_cuda.log" \
     | head -60 || true
   echo "test_cuda exit status: $test_rc"
@@ -66,16 +66,16 @@ run)
       name=$(echo "$case" | tr '/' '_')
       timeout 90 "$ncu_bin" --metrics gpu__time_duration.sum --csv -c 40 "$bundle/bn2d_bench_gpu" \
         --benchmark_filter="^$case/" --benchmark_min_time=0.001 --benchmark_repetitions=1 \
-        > "$out/ncu_$name.csv" 2>&1 || true
-      echo "## kernels of $case (us, first 40 launches: warm-up calls)"
-      python3 - "$out/ncu_$name.csv" <<'PY' || true
+        > "$out/ncu.csv" 2>&1 || true
+      echo "## kernels of $case (us, first 40 launches: warm-up calls)" | tee -a "$out/ncu.txt"
+      python3 - "$out/ncu.csv" <<'PY' | tee -a "$out/ncu.txt" || true
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows: sys.exit(0)
 h = rows[0]; k = h.index("Kernel Name"); v = h.index("Metric Value"); u = h.index("Metric Unit")
 t = collections.OrderedDict()
 for r in rows[1:]:
-    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r[u], 1.0)
+    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3}.get(r[u], 1e-3)
     t.setdefault(r[k][:60], []).append(float(r[v].replace(",", "")) * scale)
 for name, xs in t.items(): print("%8.1f x%-3d %s" % (sorted(xs)[len(xs)//2], len(xs), name))
 PY
@@ -89,6 +89,8 @@ PY
       --peers "cudnn$suffix" --ours "ours_cuda$suffix" --markdown-out "$out/gpu_table_$layout.md" \
       2>/dev/null || tail -20 "$out/gpu_bench.txt"
   done
+  # Last, where a truncated log still shows it: the CUDA tests' verdict.
+  echo "test_cuda exit status: $test_rc; $(grep -E '^\[  (PASSED|FAILED) ' "$out/test_cuda.log" | tr '\n' ' ')"
   ;;
 *)
   echo "usage: $0 bundle|run" >&2
