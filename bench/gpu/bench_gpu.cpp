@@ -253,6 +253,13 @@ void bench_copy(benchmark::State &state, Op op, Shape s) {
 
 int register_all() {
     bn2d::bench::add_build_context();
+    // Which cuDNN and which GPU the numbers are from (no GPU needed to ask).
+    benchmark::AddCustomContext("cudnn_version", std::to_string(cudnnGetVersion()));
+    int count = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0 &&
+        cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+        benchmark::AddCustomContext("gpu", prop.name);
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Op op : bn2d::bench::kOps) {
             const std::string base = std::string(op_name(op)) + "/";
