@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstring>
+#include <limits>
 
 #include "common.h"
 
@@ -451,6 +452,38 @@ TEST_F(Errors, NegativeThreadCount) {
     const int before = num_threads();
     EXPECT_THROW(set_num_threads(-1), Error);
     EXPECT_EQ(num_threads(), before);
+}
+
+// Halide's pool holds at most 256 threads and would clamp silently; 256 itself is accepted.
+TEST_F(Errors, ThreadCountOverThePoolLimit) {
+    const int before = num_threads();
+    try {
+        set_num_threads(1000);
+        ADD_FAILURE() << "no exception";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("at most 256"));
+        EXPECT_THAT(e.what(), HasSubstr("1000"));
+    }
+    EXPECT_EQ(num_threads(), before);
+    set_num_threads(256);
+    EXPECT_EQ(num_threads(), 256);
+    set_num_threads(before);
+}
+
+// num_batches_tracked + 1 at INT64_MAX would be signed overflow (undefined behaviour): a
+// training step refuses with the state unchanged; eval, which does not count, still runs.
+TEST_F(Errors, NumBatchesTrackedAtItsMaximum) {
+    StateDict d = bn.state_dict();
+    d.num_batches_tracked = std::numeric_limits<int64_t>::max();
+    bn.load_state_dict(d);
+    twin.load_state_dict(d);
+    // (check_hidden off: its replay is a training forward, which refuses here too.)
+    expect_error([&] { bn.forward(view(x, s), view(y, s)); }, {"num_batches_tracked", "overflow"},
+                 false);
+    bn.eval();
+    std::vector<float> y_eval = poisoned(s.numel());
+    bn.forward(view(x, s), view(y_eval, s));
+    EXPECT_EQ(bn.state_dict().num_batches_tracked, std::numeric_limits<int64_t>::max());
 }
 
 TEST_F(Errors, DeviceBufferUploadWrongSize) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "bn2d/device.h"
@@ -287,6 +288,9 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     if (batch_stats && per_channel == 1)
         fail("expected more than 1 value per channel when training, got input size " +
              x.shape_string());
+    if (update_running && s.num_batches_tracked == std::numeric_limits<int64_t>::max())
+        fail("num_batches_tracked is at its maximum (" + std::to_string(s.num_batches_tracked) +
+             "): one more training step would overflow it; load a smaller count first");
     const int64_t tracked = s.num_batches_tracked + (update_running ? 1 : 0);
     const double factor = !update_running ? 0.0
                           : s.momentum    ? *s.momentum

@@ -119,10 +119,17 @@ CpuIsa max_cpu_isa() {
 
 CpuIsa last_cpu_isa_used() { return static_cast<CpuIsa>(g_last_isa); }
 
+// Halide's runtime thread pool size limit (MAX_THREADS in its thread_pool_common.h).
+constexpr int kMaxThreads = 256;
+
 void set_num_threads(int n) {
     if (n < 0)
         throw Error("set_num_threads: n must be >= 0 (0 = one per core), got " +
                     std::to_string(n));
+    // Halide's thread pool silently clamps to its limit; say so instead.
+    if (n > kMaxThreads)
+        throw Error("set_num_threads: at most " + std::to_string(kMaxThreads) +
+                    " threads (Halide's thread pool limit), got " + std::to_string(n));
     detail::init_runtime();
     halide_set_num_threads(n);
 }

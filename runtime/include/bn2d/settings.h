@@ -21,7 +21,8 @@ CpuIsa max_cpu_isa();
 CpuIsa last_cpu_isa_used();  // the variant that ran on this thread's last CPU call
 
 // ---- threads ----
-// Worker threads for CPU kernels; 0 means one per core (the default).
+// Worker threads for CPU kernels; 0 means one per core (the default), at most 256 (Halide's
+// thread pool; more throws Error).
 void set_num_threads(int n);
 int num_threads();
 
