@@ -5,19 +5,20 @@
 // 49 elements for a 7x7 plane, 12544 for 112x112, 2 million for a 1080p image.
 //
 // Structure (measured on an H100 first with one thread per element and a serial per-channel
-// tail: training forward 8.2x a device copy; see bench/results/):
-//  * Per-channel sums: a tree of three kernels, deterministic (no atomics), each level with
-//    enough independent loads in flight:
-//      1. partial(t, kb, rb, c): block (kb, rb, c) of T threads along W; thread t sums U
-//         unrolled elements at stride T (coalesced) for each of S spans and each of R rows.
-//      2. lanes(t, c): a block per channel, thread t sums partial(t, *, *, c), unrolled by 4.
+// tail: training forward 8.2x a device copy; see bench/results/gpu_h100_2026-11-26.md):
+//  * Per-channel sums: a tree of three kernels, deterministic (no atomics), each level's
+//    accumulators in registers (in_registers) and enough independent loads in flight:
+//      1. partial(t, kb, hb, rb, c): block (kb, hb, rb, c) of T threads along W; thread t sums
+//         elements at stride T (coalesced) over its rows: 8 batch rows unrolled (long and
+//         short rows), or U unrolled elements for each of S spans (huge rows).
+//      2. lanes(t, c): a block per channel, thread t sums partial(t, *, *, *, c), unrolled by 4.
 //      3. sums(c): a thread per channel sums its T lanes, unrolled.
 //    The row length picks one of three specializations at run time: huge rows (one image per
-//    channel: S = 32 spans, so the tree stays small), long rows (U*T-wide blocks) and short
-//    rows (a warp wide, many rows per block: a 7x7 plane keeps 49 of 64 lanes busy).
+//    channel: S = 32 spans, so the tree stays small), long rows (128 threads along W) and short
+//    rows (a warp wide: a 7x7 plane keeps 49 of 64 lanes busy).
 //  * Elementwise outputs (y, grad_input): long rows are cut into blocks of T threads with U
 //    unrolled elements each; short rows use 2-D tiles of a warp along W by `rows` rows.
-//  * Per-channel outputs: one thread per channel.
+//  * Per-channel Funcs: a thread per channel, those computed together fused into one kernel.
 // NHWC (channels_last): threads run along C, which is contiguous, so loads coalesce; the sums
 // are blocks of rows (unrolled by 8 for loads in flight) with a thread per channel, then two
 // levels over the blocks. Every extent can be smaller than a tile, hence GuardWithIf.
@@ -63,7 +64,9 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &backend, const s
     return k;
 }
 
-// Rows at least this long use the long-row schedules; a row of a whole image uses spans.
+// Rows at least this long use the long-row schedules (sums and elementwise); a row of a whole
+// image uses spans.
+inline int long_row_length(const Knobs &k) { return k.threads * k.per_thread; }
 constexpr int kHugeRow = 1 << 15;
 constexpr int kSpansPerHugeRow = 32;
 
@@ -138,7 +141,7 @@ inline void schedule_sums_tree(const std::function<Stage()> &stage, ChannelSums 
 
 inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
     const Expr row = s.r.x.extent();
-    const Expr huge = row >= kHugeRow, long_row = row >= k.threads * k.per_thread;
+    const Expr huge = row >= kHugeRow, long_row = row >= long_row_length(k);
     schedule_sums_tree([&] { return s.sums.update().specialize(huge); }, s, v, k, "huge",
                        k.threads, k.per_thread, kSpansPerHugeRow, 1, false);
     schedule_sums_tree([&] { return s.sums.update().specialize(long_row); }, s, v, k, "long",
@@ -155,8 +158,8 @@ inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k, Expr r
     Var wo("wo"), wi("wi"), u("u"), t("t"), hc("hc"), hco("hco"), hci("hci"), blk("blk");
     // Long rows: a block is T threads x U unrolled elements of one row; (row block, h, c) are
     // fused into the grid's x dimension, which has no 65535 limit.
-    out.specialize(row >= k.threads * k.per_thread)
-        .split(v.w, wo, wi, k.threads * k.per_thread, TailStrategy::GuardWithIf)
+    out.specialize(row >= long_row_length(k))
+        .split(v.w, wo, wi, long_row_length(k), TailStrategy::GuardWithIf)
         .split(wi, u, t, k.threads)
         .fuse(v.h, v.c, hc)
         .reorder(u, t, wo, hc, v.n)  // u inside the thread: no barrier between its steps
@@ -172,14 +175,15 @@ inline void schedule_elementwise(Func out, const Vars &v, const Knobs &k, Expr r
         .gpu_threads(wi, hci);
 }
 
-// Per-channel Funcs: a thread per channel, all of them in one kernel (compute_with at the
-// thread level): on an H100 each launch of a C-element kernel cost ~3 us, six of them 20 us.
+// Per-channel Funcs, computed at root: a thread per channel, all of them in one kernel
+// (compute_with at the thread level): on an H100 each launch of a C-element kernel cost ~3 us,
+// six of them 20 us.
 inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, const Knobs &k) {
     Var ci("ci");
     Func first;
     for (Func f : outs) {
         if (!f.defined()) continue;
-        f.gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+        f.compute_root().gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
         if (first.defined()) f.compute_with(first, ci);
         first = f;
     }
@@ -260,8 +264,6 @@ inline void schedule_train_forward(TrainForward &p, const std::string &backend,
     Knobs k = knobs(sp, backend, kernel);
     schedule_sums(p.stats.s, layout, v, k);
     // The mean and scale once per channel, not per element (the mean is K + S1/M in float64).
-    p.mean.compute_root();
-    p.scale.compute_root();
     schedule_per_channel({p.mean, p.scale}, v, k);
     schedule_tensor(p.y, layout, v, k, row);
     schedule_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out}, v,
@@ -272,7 +274,6 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &backend,
                                   const std::string &kernel, Layout layout, const Vars &v,
                                   const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
-    p.scale.compute_root();
     schedule_per_channel({p.scale}, v, k);
     schedule_tensor(p.y, layout, v, k, row);
 }
@@ -280,15 +281,9 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &backend,
 inline void schedule_backward(Backward &p, const std::string &backend, const std::string &kernel,
                               Layout layout, const Vars &v, const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
-    if (!p.training) {
-        p.invstd.compute_root();
-        schedule_per_channel({p.invstd}, v, k);
-    }
+    if (!p.training) schedule_per_channel({p.invstd}, v, k);
     if (p.sums.sums.defined()) schedule_sums(p.sums, layout, v, k);
-    if (p.coefficients.defined()) {
-        p.coefficients.compute_root();
-        schedule_per_channel({p.coefficients}, v, k);
-    }
+    schedule_per_channel({p.coefficients}, v, k);  // skipped when undefined
     if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k, row);
     schedule_per_channel({p.grad_weight, p.grad_bias}, v, k);
 }

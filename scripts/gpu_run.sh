@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # CUDA tests and GPU benchmarks on a GPU machine, in two steps:
 #   scripts/gpu_run.sh bundle   # here: set up, build, and pack test_cuda, bn2d_bench_gpu and the
-#                               # shared libraries they need into gpu_bundle/ (no Halide needed there)
+#                               # shared libraries they need into gpu_bundle/bundle.tar.xz
+#                               # (no Halide needed there)
 #   scripts/gpu_run.sh run      # on the GPU machine, in a copy of the tree with gpu_bundle/:
-#                               # runs the CUDA tests, then the benchmarks, and prints a table
-# With OUT set (the device tool's output folder), logs and JSON go there.
+#                               # runs the CUDA tests, the benchmarks, optionally a per-kernel
+#                               # profile (BN2D_PROFILE), and prints the NCHW and NHWC tables and
+#                               # the tests' verdict last
+# With OUT set (the device tool's output folder), logs and JSON go there. Time limits:
+# BN2D_TEST_TIMEOUT, BN2D_BENCH_TIMEOUT (seconds); BN2D_BENCH_FILTER selects benchmarks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="$root/gpu_bundle"
