@@ -287,9 +287,84 @@ TEST_F(Errors, MomentumOutsideUnitInterval) {
     }
 }
 
-TEST_F(Errors, NumFeaturesNotPositive) {
-    EXPECT_THROW(BatchNorm2d(0), Error);
+TEST_F(Errors, NumFeaturesNegative) {
     EXPECT_THROW(BatchNorm2d(-3), Error);
+    EXPECT_THROW(BatchNorm2d(-1, Options{}), Error);
+}
+
+// Sizes near 2^62: the element count, the memory span and N*H*W overflow int64. Each is an
+// error before any memory is touched (the views are over a small buffer). Before the checks,
+// [2^62, 4, 4, 1] had numel() 0 (2^66 wrapped) and was counted as an empty training batch.
+TEST_F(Errors, SizeProductsOverflow) {
+    const int64_t huge = int64_t(1) << 62;
+    std::vector<float> small(64, 1.0f), out(64);
+    EXPECT_THROW(Tensor(small.data(), {huge, 4, 4, 1}).numel(), Error);
+    EXPECT_THROW(Tensor(small.data(), {4, huge, 4, 4}), Error);  // its N stride overflows
+    // (out is checked after the input: it need not be well-formed here.)
+    expect_error([&] { bn.forward(Tensor(small.data(), {huge, 3, 4, 1}, {1, 1, 1, 1}), view(y, s)); },
+                 {"input", "overflows"});
+    // numel fits (2 * 3 * 2 * 4), the memory span does not: (2 - 1) * 2^62 floats.
+    expect_error(
+        [&] {
+            bn.forward(Tensor(small.data(), {2, 3, 2, 4}, {huge, 8, 4, 1}),
+                       Tensor(out.data(), {2, 3, 2, 4}));
+        },
+        {"input", "memory span overflows"});
+    // Mixed signs: each reach fits, their bytes do not.
+    expect_error(
+        [&] {
+            bn.forward(Tensor(out.data(), {2, 3, 2, 4}),
+                       Tensor(small.data(), {2, 3, 2, 4}, {huge, -huge, 4, 1}));
+        },
+        {"out", "memory span overflows"});
+    EXPECT_EQ(bn.num_batches_tracked(), twin.num_batches_tracked());
+}
+
+TEST(ZeroFeatures, EmptyTensorsWithHugeBatchOverflowNHW) {
+    BatchNorm2d bn(0);
+    const int64_t huge = int64_t(1) << 62;
+    std::vector<float> none(1);
+    EXPECT_THROW(bn.forward(Tensor(none.data(), {huge, 0, 4, 4}), Tensor(none.data(), {huge, 0, 4, 4}, {0, 0, 0, 0})), Error);
+    EXPECT_EQ(bn.num_batches_tracked(), 0);
+}
+
+// Outputs over the module's own storage (the views weight() ... bias_grad() return) would
+// corrupt the state; an input over running statistics the step updates would change under
+// the saved forward input. Both were accepted before.
+TEST_F(Errors, TensorsOverModuleState) {
+    bn.eval();
+    twin.eval();
+    std::vector<float> x1 = random_vector(rng, 3), y1 = poisoned(3);
+    const std::vector<int64_t> one = {1, 3, 1, 1};
+    // (check_hidden off: the twin replay's backward needs a training forward.)
+    for (const Tensor &state : {bn.weight(), bn.bias(), bn.running_mean(), bn.running_var(),
+                                bn.weight_grad(), bn.bias_grad()})
+        expect_error([&] { bn.forward(Tensor(x1.data(), one), Tensor(state.data<float>(), one)); },
+                     {"out overlaps the module's", "()"}, false);
+    expect_error(
+        [&] { bn.forward(Tensor(x1.data(), one), Tensor(bn.running_var().data<float>() + 1, one, {3, 1, 1, 1})); },
+        {"out overlaps the module's running_var()"}, false);
+    bn.forward(Tensor(x1.data(), one), Tensor(y1.data(), one));  // an eval forward to go back from
+    std::vector<float> dy1 = random_vector(rng, 3);
+    expect_error(
+        [&] { bn.backward(Tensor(dy1.data(), one), Tensor(bn.weight_grad().data<float>(), one)); },
+        {"grad_input overlaps the module's weight_grad()"}, false);
+    expect_error(
+        [&] { bn.backward(Tensor(bn.bias_grad().data<float>(), one), Tensor(y1.data(), one)); },
+        {"grad_out overlaps the module's bias_grad()"}, false);
+    // Reading the parameters is fine: grad_out over weight() with grad_input elsewhere.
+    std::vector<float> dx1 = poisoned(3);
+    EXPECT_NO_THROW(bn.backward(Tensor(bn.weight().data<float>(), one), Tensor(dx1.data(), one)));
+
+    // Training: an input over running_mean (zero batch stride: two identical images).
+    bn.train();
+    const Tensor over_mean(bn.running_mean().data<float>(), {2, 3, 1, 1}, {0, 1, 1, 1});
+    std::vector<float> y2 = poisoned(6);
+    expect_error([&] { bn.forward(over_mean, Tensor(y2.data(), {2, 3, 1, 1})); },
+                 {"input overlaps the module's running_mean()"}, false);
+    // In eval mode nothing writes it: the same input is accepted.
+    bn.eval();
+    EXPECT_NO_THROW(bn.forward(over_mean, Tensor(y2.data(), {2, 3, 1, 1})));
 }
 
 TEST_F(Errors, SingleValuePerChannelWhenTraining) {

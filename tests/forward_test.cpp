@@ -186,6 +186,44 @@ TEST(Forward, ConstantChannelGivesExactlyBias) {
     }
 }
 
+// PyTorch accepts BatchNorm2d(0): a module with no channels, whose tensors are all empty. Its
+// forward counts batches and its backward does nothing; a training batch with one value per
+// channel is still an error. (BatchNorm2d(0) was rejected before.)
+TEST(Forward, ZeroFeaturesModuleIsANoOp) {
+    BatchNorm2d bn(0);
+    EXPECT_EQ(bn.num_features(), 0);
+    EXPECT_EQ(bn.to_string(), "BatchNorm2d(0, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+    float dummy = 1.0f, dummy_out = 2.0f;
+    const std::vector<int64_t> sizes = {4, 0, 5, 6};
+    bn.forward(Tensor(&dummy, sizes), Tensor(&dummy_out, sizes));
+    EXPECT_TRUE(bn.forward(Tensor(nullptr, sizes)).empty());
+    EXPECT_EQ(dummy_out, 2.0f) << "wrote to an empty output";
+    EXPECT_EQ(bn.num_batches_tracked(), 2);
+    bn.backward(Tensor(nullptr, sizes), Tensor(nullptr, sizes));
+    EXPECT_TRUE(bn.backward(Tensor(nullptr, sizes)).empty());
+    const StateDict d = bn.state_dict();
+    EXPECT_TRUE(d.weight.empty() && d.bias.empty() && d.running_mean.empty() && d.running_var.empty());
+    EXPECT_EQ(bn.weight().numel(), 0);
+    bn.load_state_dict(d);
+    bn.zero_grad();
+    bn.reset_parameters();
+    EXPECT_EQ(bn.num_batches_tracked(), 0);
+    EXPECT_THROW(bn.forward(Tensor(&dummy, {1, 0, 1, 1}), Tensor(&dummy_out, {1, 0, 1, 1})), Error);
+    EXPECT_THROW(bn.forward(Tensor(&dummy, {4, 1, 5, 6}), Tensor(&dummy_out, {4, 1, 5, 6})), Error);
+    bn.eval();
+    bn.forward(Tensor(&dummy, {1, 0, 1, 1}), Tensor(&dummy_out, {1, 0, 1, 1}));  // eval: fine
+    for (Device d : {Device::OpenCL, Device::Cuda}) {
+        if (!device_available(d)) continue;
+        SCOPED_TRACE(device_name(d));
+        BatchNorm2d on(0);
+        on.to(d);
+        on.forward(Tensor::on_device(0, sizes, d), Tensor::on_device(0, sizes, d));
+        EXPECT_EQ(on.num_batches_tracked(), 1);
+        EXPECT_TRUE(on.state_dict().weight.empty());
+        on.to(Device::CPU);
+    }
+}
+
 // PyTorch: an empty batch gives an empty output, leaves the statistics alone, and still counts
 // (so the next cumulative-average factor is 1/2). Eval and untracked modules count nothing.
 TEST(Forward, EmptyBatchBehavesLikePyTorch) {

@@ -140,6 +140,18 @@ TEST(TorchParityEdge, OneValuePerChannelIsAnErrorInBoth) {
     EXPECT_EQ(ours.num_batches_tracked(), 0);
 }
 
+// BatchNorm2d(0): both construct it, with empty parameters and buffers. Its forward is not
+// compared: libtorch 1.13's batch_norm indexes channel 0 and throws ("select(): index 0 out of
+// range"), where ours returns the empty output (tests/forward_test.cpp, ZeroFeatures...).
+TEST(TorchParityEdge, ZeroFeatures) {
+    torch::nn::BatchNorm2d theirs(torch::nn::BatchNorm2dOptions(0));
+    BatchNorm2d ours(0);
+    const StateDict d = ours.state_dict();
+    EXPECT_EQ(d.weight.size(), static_cast<size_t>(theirs->weight.numel()));
+    EXPECT_EQ(d.running_var.size(), static_cast<size_t>(theirs->running_var.numel()));
+    EXPECT_EQ(d.num_batches_tracked, theirs->num_batches_tracked.item<int64_t>());
+}
+
 // ---- layouts and dtypes ------------------------------------------------------------------
 // channels_last float32, and bfloat16 (with float32 parameters, PyTorch's mixed precision, and
 // with bfloat16 parameters), against libtorch on the same values: outputs, running statistics

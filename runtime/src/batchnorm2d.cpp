@@ -45,6 +45,29 @@ double round_to(DType t, double v) {
     return v;
 }
 
+// The output of the allocating forward(x) and backward(grad_out).
+std::vector<float> host_output(int64_t numel, const char *call) {
+    try {
+        return std::vector<float>(static_cast<size_t>(numel));
+    } catch (const std::exception &) {  // bad_alloc, length_error
+        fail(std::string(call) + ": cannot allocate " + std::to_string(numel) +
+             " floats for the output");
+    }
+}
+
+// A view of C per-channel values of the module's storage, as weight() etc. return it.
+Tensor storage_view(Buf &b, int64_t C, Device d, DType t) {
+    if (d == Device::CPU) return Tensor(b.data(), t, {C});
+    if (C == 0) return Tensor::on_device(0, {0}, d, t);  // no device allocation
+    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d, t);
+}
+
+// Module storage an application can see (weight(), ..., bias_grad()), named for errors.
+struct StateView {
+    const char *name;
+    Tensor view;
+};
+
 }  // namespace
 
 struct BatchNorm2d::State {
@@ -77,6 +100,15 @@ struct BatchNorm2d::State {
                 &grad_weight,    &grad_bias,      &running_mean_next, &running_var_next,
                 &grad_weight_next, &grad_bias_next, &saved_mean,        &saved_invstd,
                 &saved_mean_next,  &saved_invstd_next};
+    }
+
+    // The storage behind weight(), bias(), running_mean(), running_var(), weight_grad() and
+    // bias_grad(), for the in-place checks.
+    std::vector<StateView> visible_storage() {
+        auto v = [&](Buf &b) { return storage_view(b, C, device, storage_dtype); };
+        return {{"weight()", v(weight)},           {"bias()", v(bias)},
+                {"running_mean()", v(running_mean)}, {"running_var()", v(running_var)},
+                {"weight_grad()", v(grad_weight)},  {"bias_grad()", v(grad_bias)}};
     }
 
     // ---- storage helpers (host or device) ----
@@ -129,7 +161,8 @@ struct BatchNorm2d::State {
 
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
     detail::init_runtime();
-    if (num_features <= 0) fail("num_features must be > 0, got " + std::to_string(num_features));
+    // 0 is a module with no channels, as in PyTorch: it accepts [N, 0, H, W] and does nothing.
+    if (num_features < 0) fail("num_features must be >= 0, got " + std::to_string(num_features));
     if (num_features > INT32_MAX) fail("num_features too large");
     check_eps(o.eps);
     check_momentum(o.momentum);
@@ -174,6 +207,11 @@ void check_tensor(const char *name, const Tensor &t, int64_t C, Device device,
              "-D " + t.shape_string());
     for (int i = 0; i < 4; ++i)
         if (t.size(i) < 0) fail(std::string(name) + " has a negative size " + t.shape_string());
+    try {
+        detail::element_span(t);  // the element count and every reach fit int64
+    } catch (const Error &e) {
+        fail(std::string(name) + ": " + e.what());
+    }
 
     if (!expect.empty() && t.sizes() != expect) {
         Tensor e(nullptr, expect);
@@ -219,33 +257,31 @@ void check_no_self_overlap(const char *name, const Tensor &t) {
     for (int i = 0; i < t.dim(); ++i)
         if (t.size(i) > 1) dims.push_back({std::llabs(t.stride(i)), t.size(i)});
     std::sort(dims.begin(), dims.end());
-    int64_t reach = 1;  // elements spanned by the smaller dims
+    __int128 reach = 1;  // elements spanned by the smaller dims (may exceed int64)
     for (const auto &[stride, size] : dims) {
         if (stride < reach)
             fail(std::string(name) + " has overlapping elements (strides " +
                  Tensor(nullptr, t.strides()).shape_string() + " for shape " + t.shape_string() +
                  "); an output must not overlap itself");
-        reach = stride * size;
+        reach = static_cast<__int128>(stride) * size;
     }
 }
 
 // Whether the memory spans of two tensors intersect. Outputs must not alias inputs: a channel
 // group's statistics are read from x after other groups may have written their outputs.
+// Spans are validated (detail::element_span) and compared in 128 bits: no wrap-around.
 bool overlaps(const Tensor &a, const Tensor &b) {
     if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
     // A cl_mem is an opaque object: the same object is the only overlap we can see.
     if (a.device() == Device::OpenCL) return a.device_handle() == b.device_handle();
     auto span = [](const Tensor &t) {
-        int64_t lo = 0, hi = 0;
-        for (int i = 0; i < t.dim(); ++i) {
-            const int64_t reach = (t.size(i) - 1) * t.stride(i);
-            (reach < 0 ? lo : hi) += reach;
-        }
-        const char *base = t.device() == Device::CPU
-                               ? reinterpret_cast<const char *>(t.data_ptr())
-                               : reinterpret_cast<const char *>(t.device_handle());
+        const detail::ElementSpan s = detail::element_span(t);
+        const __int128 base = t.device() == Device::CPU
+                                  ? static_cast<__int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
+                                  : static_cast<__int128>(t.device_handle());
         const int64_t bytes = dtype_size(t.dtype());
-        return std::make_pair(base + lo * bytes, base + (hi + 1) * bytes);
+        return std::make_pair(base + static_cast<__int128>(s.lo) * bytes,
+                              base + (static_cast<__int128>(s.hi) + 1) * bytes);
     };
     auto [a0, a1] = span(a);
     auto [b0, b1] = span(b);
@@ -257,6 +293,20 @@ void check_no_alias(const char *out_name, const Tensor &out, const char *in_name
     if (overlaps(out, in))
         fail(std::string(out_name) + " overlaps " + in_name +
              " in memory; in-place operation is not supported");
+}
+
+// A call's tensor over the module's own storage: an output there would corrupt the state, and
+// an input there that the call updates would change under the saved forward input.
+// `which`: the views of visible_storage() to check, by name (empty: all).
+void check_not_state(const char *name, const Tensor &t, const std::vector<StateView> &state,
+                     std::initializer_list<const char *> which = {}) {
+    for (const StateView &sv : state) {
+        bool checked = which.size() == 0;
+        for (const char *w : which) checked = checked || std::strcmp(w, sv.name) == 0;
+        if (checked && overlaps(t, sv.view))
+            fail(std::string(name) + " overlaps the module's " + sv.name +
+                 " in memory; a call's tensors must not alias state it writes");
+    }
 }
 
 // The layout of a call's tensors and whether all of them fuse their dense dimensions.
@@ -284,7 +334,13 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
     const bool batch_stats = s.training || !s.track;
     const bool update_running = s.training && s.track;
-    const int64_t per_channel = x.size(0) * x.size(2) * x.size(3);
+    const std::vector<StateView> state = s.visible_storage();
+    check_not_state("out", out, state);
+    if (update_running) check_not_state("input", x, state, {"running_mean()", "running_var()"});
+    int64_t per_channel = 0;  // N*H*W; may overflow when C = 0 makes the tensor empty
+    if (__builtin_mul_overflow(x.size(0), x.size(2), &per_channel) ||
+        __builtin_mul_overflow(per_channel, x.size(3), &per_channel))
+        fail("input " + x.shape_string() + ": N*H*W overflows int64");
     if (batch_stats && per_channel == 1)
         fail("expected more than 1 value per channel when training, got input size " +
              x.shape_string());
@@ -339,8 +395,8 @@ std::vector<float> BatchNorm2d::forward(const Tensor &x) {
     if (x.dtype() != DType::float32)
         fail("forward(x) returns float32; use forward(x, out) for " +
              std::string(dtype_name(x.dtype())) + " tensors");
-    std::vector<float> out(static_cast<size_t>(std::max<int64_t>(x.numel(), 0)));
-    if (x.dim() != 4) check_tensor("input", x, s_->C, s_->device, {});
+    check_tensor("input", x, s_->C, s_->device, {});
+    std::vector<float> out = host_output(x.numel(), "forward(x)");
     forward(x, Tensor(out.data(), x.sizes()));
     return out;
 }
@@ -364,6 +420,12 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
         check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
     }
     const bool params = mask.params && s.affine;
+    const std::vector<StateView> state = s.visible_storage();
+    if (mask.input) check_not_state("grad_input", grad_input, state);
+    if (params) {
+        check_not_state("grad_out", grad_out, state, {"weight_grad()", "bias_grad()"});
+        check_not_state("the forward input", s.forward_x, state, {"weight_grad()", "bias_grad()"});
+    }
     if (!mask.input && !params) return;
     if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
 
@@ -391,7 +453,8 @@ std::vector<float> BatchNorm2d::backward(const Tensor &grad_out) {
     if (grad_out.dtype() != DType::float32)
         fail("backward(grad_out) returns float32; use backward(grad_out, grad_input) for " +
              std::string(dtype_name(grad_out.dtype())) + " tensors");
-    std::vector<float> dx(static_cast<size_t>(std::max<int64_t>(grad_out.numel(), 0)));
+    check_tensor("grad_out", grad_out, s_->C, s_->device, {});
+    std::vector<float> dx = host_output(grad_out.numel(), "backward(grad_out)");
     backward(grad_out, Tensor(dx.data(), grad_out.sizes()));
     return dx;
 }
@@ -451,13 +514,6 @@ void BatchNorm2d::load_state_dict(const StateDict &d) {
     }
 }
 
-namespace {
-Tensor storage_view(Buf &b, int64_t C, Device d, DType t) {
-    if (d == Device::CPU) return Tensor(b.data(), t, {C});
-    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d, t);
-}
-}  // namespace
-
 Tensor BatchNorm2d::weight() const {
     return s_->affine ? storage_view(s_->weight, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
@@ -490,7 +546,7 @@ BatchNorm2d &BatchNorm2d::to(Device device) {
     for (Buf *b : bufs) {
         detail::sync_to_host(*b, s.device, "copying module state to the host");
         Buf copy = s.allocate();
-        std::memcpy(copy.data(), b->data(), dtype_size(s.storage_dtype) * s.C);
+        if (s.C > 0) std::memcpy(copy.data(), b->data(), dtype_size(s.storage_dtype) * s.C);
         detail::sync_to_device(copy, device, "moving module state to the device");
         moved.push_back(std::move(copy));
     }

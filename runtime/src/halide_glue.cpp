@@ -175,14 +175,15 @@ uint64_t app_device_handle(HalideBuffer &b, Device d) {
     throw Error(std::string("no device handle on ") + device_name(d));
 }
 
+// Empty buffers (a module with 0 channels) have no device allocation.
 void sync_to_device(HalideBuffer &b, Device d, const char *what) {
-    if (d == Device::CPU) return;
+    if (d == Device::CPU || b.number_of_elements() == 0) return;
     b.set_host_dirty();
     check_halide(b.copy_to_device(device_interface(d)), what);
 }
 
 void sync_to_host(HalideBuffer &b, Device d, const char *what) {
-    if (d == Device::CPU) return;
+    if (d == Device::CPU || b.number_of_elements() == 0) return;
     b.set_host_dirty(false);
     b.set_device_dirty();
     check_halide(b.copy_to_host(), what);

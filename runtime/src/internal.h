@@ -29,6 +29,13 @@ halide_type_t element_type(DType t);
 // The type of per-channel values for a dtype: float64 for float64, else float32.
 DType per_channel_dtype(DType t);
 
+// The offsets in elements from data() of the lowest and highest element a view reaches (0, 0
+// when empty). Throws Error when a size product or the span in bytes overflows int64.
+struct ElementSpan {
+    int64_t lo = 0, hi = 0;
+};
+ElementSpan element_span(const Tensor &t);
+
 // ---- Halide glue (halide_glue.cpp) ----
 // Installs the error handler once and reads the environment (BN2D_MAX_CPU_ISA, BN2D_VERBOSE).
 void init_runtime();

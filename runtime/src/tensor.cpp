@@ -1,10 +1,12 @@
 // Tensor: non-owning strided views of the caller's memory; element types.
 #include "bn2d/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "bn2d/errors.h"
+#include "internal.h"
 
 namespace bn2d {
 
@@ -79,12 +81,20 @@ float float_from_float16(uint16_t bits) {
 }
 
 namespace {
+std::string shape_of(const std::vector<int64_t> &sizes) {
+    std::string s = "[";
+    for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+    return s + "]";
+}
+
+// Row-major strides; size-0 and size-1 dimensions count as 1, as in PyTorch.
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t> &sizes) {
     std::vector<int64_t> strides(sizes.size());
     int64_t s = 1;
     for (size_t i = sizes.size(); i-- > 0;) {
         strides[i] = s;
-        s *= sizes[i];
+        if (i > 0 && __builtin_mul_overflow(s, std::max<int64_t>(sizes[i], 1), &s))
+            throw Error("Tensor: contiguous strides of " + shape_of(sizes) + " overflow int64");
     }
     return strides;
 }
@@ -142,15 +152,35 @@ void Tensor::check_element_type(size_t bytes, bool floating) const {
 }
 
 int64_t Tensor::numel() const {
+    for (int64_t s : sizes_)
+        if (s == 0) return 0;  // an empty tensor, whatever its other sizes
     int64_t n = 1;
-    for (int64_t s : sizes_) n *= s;
+    for (int64_t s : sizes_)
+        if (__builtin_mul_overflow(n, s, &n))
+            throw Error("Tensor: the number of elements of " + shape_string() + " overflows int64");
     return n;
 }
 
-std::string Tensor::shape_string() const {
-    std::string s = "[";
-    for (size_t i = 0; i < sizes_.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes_[i]);
-    return s + "]";
+std::string Tensor::shape_string() const { return shape_of(sizes_); }
+
+namespace detail {
+
+ElementSpan element_span(const Tensor &t) {
+    ElementSpan span;
+    if (t.numel() == 0) return span;
+    const int64_t bytes = dtype_size(t.dtype());
+    for (int i = 0; i < t.dim(); ++i) {
+        int64_t reach = 0;
+        int64_t &end = t.stride(i) < 0 ? span.lo : span.hi;
+        int64_t unused;
+        if (__builtin_mul_overflow(t.size(i) - 1, t.stride(i), &reach) ||
+            __builtin_add_overflow(end, reach, &end) || __builtin_mul_overflow(end, bytes, &unused))
+            throw Error("Tensor " + t.shape_string() + " with strides " + shape_of(t.strides()) +
+                        ": its memory span overflows 64-bit byte offsets");
+    }
+    return span;
 }
+
+}  // namespace detail
 
 }  // namespace bn2d

@@ -69,7 +69,7 @@ public:
     int64_t stride(int i) const { return strides_.at(i); }
     const std::vector<int64_t> &sizes() const { return sizes_; }
     const std::vector<int64_t> &strides() const { return strides_; }
-    int64_t numel() const;
+    int64_t numel() const;  // throws Error if the product of the sizes overflows int64
     bool defined() const { return data_ != nullptr || handle_ != 0; }
     // "[20, 100, 35, 45]"
     std::string shape_string() const;
