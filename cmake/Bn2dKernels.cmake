@@ -10,8 +10,11 @@
 # BN2D_GENERATED_INCLUDE_DIR, BN2D_CPU_TARGETS, BN2D_CUDA_TARGET, BN2D_OPENCL_TARGET.
 
 set(BN2D_KERNELS "")
-set(BN2D_CPU_ISAS "")
+set(BN2D_CPU_ISAS "")            # built (BN2D_ONLY_CPU_ISAS may leave some of the table out)
+set(BN2D_TABLE_CPU_ISAS "")      # all of the table
 set(BN2D_CPU_TARGETS "")
+set(BN2D_CPU_LARGE_ISAS "")     # the ISAs also built with 64-bit indexing (LARGE_BUFFERS)
+set(BN2D_CPU_LARGE_TARGETS "")
 set(BN2D_CUDA_TARGET "")
 set(BN2D_OPENCL_TARGET "")
 
@@ -34,6 +37,9 @@ function(bn2d_kernel kernel)
         if (NOT dtype IN_LIST BN2D_DTYPES)
             message(FATAL_ERROR "variants.cmake: ${kernel}: unknown dtype '${dtype}' (${BN2D_DTYPES})")
         endif ()
+        if (BN2D_ONLY_DTYPES AND NOT dtype IN_LIST BN2D_ONLY_DTYPES)
+            continue ()
+        endif ()
         foreach (layout IN LISTS ARG_LAYOUTS)
             if (NOT layout IN_LIST BN2D_LAYOUTS)
                 message(FATAL_ERROR "variants.cmake: ${kernel}: unknown layout '${layout}' (${BN2D_LAYOUTS})")
@@ -52,12 +58,29 @@ function(bn2d_kernel kernel)
 endfunction()
 
 function(bn2d_target backend name target)
+    cmake_parse_arguments(PARSE_ARGV 3 ARG "LARGE_BUFFERS" "" "")
+    if (backend STREQUAL "cpu")
+        set(BN2D_TABLE_CPU_ISAS ${BN2D_TABLE_CPU_ISAS} ${name} PARENT_SCOPE)
+        if (BN2D_ONLY_CPU_ISAS AND NOT name IN_LIST BN2D_ONLY_CPU_ISAS)
+            return ()
+        endif ()
+    endif ()
+    foreach (feature IN LISTS BN2D_HALIDE_FEATURES)
+        string(APPEND target "-${feature}")
+    endforeach ()
+    if (ARG_LARGE_BUFFERS AND NOT backend STREQUAL "cpu")
+        message(FATAL_ERROR "variants.cmake: LARGE_BUFFERS is for cpu targets (${name})")
+    endif ()
     if (backend STREQUAL "cpu")
         if (name IN_LIST BN2D_CPU_ISAS)
             message(FATAL_ERROR "variants.cmake: CPU ISA ${name} is listed twice")
         endif ()
         set(BN2D_CPU_ISAS ${BN2D_CPU_ISAS} ${name} PARENT_SCOPE)
         set(BN2D_CPU_TARGETS ${BN2D_CPU_TARGETS} ${target} PARENT_SCOPE)
+        if (ARG_LARGE_BUFFERS)
+            set(BN2D_CPU_LARGE_ISAS ${BN2D_CPU_LARGE_ISAS} ${name} PARENT_SCOPE)
+            set(BN2D_CPU_LARGE_TARGETS ${BN2D_CPU_LARGE_TARGETS} ${target}-large_buffers PARENT_SCOPE)
+        endif ()
     elseif (backend STREQUAL "cuda" OR backend STREQUAL "opencl")
         string(TOUPPER "${backend}" up)
         if (BN2D_${up}_TARGET)
@@ -73,7 +96,23 @@ include(${CMAKE_CURRENT_SOURCE_DIR}/generators/variants.cmake)
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
              ${CMAKE_CURRENT_SOURCE_DIR}/generators/variants.cmake)
 if (NOT BN2D_KERNELS OR NOT BN2D_CPU_ISAS)
-    message(FATAL_ERROR "variants.cmake: needs at least one kernel and one cpu target")
+    message(FATAL_ERROR "variants.cmake: needs at least one kernel and one cpu target "
+                        "(BN2D_ONLY_CPU_ISAS='${BN2D_ONLY_CPU_ISAS}', BN2D_ONLY_DTYPES='${BN2D_ONLY_DTYPES}')")
+endif ()
+foreach (isa IN LISTS BN2D_ONLY_CPU_ISAS)
+    if (NOT isa IN_LIST BN2D_TABLE_CPU_ISAS)
+        message(FATAL_ERROR "BN2D_ONLY_CPU_ISAS: '${isa}' is not a cpu target of generators/variants.cmake "
+                            "(${BN2D_TABLE_CPU_ISAS})")
+    endif ()
+endforeach ()
+list(GET BN2D_TABLE_CPU_ISAS -1 anywhere_isa)
+if (NOT anywhere_isa IN_LIST BN2D_CPU_ISAS)
+    message(FATAL_ERROR "BN2D_ONLY_CPU_ISAS must include ${anywhere_isa}, the ISA that runs on any x86-64 CPU")
+endif ()
+list(GET BN2D_CPU_ISAS -1 last_isa)
+if (BN2D_CPU_LARGE_ISAS AND NOT last_isa IN_LIST BN2D_CPU_LARGE_ISAS)
+    message(FATAL_ERROR "variants.cmake: with LARGE_BUFFERS targets, the last cpu target (${last_isa}, "
+                        "the one that runs anywhere) must be one of them")
 endif ()
 
 set(BN2D_BACKENDS cpu)
@@ -83,9 +122,15 @@ endif ()
 
 # ---- libraries --------------------------------------------------------------------------------
 set(BN2D_ALL_KERNELS "")
-foreach (backend IN LISTS BN2D_BACKENDS)
+set(BN2D_LIBRARY_SETS ${BN2D_BACKENDS})  # cpu, cuda, opencl, and cpu_large: one library per kernel each
+if (BN2D_CPU_LARGE_ISAS)
+    list(APPEND BN2D_LIBRARY_SETS cpu_large)
+endif ()
+foreach (backend IN LISTS BN2D_LIBRARY_SETS)
     if (backend STREQUAL "cpu")
         set(targets ${BN2D_CPU_TARGETS})
+    elseif (backend STREQUAL "cpu_large")
+        set(targets ${BN2D_CPU_LARGE_TARGETS})
     else ()
         string(TOUPPER "${backend}" up)
         set(targets ${BN2D_${up}_TARGET})
@@ -158,7 +203,7 @@ set(cpu_sets "")
 set(gpu_sets "")
 foreach (key IN LISTS BN2D_KERNELS)
     string(APPEND names "    \"${key}\",\n")
-    foreach (backend IN LISTS BN2D_BACKENDS)
+    foreach (backend IN LISTS BN2D_LIBRARY_SETS)
         string(APPEND includes "#include \"bn2d_${key}_${backend}.h\"\n")
     endforeach ()
 endforeach ()
@@ -195,11 +240,20 @@ foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     foreach (f IN LISTS features)
         string(APPEND feature_list "halide_target_feature_${f}, ")
     endforeach ()
+    set(large_fns "")
+    set(has_large false)
     foreach (key IN LISTS BN2D_KERNELS)
         string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_${isa};\n")
+        if (isa IN_LIST BN2D_CPU_LARGE_ISAS)
+            string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_large_${isa};\n")
+        endif ()
     endforeach ()
     bn2d_kernel_set_initializer("cpu_${isa}" fns)
-    string(APPEND cpu_sets "    {\"${isa}\", \"${target}\", {${feature_list}halide_target_feature_end}, {${fns}}},\n")
+    if (isa IN_LIST BN2D_CPU_LARGE_ISAS)
+        bn2d_kernel_set_initializer("cpu_large_${isa}" large_fns)
+        set(has_large true)
+    endif ()
+    string(APPEND cpu_sets "    {\"${isa}\", \"${target}\", {${feature_list}halide_target_feature_end}, {${fns}}, ${has_large}, {${large_fns}}},\n")
 endforeach ()
 set(gpu_backends cuda opencl)
 set(gpu_set_names kCudaKernels kOpenclKernels)
@@ -236,11 +290,15 @@ constexpr const char *kKernelNames[kKernelCount] = {
 @names@};
 
 // CPU ISAs, best first, in CpuIsa order. features ends with halide_target_feature_end.
+// large: the same kernels built with 64-bit indexing (large_buffers), for ISAs marked
+// LARGE_BUFFERS in the table; the last ISA always has them when any does.
 struct CpuIsaEntry {
     const char *name;
     const char *target;
     halide_target_feature_t features[8];
     KernelSet kernels;
+    bool has_large;
+    KernelSet large;
 };
 inline const CpuIsaEntry kCpuIsas[] = {
 @cpu_sets@};
@@ -261,10 +319,19 @@ constexpr const char *kHalideVersion = \"@Halide_VERSION@\";
 # `<name>_<isa>`, let the runtime call a chosen ISA directly.
 set(asm "# ${note}\n    .text\n")
 foreach (key IN LISTS BN2D_KERNELS)
-    set(name "bn2d_${key}_cpu")
-    foreach (target isa IN ZIP_LISTS BN2D_CPU_TARGETS BN2D_CPU_ISAS)
-        string(APPEND asm "    .globl ${name}_${isa}\n    .type ${name}_${isa}, @function\n"
-               "${name}_${isa}:\n    jmp \"${name}-${target}-no_runtime\"\n")
+    foreach (set_name IN ITEMS cpu cpu_large)
+        set(name "bn2d_${key}_${set_name}")
+        if (set_name STREQUAL "cpu")
+            set(targets ${BN2D_CPU_TARGETS})
+            set(isas ${BN2D_CPU_ISAS})
+        else ()
+            set(targets ${BN2D_CPU_LARGE_TARGETS})
+            set(isas ${BN2D_CPU_LARGE_ISAS})
+        endif ()
+        foreach (target isa IN ZIP_LISTS targets isas)
+            string(APPEND asm "    .globl ${name}_${isa}\n    .type ${name}_${isa}, @function\n"
+                   "${name}_${isa}:\n    jmp \"${name}-${target}-no_runtime\"\n")
+        endforeach ()
     endforeach ()
 endforeach ()
 string(APPEND asm "    .section .note.GNU-stack,\"\",@progbits\n")

@@ -50,8 +50,10 @@ struct Extents {
     Halide::Type element = Halide::Float(32);
     Halide::Type compute = Halide::Float(32);
 
-    Expr count() const { return Halide::cast(compute, W * H * N); }  // M = N*H*W per channel
-    Expr count_acc() const { return Halide::cast(acc, W * H * N); }
+    // M = N*H*W per channel, in 64 bits: it reaches 2^31 in large_buffers kernels.
+    Expr values_per_channel() const { return Halide::cast<int64_t>(W) * H * N; }
+    Expr count() const { return Halide::cast(compute, values_per_channel()); }
+    Expr count_acc() const { return Halide::cast(acc, values_per_channel()); }
     Func func(const std::string &stage) const { return Func(prefix + stage); }
     Expr one() const { return Halide::cast(compute, 1); }
     // Load into the accumulator type (exact: the accumulator is at least as wide).

@@ -35,10 +35,15 @@ bn2d_kernel(eval_bwd_params  DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERAT
 #   CPU. The runtime picks the best the CPU supports (Halide's feature check on the target's
 #   features), capped by set_max_cpu_isa() / BN2D_MAX_CPU_ISA=<name>.
 #   cuda, opencl: one target each (built when BN2D_GPU is on; no GPU is needed to build).
+#   LARGE_BUFFERS (cpu): also build every kernel for this ISA with Halide's large_buffers
+#   feature (64-bit indexing), into bn2d_<kernel>_cpu_large. The runtime runs those only for
+#   tensors the 32-bit kernels cannot index (2^31 elements or more, or an element span or an
+#   extent x stride that large), with the best such ISA at or below the selected one; every
+#   other call keeps the cheaper 32-bit address arithmetic. The last cpu target must have them.
 bn2d_target(cpu    avx512   x86-64-linux-avx512_skylake)
-bn2d_target(cpu    avx2     x86-64-linux-avx2-fma-f16c)
+bn2d_target(cpu    avx2     x86-64-linux-avx2-fma-f16c LARGE_BUFFERS)
 bn2d_target(cpu    sse41    x86-64-linux-sse41)
-bn2d_target(cpu    baseline x86-64-linux)
+bn2d_target(cpu    baseline x86-64-linux LARGE_BUFFERS)
 bn2d_target(cuda   sm80     x86-64-linux-cuda-cuda_capability_80)
 # float64 sums and tensors need cl_khr_fp64 on the device; float16 kernels are built with
 # cl_half added (cmake/Bn2dKernels.cmake) and need cl_khr_fp16.

@@ -100,8 +100,10 @@ inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Kno
 // ShiftInwards: the last group overlaps the one before instead of being guarded, so every
 // group has the same bounds.
 inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
-    Expr per_channel = s.r.x.extent() * s.r.y.extent() * s.r.z.extent();
-    return Halide::clamp(k.grain / Halide::max(per_channel, 1), 1, C);
+    // In 64 bits: a channel holds 2^31 values or more in large_buffers kernels.
+    Expr per_channel = Halide::cast<int64_t>(s.r.x.extent()) * s.r.y.extent() * s.r.z.extent();
+    Expr group = k.grain / Halide::max(per_channel, 1);
+    return Halide::cast<int>(Halide::clamp(group, 1, Halide::cast<int64_t>(C)));
 }
 
 // A 4-D output that consumes per-channel sums: one parallel loop over channel groups; a task

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,6 +48,28 @@ inline std::vector<double> to_f64(const std::vector<float> &v) {
 // 1 a NaN, 2 a +Inf, 3 a -Inf, 4 both infinities, 5 a NaN first sample, 6 a +Inf first sample
 // (the first sample is the shift sample of the statistics).
 inline std::vector<float> non_finite_input(std::mt19937 &rng, const Shape &s);
+
+// An address-space reservation of `floats` floats (MAP_NORESERVE): only the pages a view
+// touches are materialized, so a view may span 2^31 elements and more. data() is null if the
+// reservation failed.
+class Reservation {
+public:
+    explicit Reservation(int64_t floats) : bytes_(static_cast<size_t>(floats) * sizeof(float)) {
+        void *p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        data_ = p == MAP_FAILED ? nullptr : static_cast<float *>(p);
+    }
+    ~Reservation() {
+        if (data_) munmap(data_, bytes_);
+    }
+    Reservation(const Reservation &) = delete;
+    Reservation &operator=(const Reservation &) = delete;
+    float *data() const { return data_; }
+
+private:
+    size_t bytes_;
+    float *data_;
+};
 
 inline std::vector<float> poisoned(int64_t n) {
     return std::vector<float>(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());

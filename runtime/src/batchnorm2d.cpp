@@ -368,7 +368,8 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     const Placement p = place({&x, &out});
     Buf hx = detail::tensor_buffer(x, p.layout, p.fuse);
     Buf hy = detail::tensor_buffer(out, p.layout, p.fuse);
-    const detail::Call call{s.device, p.layout, x};
+    const detail::Call call{s.device, p.layout, x,
+                            detail::needs_large_buffers(hx) || detail::needs_large_buffers(hy)};
     // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
     if (batch_stats) {
         detail::run_train_forward(call, hx, s.weight, s.bias, s.running_mean, s.running_var,
@@ -440,7 +441,9 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
                               training ? s.saved_invstd : s.running_var, s.weight,
                               mask.input ? hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
                               s.grad_weight_next, s.grad_bias_next};
-    detail::run_backward({s.device, p.layout, s.forward_x}, training, params, s.eps, b);
+    const bool large = detail::needs_large_buffers(hx) || detail::needs_large_buffers(hdy) ||
+                       (mask.input && detail::needs_large_buffers(hdx));
+    detail::run_backward({s.device, p.layout, s.forward_x, large}, training, params, s.eps, b);
     if (params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);

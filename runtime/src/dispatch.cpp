@@ -18,11 +18,24 @@ struct Selected {
     const char *isa;  // "avx512", ..., or the GPU backend's name
 };
 
-Selected select(Device d) {
+// large: the call's tensors need 64-bit indexing. The CPU runs the large_buffers kernels of
+// the best ISA that has them at or below the selected one; GPU kernels index in 32 bits.
+Selected select(Device d, bool large) {
     if (d == Device::CPU) {
-        const CpuIsaEntry &e = kCpuIsas[static_cast<int>(select_cpu_isa())];
-        return {e.kernels, e.name};
+        int isa = static_cast<int>(select_cpu_isa());
+        if (!large) return {kCpuIsas[isa].kernels, kCpuIsas[isa].name};
+        constexpr int kIsaCount = sizeof(kCpuIsas) / sizeof(kCpuIsas[0]);
+        while (isa < kIsaCount - 1 && !kCpuIsas[isa].has_large) ++isa;
+        if (!kCpuIsas[isa].has_large)
+            throw Error("tensor too large for 32-bit indexing (2^31 elements, or an element span "
+                        "that large) and this build has no large_buffers kernels "
+                        "(LARGE_BUFFERS in generators/variants.cmake)");
+        return {kCpuIsas[isa].large, kCpuIsas[isa].name};
     }
+    if (large)
+        throw Error(std::string(device_name(d)) +
+                    ": tensor too large for the GPU kernels' 32-bit indexing (2^31 elements, or "
+                    "an element span or extent x stride that large); the CPU runs such tensors");
 #if BN2D_HAVE_GPU
     if (d == Device::Cuda) return {kCudaKernels, kCudaTarget};
     if (d == Device::OpenCL) return {kOpenclKernels, kOpenclTarget};
@@ -36,7 +49,7 @@ Selected select(Device d) {
 template<typename Kernel, typename... Args>
 void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount],
           const char *kernel_name, Args... args) {
-    const Selected s = select(c.device);
+    const Selected s = select(c.device, c.large);
     const int dt = static_cast<int>(c.x.dtype());
     Layout layout = c.layout;
     Kernel fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
@@ -66,8 +79,9 @@ void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLa
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const Tensor &x = c.x;
-    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s_%s_%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n",
+    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s_%s_%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n",
                  op, kernel_name, dtype_short_name(x.dtype()), layout_name(layout),
+                 c.large ? "_large" : "",
                  device_name(c.device), s.isa, (long long)x.size(0), (long long)x.size(1),
                  (long long)x.size(2), (long long)x.size(3), layout_name(layout),
                  dtype_short_name(x.dtype()), ms, rc == 0 ? "" : ",failed");

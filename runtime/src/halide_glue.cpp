@@ -1,5 +1,7 @@
 // Halide glue: the error handler, device interfaces, and Halide buffers over Tensors.
+#include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
 
 #include "HalideRuntimeCuda.h"
@@ -25,10 +27,13 @@ void capture_error(void *, const char *msg) {
     g_any_halide_error = m;
 }
 
+// Halide buffers hold extents and strides in 32 bits, with large_buffers kernels too: a
+// tensor whose single dimension reaches 2^31 (a stride of 2^31 elements: one image or plane
+// of 8 GiB of float32) cannot be described to a kernel.
 int32_t to_i32(int64_t v, const char *what) {
     if (v > INT32_MAX || v < INT32_MIN)
         throw Error(std::string("tensor too large: ") + what + " " + std::to_string(v) +
-                    " does not fit the kernels' 32-bit indexing");
+                    " does not fit a Halide buffer's 32-bit extents and strides");
     return static_cast<int32_t>(v);
 }
 
@@ -118,9 +123,11 @@ Layout common_layout(const std::vector<const Tensor *> &tensors) {
 bool fusable(const Tensor &t, Layout layout) {
     switch (layout) {
     case Layout::nchw:  // the H x W plane is H*W consecutive elements
-        return unit_stride(t, 3) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+        return unit_stride(t, 3) && (t.size(2) <= 1 || t.stride(2) == t.size(3)) &&
+               t.size(2) * t.size(3) <= INT32_MAX;
     case Layout::nhwc:
-        return unit_stride(t, 1) && (t.size(3) <= 1 || t.stride(3) == t.size(1)) &&
+        return unit_stride(t, 1) && t.size(0) * t.size(2) * t.size(3) <= INT32_MAX &&
+               (t.size(3) <= 1 || t.stride(3) == t.size(1)) &&
                (t.size(2) <= 1 || t.stride(2) == t.size(3) * t.size(1)) &&
                (t.size(0) <= 1 || t.stride(0) == t.size(2) * t.size(3) * t.size(1));
     case Layout::strided: return false;
@@ -130,10 +137,6 @@ bool fusable(const Tensor &t, Layout layout) {
 
 HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse) {
     const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
-    int64_t lo = 0, hi = 0;
-    for (int i = 0; i < 4; ++i) (t.stride(i) < 0 ? lo : hi) += (t.size(i) - 1) * t.stride(i);
-    to_i32(hi, "element span");
-    to_i32(lo, "element span");
     // Strides of size-1 dimensions are set to what the layout's kernels require.
     auto stride = [&](int i, int64_t required) {
         return t.size(i) <= 1 ? static_cast<int32_t>(required) : to_i32(t.stride(i), "stride");
@@ -145,10 +148,12 @@ HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse) {
         dims[2] = {0, to_i32(C, "C"), stride(1, H * W), 0};
         dims[3] = {0, to_i32(N, "N"), stride(0, C * H * W), 0};
     } else if (fuse && layout == Layout::nhwc) {
+        // The strides of the extent-1 dimensions are never multiplied by a coordinate.
+        const int32_t past_end = static_cast<int32_t>(std::min<int64_t>(N * H * W * C, INT32_MAX));
         dims[0] = {0, to_i32(N * H * W, "N*H*W"), to_i32(C, "C"), 0};
-        dims[1] = {0, 1, to_i32(N * H * W * C, "numel"), 0};
+        dims[1] = {0, 1, past_end, 0};
         dims[2] = {0, to_i32(C, "C"), 1, 0};
-        dims[3] = {0, 1, to_i32(N * H * W * C, "numel"), 0};
+        dims[3] = {0, 1, past_end, 0};
     } else {
         dims[0] = {0, to_i32(W, "W"), stride(3, layout == Layout::nchw ? 1 : 0), 0};
         dims[1] = {0, to_i32(H, "H"), stride(2, 0), 0};
@@ -163,6 +168,19 @@ HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse) {
                      "wrapping a device pointer");
     }
     return b;
+}
+
+bool needs_large_buffers(const HalideBuffer &b) {
+    int64_t elements = 1, lo = 0, hi = 0;
+    for (int i = 0; i < b.dimensions(); ++i) {
+        const halide_dimension_t &d = b.raw_buffer()->dim[i];
+        const int64_t reach = int64_t(d.extent - 1) * d.stride;  // 32 x 32 bits: no overflow
+        if (std::abs(int64_t(d.extent) * d.stride) > INT32_MAX) return true;
+        elements *= d.extent;  // each factor < 2^31: checked before it could overflow
+        if (elements > INT32_MAX) return true;
+        (reach < 0 ? lo : hi) += reach;
+    }
+    return hi - lo > INT32_MAX;
 }
 
 uint64_t app_device_handle(HalideBuffer &b, Device d) {

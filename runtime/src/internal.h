@@ -50,8 +50,15 @@ const halide_device_interface_t *device_interface(Device d);
 // (h extent 1), for nhwc dense (N, H, W) are N*H*W rows of C values (h = n = 1), which the
 // kernels loop over without row tails. The caller decides that every tensor of the call fuses
 // (fusable()).
+// Every extent and stride must fit Halide's 32-bit dimension fields (Error otherwise).
 HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse);
+// Fused extents must fit 32 bits too: a tensor whose plane or row count does not, is not.
 bool fusable(const Tensor &t, Layout layout);
+// Whether kernels with 32-bit indexing cannot address the buffer: an extent x |stride|, the
+// element count or the element span (highest minus lowest offset) reaches 2^31. Halide's
+// 32-bit kernels check the first two; the span bounds every partial sum of their index
+// arithmetic, mixed-sign strides included.
+bool needs_large_buffers(const HalideBuffer &b);
 // The handle an application sees for a device allocation of ours: a CUdeviceptr, or a cl_mem
 // (Halide's OpenCL buffers hold a wrapper struct in `device`, not the cl_mem itself).
 uint64_t app_device_handle(HalideBuffer &b, Device d);
@@ -72,7 +79,8 @@ void init_settings_from_environment();
 struct Call {
     Device device;
     Layout layout;
-    const Tensor &x;  // the caller's input tensor: dtype, and the shape BN2D_VERBOSE prints
+    const Tensor &x;     // the caller's input tensor: dtype, and the shape BN2D_VERBOSE prints
+    bool large = false;  // some buffer needs_large_buffers(): the 64-bit-indexing kernels
 };
 void run_train_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
                        halide_buffer_t *bias, halide_buffer_t *running_mean,

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The sanitizer jobs (CI runs both after the test suite). Halide's kernels are instrumented
+# too (its asan and tsan target features), so an out-of-bounds access inside a kernel is
+# reported like one in the module. Built for the baseline ISA only (the schedules are the same
+# for every ISA; one ISA keeps the build to a few minutes).
+#   asan: AddressSanitizer + UBSan (every UB report fatal) over the CPU and OpenCL tests, every
+#         dtype, layout and the large_buffers kernels; the fuzzer for BN2D_FUZZ_SECONDS.
+#   tsan: ThreadSanitizer over the concurrency test (modules on several threads while another
+#         changes the thread count), float32 kernels, with Halide's runtime built for TSan.
+# Usage: scripts/sanitizers.sh [asan|tsan|all]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+job="${1:-all}"
+"$root/scripts/bootstrap.sh"
+cd "$root"
+cmake="$root/.venv/bin/cmake"
+ctest="$root/.venv/bin/ctest"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+
+if [[ "$job" == asan || "$job" == all ]]; then
+  echo "== asan: AddressSanitizer + UBSan (module, tests, Halide kernels)"
+  "$cmake" --preset asan >/dev/null
+  "$cmake" --build --preset asan --target forward_test backward_test errors_test isa_test \
+    variants_test layouts_dtypes_test large_tensors_test fuzz_test concurrency_test test_opencl
+  # Leak checking stays on for the CPU tests. PoCL keeps driver allocations until exit, which
+  # LeakSanitizer would report as leaks of the OpenCL test process.
+  # The dense > 2^31-element test needs 9 GB, more than ASan's shadow and quarantine leave.
+  ASAN_OPTIONS="detect_leaks=1" BN2D_FUZZ_SECONDS="${BN2D_FUZZ_SECONDS:-20}" \
+    "$ctest" --preset asan -L cpu -E "DenseBatchOfMoreThan2To31Elements" -j2
+  ASAN_OPTIONS="detect_leaks=0" "$ctest" --preset asan -L opencl -j2
+fi
+
+if [[ "$job" == tsan || "$job" == all ]]; then
+  echo "== tsan: ThreadSanitizer (module, concurrency test, Halide runtime)"
+  "$cmake" --preset tsan >/dev/null
+  "$cmake" --build --preset tsan --target concurrency_test
+  TSAN_OPTIONS="halt_on_error=1" "$ctest" --preset tsan -R Concurrency
+fi
