@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The sanitizer jobs (CI runs both after the test suite). Halide's kernels are instrumented
 # too (its asan and tsan target features), so an out-of-bounds access inside a kernel is
-# reported like one in the module. Built for the baseline ISA only (the schedules are the same
-# for every ISA; one ISA keeps the build to a few minutes).
+# reported like one in the module. Instrumented kernels take twice as long to compile, so
+# these builds are subsets of the variant table: the baseline ISA (the schedules are the same
+# for every ISA), and float32 + bfloat16 (4- and 2-byte elements) for ASan; tests of a dtype
+# not built skip, saying so.
 #   asan: AddressSanitizer + UBSan (every UB report fatal) over the CPU and OpenCL tests, every
-#         dtype, layout and the large_buffers kernels; the fuzzer for BN2D_FUZZ_SECONDS.
+#         layout, the large_buffers kernels; the fuzzer for BN2D_FUZZ_SECONDS (default 20).
 #   tsan: ThreadSanitizer over the concurrency test (modules on several threads while another
 #         changes the thread count), float32 kernels, with Halide's runtime built for TSan.
 # Usage: scripts/sanitizers.sh [asan|tsan|all]

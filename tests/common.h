@@ -200,6 +200,15 @@ inline double param_grad_atol(const Shape &s) {
     return 2e-6 * (1.0 + std::sqrt(double(s.per_channel())));
 }
 
+// "" if this build has kernels for the dtype, else why not (BN2D_ONLY_DTYPES left it out, as
+// the sanitizer builds do): tests of that dtype skip with the reason.
+inline std::string dtype_not_built(DType t) {
+    const std::string tag = std::string("_") + dtype_short_name(t) + "_";
+    for (const std::string &k : build_info().kernels)
+        if (k.find(tag) != std::string::npos) return "";
+    return std::string(dtype_name(t)) + " kernels are not in this build (BN2D_ONLY_DTYPES)";
+}
+
 // Every output mask backward() accepts that computes something.
 inline std::vector<BackwardMask> all_masks() {
     return {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}};

@@ -18,7 +18,8 @@ using ::testing::HasSubstr;
 
 template<typename T>
 bool bitwise_equal(const std::vector<T> &a, const std::vector<T> &b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    return a.size() == b.size() &&
+           (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 struct Snapshot {
@@ -571,6 +572,9 @@ TEST_F(Errors, DeviceBufferUploadWrongSize) {
         EXPECT_THAT(e.what(), HasSubstr("5 elements for a buffer of 6"));
     }
     EXPECT_THROW(DeviceBuffer(Device::CPU, {2, -3}), Error);
+    // 2^62 * 8 wrapped to 0 elements before the product was checked, and was accepted.
+    EXPECT_THROW(DeviceBuffer(Device::CPU, {int64_t(1) << 62, 8}), Error);
+    EXPECT_EQ(DeviceBuffer(Device::CPU, {int64_t(1) << 62, 0}).numel(), 0);
 }
 
 TEST_F(Errors, DeviceTensorOnCpuModule) {

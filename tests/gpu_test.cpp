@@ -301,8 +301,9 @@ protected:
 };
 
 // Why the device cannot run `dtype` ("" if it can): float16 on an OpenCL device without
-// cl_khr_fp16 (PoCL on the CPU) is a clean error saying so.
+// cl_khr_fp16 (PoCL on the CPU) is a clean error saying so; a dtype may not be built.
 std::string dtype_unsupported_reason(DType dtype) {
+    if (std::string why = dtype_not_built(dtype); !why.empty()) return why;
     const Shape s{1, 1, 1, 2};
     TypedTensor x(dtype, s, "nchw"), y(dtype, s, "nchw");
     std::mt19937 rng(1);

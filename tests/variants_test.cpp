@@ -22,6 +22,7 @@ TEST(Variants, TableListsKernelsAndIsas) {
 TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
     std::set<std::string> reached;
     for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        if (!dtype_not_built(dtype).empty()) continue;
         // padded rows (W stride 2) take the strided kernels
         for (const std::string layout : {"nchw", "nhwc", "padded"}) {
             const std::string kernel_layout = layout == "padded" ? "strided" : layout;

@@ -19,7 +19,8 @@ struct DeviceBuffer::Impl {
     Device device;
     DType dtype;
     std::vector<int64_t> sizes;
-    detail::HalideBuffer buf;  // 1-D, numel elements
+    int64_t numel = 0;
+    detail::HalideBuffer buf;  // 1-D, max(numel, 1) elements
     size_t bytes() const { return static_cast<size_t>(dtype_size(dtype)) * buf.number_of_elements(); }
 };
 
@@ -30,11 +31,14 @@ DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtyp
     impl_->dtype = dtype;
     impl_->sizes = std::move(sizes);
     int64_t n = 1;
-    for (int64_t s : impl_->sizes) {
+    for (int64_t s : impl_->sizes)
         if (s < 0) throw Error("DeviceBuffer: negative size");
-        n *= s;
-    }
-    if (n > INT32_MAX) throw Error("DeviceBuffer: too large for 32-bit indexing");
+    for (int64_t s : impl_->sizes)
+        if (s > 0 && (__builtin_mul_overflow(n, s, &n) || n > INT32_MAX))
+            throw Error("DeviceBuffer: more than 2^31 - 1 elements (Halide buffers of one "
+                        "dimension hold 32-bit extents)");
+    if (std::find(impl_->sizes.begin(), impl_->sizes.end(), 0) != impl_->sizes.end()) n = 0;
+    impl_->numel = n;
     impl_->buf = detail::HalideBuffer(detail::element_type(dtype),
                                       static_cast<int>(std::max<int64_t>(n, 1)));
     if (device != Device::CPU) {
@@ -46,11 +50,7 @@ DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer::DeviceBuffer(DeviceBuffer &&) noexcept = default;
 DeviceBuffer &DeviceBuffer::operator=(DeviceBuffer &&) noexcept = default;
 
-int64_t DeviceBuffer::numel() const {
-    int64_t n = 1;
-    for (int64_t s : impl_->sizes) n *= s;
-    return n;
-}
+int64_t DeviceBuffer::numel() const { return impl_->numel; }
 Device DeviceBuffer::device() const { return impl_->device; }
 DType DeviceBuffer::dtype() const { return impl_->dtype; }
 
