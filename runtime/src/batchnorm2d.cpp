@@ -248,49 +248,20 @@ void check_same_dtype(const char *name, const Tensor &t, const char *ref_name, c
              dtype_name(ref.dtype()));
 }
 
-// An output must not write two of its elements to one address (a zero stride, or strides that
-// interleave): PyTorch's "unsupported operation: more than one element of the written-to
-// tensor refers to a single memory location".
+// An output must not write two of its elements to one address: PyTorch's "unsupported
+// operation: more than one element of the written-to tensor refers to a single memory location".
 void check_no_self_overlap(const char *name, const Tensor &t) {
-    if (t.numel() == 0) return;
-    std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of dims with size > 1
-    for (int i = 0; i < t.dim(); ++i)
-        if (t.size(i) > 1) dims.push_back({std::llabs(t.stride(i)), t.size(i)});
-    std::sort(dims.begin(), dims.end());
-    __int128 reach = 1;  // elements spanned by the smaller dims (may exceed int64)
-    for (const auto &[stride, size] : dims) {
-        if (stride < reach)
-            fail(std::string(name) + " has overlapping elements (strides " +
-                 Tensor(nullptr, t.strides()).shape_string() + " for shape " + t.shape_string() +
-                 "); an output must not overlap itself");
-        reach = static_cast<__int128>(stride) * size;
-    }
+    if (detail::self_overlaps(t))
+        fail(std::string(name) + " has overlapping elements (strides " +
+             Tensor(nullptr, t.strides()).shape_string() + " for shape " + t.shape_string() +
+             "); an output must not overlap itself");
 }
 
-// Whether the memory spans of two tensors intersect. Outputs must not alias inputs: a channel
-// group's statistics are read from x after other groups may have written their outputs.
-// Spans are validated (detail::element_span) and compared in 128 bits: no wrap-around.
-bool overlaps(const Tensor &a, const Tensor &b) {
-    if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
-    // A cl_mem is an opaque object: the same object is the only overlap we can see.
-    if (a.device() == Device::OpenCL) return a.device_handle() == b.device_handle();
-    auto span = [](const Tensor &t) {
-        const detail::ElementSpan s = detail::element_span(t);
-        const __int128 base = t.device() == Device::CPU
-                                  ? static_cast<__int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
-                                  : static_cast<__int128>(t.device_handle());
-        const int64_t bytes = dtype_size(t.dtype());
-        return std::make_pair(base + static_cast<__int128>(s.lo) * bytes,
-                              base + (static_cast<__int128>(s.hi) + 1) * bytes);
-    };
-    auto [a0, a1] = span(a);
-    auto [b0, b1] = span(b);
-    return a0 < b1 && b0 < a1;
-}
-
+// Outputs must not alias inputs: a channel group's statistics are read from x after other
+// groups may have written their outputs.
 void check_no_alias(const char *out_name, const Tensor &out, const char *in_name,
                     const Tensor &in) {
-    if (overlaps(out, in))
+    if (detail::overlaps(out, in))
         fail(std::string(out_name) + " overlaps " + in_name +
              " in memory; in-place operation is not supported");
 }
@@ -303,7 +274,7 @@ void check_not_state(const char *name, const Tensor &t, const std::vector<StateV
     for (const StateView &sv : state) {
         bool checked = which.size() == 0;
         for (const char *w : which) checked = checked || std::strcmp(w, sv.name) == 0;
-        if (checked && overlaps(t, sv.view))
+        if (checked && detail::overlaps(t, sv.view))
             fail(std::string(name) + " overlaps the module's " + sv.name +
                  " in memory; a call's tensors must not alias state it writes");
     }

@@ -33,11 +33,15 @@ DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtyp
     int64_t n = 1;
     for (int64_t s : impl_->sizes)
         if (s < 0) throw Error("DeviceBuffer: negative size");
-    for (int64_t s : impl_->sizes)
-        if (s > 0 && (__builtin_mul_overflow(n, s, &n) || n > INT32_MAX))
-            throw Error("DeviceBuffer: more than 2^31 - 1 elements (Halide buffers of one "
-                        "dimension hold 32-bit extents)");
-    if (std::find(impl_->sizes.begin(), impl_->sizes.end(), 0) != impl_->sizes.end()) n = 0;
+    // Empty when any size is 0, however large the others (as a PyTorch tensor of [2^62, 0]).
+    if (std::find(impl_->sizes.begin(), impl_->sizes.end(), 0) != impl_->sizes.end()) {
+        n = 0;
+    } else {
+        for (int64_t s : impl_->sizes)
+            if (__builtin_mul_overflow(n, s, &n) || n > INT32_MAX)
+                throw Error("DeviceBuffer: more than 2^31 - 1 elements (Halide buffers of one "
+                            "dimension hold 32-bit extents)");
+    }
     impl_->numel = n;
     impl_->buf = detail::HalideBuffer(detail::element_type(dtype),
                                       static_cast<int>(std::max<int64_t>(n, 1)));

@@ -35,6 +35,11 @@ struct ElementSpan {
     int64_t lo = 0, hi = 0;
 };
 ElementSpan element_span(const Tensor &t);
+// Whether two of a view's elements share an address (a zero stride, or strides that interleave).
+bool self_overlaps(const Tensor &t);
+// Whether the memory spans of two tensors intersect (spans validated by element_span and
+// compared in 128 bits: no wrap-around). On OpenCL only the same cl_mem is seen as overlap.
+bool overlaps(const Tensor &a, const Tensor &b);
 
 // ---- Halide glue (halide_glue.cpp) ----
 // Installs the error handler once and reads the environment (BN2D_MAX_CPU_ISA, BN2D_VERBOSE).

@@ -181,6 +181,38 @@ ElementSpan element_span(const Tensor &t) {
     return span;
 }
 
+bool self_overlaps(const Tensor &t) {
+    if (t.numel() == 0) return false;
+    std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of dims with size > 1
+    for (int i = 0; i < t.dim(); ++i)
+        if (t.size(i) > 1) dims.push_back({std::llabs(t.stride(i)), t.size(i)});
+    std::sort(dims.begin(), dims.end());
+    __int128 reach = 1;  // elements spanned by the smaller dims (may exceed int64)
+    for (const auto &[stride, size] : dims) {
+        if (stride < reach) return true;
+        reach = static_cast<__int128>(stride) * size;
+    }
+    return false;
+}
+
+bool overlaps(const Tensor &a, const Tensor &b) {
+    if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+    // A cl_mem is an opaque object: the same object is the only overlap we can see.
+    if (a.device() == Device::OpenCL) return a.device_handle() == b.device_handle();
+    auto span = [](const Tensor &t) {
+        const ElementSpan s = element_span(t);
+        const __int128 base = t.device() == Device::CPU
+                                  ? static_cast<__int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
+                                  : static_cast<__int128>(t.device_handle());
+        const int64_t bytes = dtype_size(t.dtype());
+        return std::make_pair(base + static_cast<__int128>(s.lo) * bytes,
+                              base + (static_cast<__int128>(s.hi) + 1) * bytes);
+    };
+    auto [a0, a1] = span(a);
+    auto [b0, b1] = span(b);
+    return a0 < b1 && b0 < a1;
+}
+
 }  // namespace detail
 
 }  // namespace bn2d

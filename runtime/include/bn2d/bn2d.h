@@ -2,6 +2,8 @@
 #pragma once
 
 #include "bn2d/batchnorm2d.h"
+#include "bn2d/checkpoint.h"
+#include "bn2d/deploy.h"
 #include "bn2d/device.h"
 #include "bn2d/errors.h"
 #include "bn2d/settings.h"
