@@ -6,6 +6,9 @@ include(CMakePackageConfigHelpers)
 install(DIRECTORY runtime/include/bn2d ${BN2D_GENERATED_INCLUDE_DIR}/bn2d
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS bn2d ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+# bn2d::halide: the algorithm and the stage schedules, header-only.
+install(FILES generators/bn2d_algorithm.h schedules/stage_schedules.h
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/bn2d/halide)
 
 # The kernel libraries and the runtime are imported targets made by Halide's helpers: install
 # their archives as files, and name them in the package config.

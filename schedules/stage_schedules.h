@@ -34,9 +34,11 @@ struct Placement {
 
 // The pointwise output at its placement, vectorized along W when it is computed anywhere.
 inline void place_output(Halide::Func out, const Vars &v, const Placement &where) {
-    if (where.y_at.is_inlined()) return;
-    out.compute_at(where.y_at).vectorize(v.w, where.vector_lanes, Halide::TailStrategy::GuardWithIf);
-    if (where.y_at.is_root() && where.parallel) out.parallel(v.c);
+    Halide::LoopLevel at = where.y_at;
+    at.lock();  // a LoopLevel is inspected only once locked (its Func and Var are final here)
+    if (at.is_inlined()) return;
+    out.compute_at(at).vectorize(v.w, where.vector_lanes, Halide::TailStrategy::GuardWithIf);
+    if (at.is_root() && where.parallel) out.parallel(v.c);
 }
 
 // Per-channel sums as a stage of their own: W lanes through an rfactor (one vector of partial

@@ -9,6 +9,7 @@
 #include "Halide.h"
 #include "bn2d_algorithm.h"
 #include "common.h"
+#include "stage_schedules.h"
 
 namespace {
 
@@ -101,6 +102,46 @@ TEST(Compose, TwoBatchNormsInOnePipeline) {
     std::vector<float> got_rm(rm.data(), rm.data() + s.c), got_rv(rv.data(), rv.data() + s.c);
     EXPECT_TRUE(bn2d::test::all_close(got_rm, ref1.running_mean, 1e-6, 1e-5));
     EXPECT_TRUE(bn2d::test::all_close(got_rv, ref1.running_var, 1e-6, 1e-5));
+}
+
+// The stage schedules (bn2d::halide) place a training batch norm inside a caller's pipeline:
+// its output inlined into the consumer (a ReLU), stored per row of the consumer, or as a root
+// stage; the statistics always their own stage. Every placement gives the reference's result.
+TEST(Compose, StageSchedulesPlaceTheBatchNormInsideAPipeline) {
+    const Shape s{2, 5, 7, 37};
+    std::mt19937 rng(std::random_device{}());
+    const std::vector<float> x = bn2d::test::random_vector(rng, s.numel(), 3.0f, 2.0f);
+    bn2d::reference::Module ref(s.c);
+    std::vector<double> y_ref = ref.forward(s, x);
+    for (double &e : y_ref) e = std::max(e, 0.0);
+
+    for (int placement = 0; placement < 3; ++placement) {
+        bn2d::Vars v;
+        Buffer<float> xin = to_buffer(x, s);
+        Buffer<float> ones(s.c), zeros(s.c);
+        ones.fill(1.0f);
+        zeros.fill(0.0f);
+        bn2d::Extents e{xin.dim(0).extent(), xin.dim(1).extent(), xin.dim(2).extent(),
+                        xin.dim(3).extent(), Float(64), "bn_"};
+        bn2d::TrainForward bn = bn2d::train_forward(Func(xin), Func(ones), Func(zeros), Func(zeros),
+                                                    Func(ones), Expr(1e-5), Expr(0.1), e, v);
+        Func relu("relu");
+        relu(v.w, v.h, v.c, v.n) = max(bn.y(v.w, v.h, v.c, v.n), 0.0f);
+        relu.parallel(v.n).vectorize(v.w, 8, TailStrategy::GuardWithIf);
+        bn2d::stage::Placement where;
+        where.y_at = placement == 0 ? LoopLevel::inlined()
+                     : placement == 1 ? LoopLevel(relu, v.h)
+                                      : LoopLevel::root();
+        bn2d::stage::schedule_train_forward(bn, v, where);
+
+        Buffer<float> y(s.w, s.h, s.c, s.n);
+        y.fill(std::numeric_limits<float>::quiet_NaN());
+        relu.realize(y);
+        std::vector<float> got(y.data(), y.data() + s.numel());
+        EXPECT_TRUE(bn2d::test::all_close(got, y_ref, 2e-5, 2e-5,
+                                          [&](int64_t i) { return bn2d::test::where(s, i); }))
+            << "placement " << placement;
+    }
 }
 
 // Halide renames a second Func of an existing name ("same_y$1"): the stage is then unreadable in
