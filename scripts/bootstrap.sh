@@ -16,6 +16,7 @@ debs=(
   libdnnl-dev=2.6.3-1
   pocl-opencl-icd=3.1-3+deb12u1
   ocl-icd-opencl-dev=2.3.1-1
+  libpng-dev=1.6.39-2+deb12u4
 )
 
 missing=()

@@ -453,6 +453,17 @@ void append_value(std::string &out, DType t, double v) {
     }
 }
 
+// The per-channel tensors of a module's state_dict, in PyTorch's order: (key, StateDict member).
+using PerChannel = std::vector<double> StateDict::*;
+std::vector<std::pair<const char *, PerChannel>> per_channel_entries(const BatchNorm2d &m) {
+    std::vector<std::pair<const char *, PerChannel>> entries;
+    if (m.affine()) entries = {{"weight", &StateDict::weight}, {"bias", &StateDict::bias}};
+    if (m.track_running_stats())
+        entries.insert(entries.end(), {{"running_mean", &StateDict::running_mean},
+                                       {"running_var", &StateDict::running_var}});
+    return entries;
+}
+
 // Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
 // directory (so the rename itself survives a crash).
 void write_atomically(const std::string &path, const std::string &bytes) {
@@ -522,13 +533,8 @@ void save_safetensors(const BatchNorm2d &module, const std::string &path, const 
             for (double v : values) append_value(bytes, t, v);
             add(key, safetensors_dtype(t), "[" + std::to_string(values.size()) + "]", bytes);
         };
-        if (module.affine()) {
-            vector("weight", d.weight);
-            vector("bias", d.bias);
-        }
+        for (const auto &[key, field] : per_channel_entries(module)) vector(key, d.*field);
         if (module.track_running_stats()) {
-            vector("running_mean", d.running_mean);
-            vector("running_var", d.running_var);
             std::string count(sizeof(int64_t), '\0');
             std::memcpy(count.data(), &d.num_batches_tracked, sizeof(int64_t));
             add("num_batches_tracked", "I64", "[]", count);
@@ -557,9 +563,8 @@ void load_safetensors(BatchNorm2d &module, const std::string &path, const std::s
             if (e.name.compare(0, prefix.size(), prefix) == 0) ours[e.name.substr(prefix.size())] = &e;
 
         std::vector<std::string> expected;
-        if (module.affine()) expected.insert(expected.end(), {"weight", "bias"});
-        if (module.track_running_stats())
-            expected.insert(expected.end(), {"running_mean", "running_var", "num_batches_tracked"});
+        for (const auto &entry : per_channel_entries(module)) expected.push_back(entry.first);
+        if (module.track_running_stats()) expected.push_back("num_batches_tracked");
         if (strict) {
             std::string unexpected;
             for (const auto &[key, e] : ours)
@@ -581,13 +586,8 @@ void load_safetensors(BatchNorm2d &module, const std::string &path, const std::s
                             ", the module has " + shape_string({C}));
             out = decode_floats(read_bytes(f, h, e), e);
         };
-        if (module.affine()) {
-            vector("weight", d.weight);
-            vector("bias", d.bias);
-        }
+        for (const auto &[key, field] : per_channel_entries(module)) vector(key, d.*field);
         if (module.track_running_stats()) {
-            vector("running_mean", d.running_mean);
-            vector("running_var", d.running_var);
             const auto it = ours.find("num_batches_tracked");
             d.num_batches_tracked = 0;
             if (it != ours.end()) {
