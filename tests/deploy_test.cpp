@@ -86,13 +86,16 @@ RefFile python_read(const std::string &file, const Scratch &scratch) {
         std::stringstream ls(line);
         for (std::string field; std::getline(ls, field, '|');) fields.push_back(field);
         fields.resize(4);
+        std::string name;  // hex of the UTF-8 bytes
+        for (size_t i = 0; i + 1 < fields[0].size(); i += 2)
+            name += static_cast<char>(std::stoi(fields[0].substr(i, 2), nullptr, 16));
         RefTensor t;
         t.dtype = fields[1];
         std::stringstream shape(fields[2]);
         for (std::string d; std::getline(shape, d, ',');) t.shape.push_back(std::stoll(d));
         std::stringstream values(fields[3]);
         for (std::string v; values >> v;) t.values.push_back(std::strtod(v.c_str(), nullptr));
-        result[fields[0]] = t;
+        result[name] = t;
     }
     return result;
 }
@@ -454,6 +457,7 @@ TEST(Fold, FoldedConvolutionEqualsConvolutionThenBatchNorm) {
     std::mt19937 rng(std::random_device{}());
     const int64_t N = 2, Ci = 3, H = 9, W = 11, Co = 6, K = 3, Ho = H - K + 1, Wo = W - K + 1;
     for (DType dtype : {DType::float32, DType::float64}) {
+        if (!dtype_not_built(dtype).empty()) continue;  // a subset build (the sanitizer jobs)
         Options o;
         o.dtype = dtype;
         BatchNorm2d bn(Co, o);

@@ -3,7 +3,9 @@ PyPI) writes the files our loader reads and reads the files our writer wrote.
 
 Tensors travel between the C++ test and this script as text, one per line:
     name|DTYPE|d0,d1,...|v0 v1 ...
-(values as Python's repr, exact for every dtype; an empty shape field is a 0-dim tensor).
+(values as Python's repr, exact for every dtype; an empty shape field is a 0-dim tensor). The
+reader's output gives the name as the hex of its UTF-8 bytes: a corrupted file's names may hold
+any character, '|' and newlines included.
 
     python safetensors_reference.py write <tensors.txt> <out.safetensors>
     python safetensors_reference.py read  <in.safetensors> <tensors.txt>
@@ -67,7 +69,7 @@ def read(in_path, out_path):
     with open(out_path, "w") as out:
         for name, t in entries:
             values = decode(t["dtype"], t["data"])
-            out.write("%s|%s|%s|%s\n" % (name, t["dtype"], ",".join(map(str, t["shape"])),
+            out.write("%s|%s|%s|%s\n" % (name.encode("utf-8").hex(), t["dtype"], ",".join(map(str, t["shape"])),
                                          " ".join(repr(v) for v in values)))
 
 
