@@ -6,8 +6,8 @@
 //
 // Two ways to build it, for main.cpp to compare:
 //   conv_bn_relu_x2  the whole pipeline as one Halide pipeline: both batch norms are inlined
-//                    into their ReLUs, the first block is computed per strip of output rows,
-//                    nothing but the output image is written to memory.
+//                    into their consumers, the intermediates are line-buffered per strip of
+//                    output rows, nothing but the output image is written to memory.
 //   conv3x3, relu_to_u8  the stages apart, so an app can run them with the bn2d module's
 //                    batch norm (an AOT kernel of its own) in between: five passes over memory.
 // Tensors are planar (x, y, c), as an NCHW image of batch 1; weights are PyTorch's
@@ -107,10 +107,14 @@ public:
         // Schedule: strips of kStripRows output rows in parallel, line-buffered inside a strip.
         // Each output row needs three rows of act1, which needs three rows of conv1's input:
         // every intermediate is stored per strip but computed one row at a time, as the rows
-        // below need it (Halide's sliding window: a row is computed once and the buffers fold
-        // to the few rows in flight), so they stay in L1/L2 and only the output image is
-        // written to memory. Both batch norms are inlined into their consumers (the stage
-        // schedules' default placement), their per-channel scales computed once.
+        // below need it (Halide's sliding window: a row is computed once, and the buffers fold
+        // to a few rows), so they stay in L1/L2 and only the output image is written to memory.
+        // Both batch norms are inlined into their consumers (the stage schedules' default
+        // placement), their per-channel scales computed once. The zero-padded inputs of the
+        // convolutions are stored rows too: inlined, the padding's clamped indices became
+        // gathers in 2/3 of the taps (measured 10x slower). Whole-strip buffers of every
+        // intermediate were slower too: over glibc's mmap threshold, mapped and unmapped per
+        // strip (Halide's profiler: 9-13% in halide_free, and the page faults after it).
         const int lanes = natural_vector_size<float>();
         bn2d::stage::schedule_eval_forward(bn1, v);
         bn2d::stage::schedule_eval_forward(bn2, v);
