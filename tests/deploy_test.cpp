@@ -337,6 +337,7 @@ TEST_F(CheckpointErrors, MissingKeyWrongShapeWrongDtypeUnexpectedKey) {
     bn.load_state_dict(good);
 
     expect_rejected(scratch.path("does_not_exist.safetensors"), "cannot open");
+    expect_rejected(scratch.dir().string(), "load_safetensors");  // a directory
 }
 
 // A checkpoint without num_batches_tracked (PyTorch < 0.4.1) loads it as 0, as libtorch does.

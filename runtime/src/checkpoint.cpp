@@ -271,7 +271,9 @@ uint64_t read_le64(const unsigned char *p) {
 
 Header parse_header(std::ifstream &f) {
     f.seekg(0, std::ios::end);
-    const auto file_size = static_cast<uint64_t>(f.tellg());
+    const std::streamoff end = f.tellg();
+    if (end < 0) throw Error("cannot read it (not a regular file?)");
+    const auto file_size = static_cast<uint64_t>(end);
     f.seekg(0);
     unsigned char len_bytes[8];
     if (file_size < 8 || !f.read(reinterpret_cast<char *>(len_bytes), 8))
