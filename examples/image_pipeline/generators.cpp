@@ -49,6 +49,25 @@ Conv conv3x3(Func in, Expr in_channels, Func weights, Func bias, const std::stri
     return conv;
 }
 
+// Strips of kStripRows output rows in parallel, x vectorized. Returns the strip and row loop
+// levels: intermediates are stored per strip and computed per row (line buffering).
+struct Strips {
+    LoopLevel strip, row;
+};
+Strips schedule_strips(Func output, const Var &x, const Var &y, const Var &c, int lanes) {
+    Var yo("yo"), yi("yi");
+    output.reorder(x, c, y)
+        .split(y, yo, yi, kStripRows, TailStrategy::GuardWithIf)
+        .parallel(yo)
+        .vectorize(x, lanes, TailStrategy::GuardWithIf);
+    return {LoopLevel(output, yo), LoopLevel(output, yi)};
+}
+
+// A zero-padded input stored in rows: see ConvBnReluX2's schedule.
+void line_buffer(Func f, const Strips &s, const Var &x, int lanes) {
+    f.store_at(s.strip).compute_at(s.row).vectorize(x, lanes, TailStrategy::GuardWithIf);
+}
+
 class ConvBnReluX2 : public Generator<ConvBnReluX2> {
 public:
     Input<Buffer<uint8_t, 3>> input{"input"};
@@ -118,20 +137,14 @@ public:
         const int lanes = natural_vector_size<float>();
         bn2d::stage::schedule_eval_forward(bn1, v);
         bn2d::stage::schedule_eval_forward(bn2, v);
-        Var yo("yo"), yi("yi");
-        output.reorder(x, c, y)
-            .bound(c, 0, 3)
-            .unroll(c)
-            .split(y, yo, yi, kStripRows, TailStrategy::GuardWithIf)
-            .parallel(yo)
-            .vectorize(x, lanes, TailStrategy::GuardWithIf);
-        const LoopLevel strip(output, yo), row(output, yi);
-        padded.store_at(strip).compute_at(row).vectorize(x, lanes, TailStrategy::GuardWithIf);
-        conv1.schedule(row, x, y, lanes);
-        conv1.f.store_at(strip);
-        act1.store_at(strip).compute_at(row).vectorize(x, lanes, TailStrategy::GuardWithIf);
-        conv2.schedule(row, x, y, lanes);
-        conv2.f.store_at(strip);  // one allocation per strip, not per row
+        output.bound(c, 0, 3).unroll(c);
+        const Strips s = schedule_strips(output, x, y, c, lanes);
+        line_buffer(padded, s, x, lanes);
+        conv1.schedule(s.row, x, y, lanes);
+        conv1.f.store_at(s.strip);
+        line_buffer(act1, s, x, lanes);
+        conv2.schedule(s.row, x, y, lanes);
+        conv2.f.store_at(s.strip);  // one allocation per strip, not per row
     }
 };
 
@@ -176,15 +189,10 @@ public:
 
         // The fused pipeline's strips and convolution schedule, so the two differ only in fusion.
         const int lanes = natural_vector_size<float>();
-        Var yo("yo"), yi("yi");
-        output.reorder(x, c, y)
-            .split(y, yo, yi, kStripRows, TailStrategy::GuardWithIf)
-            .parallel(yo)
-            .vectorize(x, lanes, TailStrategy::GuardWithIf);
-        const LoopLevel strip(output, yo), row(output, yi);
-        padded.store_at(strip).compute_at(row).vectorize(x, lanes, TailStrategy::GuardWithIf);
-        conv.schedule(row, x, y, lanes);
-        conv.f.store_at(strip);
+        const Strips s = schedule_strips(output, x, y, c, lanes);
+        line_buffer(padded, s, x, lanes);
+        conv.schedule(s.row, x, y, lanes);
+        conv.f.store_at(s.strip);
     }
 };
 
