@@ -270,6 +270,40 @@ TEST(GpuDevice, StateSurvivesMovesAndLoads) {
     EXPECT_EQ(bn.state_dict().weight, std::vector<double>(6, 1.0));
 }
 
+// A module on the device saves and loads checkpoints and folds into a convolution exactly as
+// one on the CPU (its state is read and written through the host).
+TEST(GpuDevice, CheckpointAndFoldFromTheDevice) {
+    SKIP_WITHOUT_DEVICE();
+    std::mt19937 rng(std::random_device{}());
+    BatchNorm2d dev(5), cpu(5), loaded(5);
+    StateDict d = dev.state_dict();
+    d.weight = to_f64(random_vector(rng, 5));
+    d.bias = to_f64(random_vector(rng, 5));
+    d.running_mean = to_f64(random_vector(rng, 5));
+    d.running_var = to_f64(random_vector(rng, 5, 2.0f, 0.1f));
+    d.num_batches_tracked = 11;
+    dev.load_state_dict(d);
+    dev.to(kDevice);
+    const std::string file = ::testing::TempDir() + "bn2d_gpu_checkpoint.safetensors";
+    save_safetensors(dev, file, "bn.");
+    load_safetensors(cpu, file, "bn.");
+    EXPECT_EQ(cpu.state_dict().running_var, d.running_var);
+    EXPECT_EQ(cpu.state_dict().num_batches_tracked, 11);
+    loaded.to(kDevice);
+    load_safetensors(loaded, file, "bn.");
+    EXPECT_EQ(loaded.state_dict().weight, d.weight);
+    std::remove(file.c_str());
+
+    dev.eval();
+    cpu.eval();
+    std::vector<float> w_dev = random_vector(rng, 5 * 4 * 9), b_dev = random_vector(rng, 5);
+    std::vector<float> w_cpu = w_dev, b_cpu = b_dev;
+    fold_into_conv(dev, Tensor(w_dev.data(), {5, 4, 3, 3}), Tensor(b_dev.data(), {5}));
+    fold_into_conv(cpu, Tensor(w_cpu.data(), {5, 4, 3, 3}), Tensor(b_cpu.data(), {5}));
+    EXPECT_EQ(w_dev, w_cpu);
+    EXPECT_EQ(b_dev, b_cpu);
+}
+
 // Host tensors are rejected by a module on the device, with the reason.
 TEST(GpuDevice, HostTensorOnDeviceModule) {
     SKIP_WITHOUT_DEVICE();
