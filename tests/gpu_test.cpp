@@ -241,17 +241,23 @@ TEST(GpuDevice, ZeroCopyViewsOfModuleState) {
     EXPECT_EQ(bn.weight().device(), Device::CPU);
 }
 
+// A random float32 state of C channels (running_var near 2), num_batches_tracked `count`.
+StateDict random_state(std::mt19937 &rng, int64_t C, int64_t count) {
+    StateDict d;
+    d.weight = to_f64(random_vector(rng, C));
+    d.bias = to_f64(random_vector(rng, C));
+    d.running_mean = to_f64(random_vector(rng, C));
+    d.running_var = to_f64(random_vector(rng, C, 2.0f, 0.1f));
+    d.num_batches_tracked = count;
+    return d;
+}
+
 // State moves with the module both ways, bitwise, and load_state_dict / reset work on device.
 TEST(GpuDevice, StateSurvivesMovesAndLoads) {
     SKIP_WITHOUT_DEVICE();
     BatchNorm2d bn(6);
-    StateDict d = bn.state_dict();
     std::mt19937 rng(62);
-    d.weight = to_f64(random_vector(rng, 6));
-    d.bias = to_f64(random_vector(rng, 6));
-    d.running_mean = to_f64(random_vector(rng, 6));
-    d.running_var = to_f64(random_vector(rng, 6, 2.0f, 0.1f));
-    d.num_batches_tracked = 7;
+    StateDict d = random_state(rng, 6, 7);
     bn.load_state_dict(d);
     bn.to(kDevice);
     EXPECT_EQ(bn.state_dict().running_var, d.running_var);
@@ -276,12 +282,7 @@ TEST(GpuDevice, CheckpointAndFoldFromTheDevice) {
     SKIP_WITHOUT_DEVICE();
     std::mt19937 rng(std::random_device{}());
     BatchNorm2d dev(5), cpu(5), loaded(5);
-    StateDict d = dev.state_dict();
-    d.weight = to_f64(random_vector(rng, 5));
-    d.bias = to_f64(random_vector(rng, 5));
-    d.running_mean = to_f64(random_vector(rng, 5));
-    d.running_var = to_f64(random_vector(rng, 5, 2.0f, 0.1f));
-    d.num_batches_tracked = 11;
+    const StateDict d = random_state(rng, 5, 11);
     dev.load_state_dict(d);
     dev.to(kDevice);
     const std::string file = ::testing::TempDir() + "bn2d_gpu_checkpoint.safetensors";
