@@ -144,6 +144,47 @@ TEST(Compose, StageSchedulesPlaceTheBatchNormInsideAPipeline) {
     }
 }
 
+// Training backward as a stage: the gradient sums their own stage, grad_input inlined into a
+// consumer (here a copy, as a caller's next backward stage would read it) or computed at root.
+TEST(Compose, StageSchedulesPlaceTheBackward) {
+    const Shape s{3, 4, 5, 19};
+    std::mt19937 rng(std::random_device{}());
+    const std::vector<float> x = bn2d::test::random_vector(rng, s.numel(), 1.0f, 2.0f);
+    const std::vector<float> dy = bn2d::test::random_vector(rng, s.numel());
+    bn2d::reference::Module ref(s.c);
+    for (double &w : ref.weight) w = 0.5 + double(rng() % 100) / 100.0;
+    ref.forward(s, x);
+    const bn2d::reference::Module::Grads want = ref.backward(s, x, dy);
+
+    for (bool root : {false, true}) {
+        bn2d::Vars v;
+        Buffer<float> xb = to_buffer(x, s), dyb = to_buffer(dy, s);
+        Buffer<float> mean = to_buffer(ref.saved_mean), invstd = to_buffer(ref.saved_invstd),
+                      weight = to_buffer(ref.weight);
+        bn2d::Extents e{xb.dim(0).extent(), xb.dim(1).extent(), xb.dim(2).extent(),
+                        xb.dim(3).extent(), Float(64), "bn_"};
+        bn2d::Backward bwd = bn2d::backward({true, true, true}, Func(xb), Func(dyb), Func(mean),
+                                            Func(invstd), Expr(1e-5), Func(weight), Func(),
+                                            Func(), e, v);
+        Func next("next_stage");
+        next(v.w, v.h, v.c, v.n) = bwd.grad_input(v.w, v.h, v.c, v.n);
+        bn2d::stage::Placement where;
+        where.y_at = root ? LoopLevel::root() : LoopLevel::inlined();
+        bn2d::stage::schedule_backward(bwd, v, where);
+
+        Buffer<float> dx(s.w, s.h, s.c, s.n), dw(s.c), db(s.c);
+        dx.fill(std::numeric_limits<float>::quiet_NaN());
+        Pipeline({next, bwd.grad_weight, bwd.grad_bias}).realize({dx, dw, db});
+        std::vector<float> got(dx.data(), dx.data() + s.numel());
+        EXPECT_TRUE(bn2d::test::all_close(got, want.input, 2e-5, 2e-5,
+                                          [&](int64_t i) { return bn2d::test::where(s, i); }))
+            << (root ? "root" : "inlined");
+        std::vector<float> got_dw(dw.data(), dw.data() + s.c), got_db(db.data(), db.data() + s.c);
+        EXPECT_TRUE(bn2d::test::all_close(got_dw, want.weight, 1e-4, 1e-5));
+        EXPECT_TRUE(bn2d::test::all_close(got_db, want.bias, 1e-4, 1e-5));
+    }
+}
+
 // Halide renames a second Func of an existing name ("same_y$1"): the stage is then unreadable in
 // .stmt files and profiles and unaddressable by name. A prefix per batch norm avoids that.
 TEST(Compose, PrefixesKeepNamesReadable) {
