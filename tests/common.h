@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -198,6 +199,22 @@ inline double input_grad_atol(const std::vector<double> &want) {
 }
 inline double param_grad_atol(const Shape &s) {
     return 2e-6 * (1.0 + std::sqrt(double(s.per_channel())));
+}
+
+// Bitwise equality of two vectors (NaN payloads and signed zeros included); empty ones are
+// equal without touching their null data.
+template<typename T>
+bool bitwise_equal(const std::vector<T> &a, const std::vector<T> &b) {
+    return a.size() == b.size() &&
+           (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// Whether two state dicts hold bitwise the same values.
+inline bool same_state(const StateDict &a, const StateDict &b) {
+    return bitwise_equal(a.weight, b.weight) && bitwise_equal(a.bias, b.bias) &&
+           bitwise_equal(a.running_mean, b.running_mean) &&
+           bitwise_equal(a.running_var, b.running_var) &&
+           a.num_batches_tracked == b.num_batches_tracked;
 }
 
 // "" if this build has kernels for the dtype, else why not (BN2D_ONLY_DTYPES left it out, as

@@ -145,15 +145,6 @@ StateDict random_state(std::mt19937 &rng, int64_t C, const BatchNorm2d &bn) {
     return s;
 }
 
-bool same_state(const StateDict &a, const StateDict &b) {
-    auto eq = [](const std::vector<double> &x, const std::vector<double> &y) {
-        return x.size() == y.size() &&
-               (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0);
-    };
-    return eq(a.weight, b.weight) && eq(a.bias, b.bias) && eq(a.running_mean, b.running_mean) &&
-           eq(a.running_var, b.running_var) && a.num_batches_tracked == b.num_batches_tracked;
-}
-
 const char *st_dtype(DType t) {
     switch (t) {
         case DType::float32: return "F32";

@@ -16,12 +16,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-template<typename T>
-bool bitwise_equal(const std::vector<T> &a, const std::vector<T> &b) {
-    return a.size() == b.size() &&
-           (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
 struct Snapshot {
     StateDict state;
     std::vector<float> weight_grad, bias_grad;

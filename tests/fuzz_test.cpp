@@ -101,15 +101,8 @@ struct Fuzzer {
                 bn->is_training()};
     }
     static bool same(const Snapshot &a, const Snapshot &b) {
-        auto eq = [](const std::vector<double> &x, const std::vector<double> &y) {
-            return x.size() == y.size() &&
-                   (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0);
-        };
-        return eq(a.state.weight, b.state.weight) && eq(a.state.bias, b.state.bias) &&
-               eq(a.state.running_mean, b.state.running_mean) &&
-               eq(a.state.running_var, b.state.running_var) &&
-               a.state.num_batches_tracked == b.state.num_batches_tracked && eq(a.gw, b.gw) &&
-               eq(a.gb, b.gb) && a.training == b.training;
+        return same_state(a.state, b.state) && bitwise_equal(a.gw, b.gw) &&
+               bitwise_equal(a.gb, b.gb) && a.training == b.training;
     }
 
     template<typename F>

@@ -21,8 +21,11 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 
 #include "bn2d/errors.h"
+#include "internal.h"
 
 namespace bn2d {
 namespace {
@@ -295,9 +298,9 @@ Header parse_header(std::ifstream &f) {
     Header h;
     h.data_start = 8 + n;
     const uint64_t data_bytes = file_size - h.data_start;
-    std::map<std::string, int> seen;
+    std::set<std::string> seen;
     for (const auto &[name, v] : doc.members) {
-        if (seen[name]++) throw Error("key \"" + name + "\" appears twice");
+        if (!seen.insert(name).second) throw Error("key \"" + name + "\" appears twice");
         if (name == "__metadata__") {
             if (v.kind != Json::Kind::Object) throw Error("__metadata__ is not an object");
             for (const auto &[k, m] : v.members)
@@ -376,7 +379,7 @@ std::ifstream open_for_reading(const std::string &path) {
     return f;
 }
 
-// A tensor's values as float64 (floating dtypes) or as integers (num_batches_tracked).
+// A tensor's bytes, as stored.
 std::vector<unsigned char> read_bytes(std::ifstream &f, const Header &h, const SafetensorsEntry &e) {
     std::vector<unsigned char> bytes(e.end - e.begin);
     f.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
@@ -393,18 +396,28 @@ T load_le(const unsigned char *p) {
     return v;
 }
 
+// The file's names of the module dtypes.
+constexpr std::pair<DType, const char *> kFloatDtypes[] = {
+    {DType::float64, "F64"}, {DType::float32, "F32"}, {DType::bfloat16, "BF16"}, {DType::float16, "F16"}};
+
+std::optional<DType> float_dtype(const std::string &name) {
+    for (const auto &[t, n] : kFloatDtypes)
+        if (name == n) return t;
+    return std::nullopt;
+}
+
+const char *safetensors_dtype(DType t) {
+    for (const auto &[d, n] : kFloatDtypes)
+        if (d == t) return n;
+    return "F32";
+}
+
 std::vector<double> decode_floats(const std::vector<unsigned char> &b, const SafetensorsEntry &e) {
+    const std::optional<DType> t = float_dtype(e.dtype);
+    if (!t) throw Error("tensor \"" + e.name + "\" is " + e.dtype + ": expected F64, F32, BF16 or F16");
+    const size_t size = static_cast<size_t>(dtype_size(*t));
     std::vector<double> out;
-    const std::string &t = e.dtype;
-    const size_t size = static_cast<size_t>(dtype_sizes().at(t));
-    for (size_t i = 0; i + size <= b.size(); i += size) {
-        const unsigned char *p = b.data() + i;
-        if (t == "F64") out.push_back(load_le<double>(p));
-        else if (t == "F32") out.push_back(load_le<float>(p));
-        else if (t == "BF16") out.push_back(float_from_bfloat16(load_le<uint16_t>(p)));
-        else if (t == "F16") out.push_back(float_from_float16(load_le<uint16_t>(p)));
-        else throw Error("tensor \"" + e.name + "\" is " + t + ": expected F64, F32, BF16 or F16");
-    }
+    for (size_t i = 0; i + size <= b.size(); i += size) out.push_back(detail::load_element(b.data() + i, *t));
     return out;
 }
 
@@ -432,27 +445,10 @@ std::string shape_string(const std::vector<int64_t> &shape) {
     return s + "]";
 }
 
-const char *safetensors_dtype(DType t) {
-    switch (t) {
-        case DType::float32: return "F32";
-        case DType::float64: return "F64";
-        case DType::bfloat16: return "BF16";
-        case DType::float16: return "F16";
-    }
-    return "F32";
-}
-
 void append_value(std::string &out, DType t, double v) {
-    auto put = [&](const auto &x) {
-        const auto *p = reinterpret_cast<const char *>(&x);
-        out.append(p, sizeof x);
-    };
-    switch (t) {
-        case DType::float32: put(static_cast<float>(v)); break;
-        case DType::float64: put(v); break;
-        case DType::bfloat16: put(bfloat16_from_float(static_cast<float>(v))); break;
-        case DType::float16: put(float16_from_float(static_cast<float>(v))); break;
-    }
+    char element[8];
+    detail::store_element(element, t, v);
+    out.append(element, static_cast<size_t>(dtype_size(t)));
 }
 
 // The per-channel tensors of a module's state_dict, in PyTorch's order: (key, StateDict member).

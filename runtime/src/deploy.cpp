@@ -15,24 +15,13 @@ namespace {
 [[noreturn]] void fail(const std::string &msg) { throw Error("fold_into_conv: " + msg); }
 
 double load(const Tensor &t, int64_t offset) {
-    const char *p = static_cast<const char *>(t.data_ptr()) + offset * dtype_size(t.dtype());
-    switch (t.dtype()) {
-        case DType::float32: { float v; std::memcpy(&v, p, 4); return v; }
-        case DType::float64: { double v; std::memcpy(&v, p, 8); return v; }
-        case DType::bfloat16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_bfloat16(v); }
-        case DType::float16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_float16(v); }
-    }
-    return 0;
+    return detail::load_element(static_cast<const char *>(t.data_ptr()) + offset * dtype_size(t.dtype()),
+                                t.dtype());
 }
 
 void store(const Tensor &t, int64_t offset, double v) {
-    char *p = static_cast<char *>(t.data_ptr()) + offset * dtype_size(t.dtype());
-    switch (t.dtype()) {
-        case DType::float32: { const float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
-        case DType::float64: std::memcpy(p, &v, 8); break;
-        case DType::bfloat16: { const uint16_t b = bfloat16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
-        case DType::float16: { const uint16_t b = float16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
-    }
+    detail::store_element(static_cast<char *>(t.data_ptr()) + offset * dtype_size(t.dtype()),
+                          t.dtype(), v);
 }
 
 // Calls f(offset, index along `channel_dim`) for every element of t.

@@ -35,6 +35,10 @@ struct ElementSpan {
     int64_t lo = 0, hi = 0;
 };
 ElementSpan element_span(const Tensor &t);
+// One element of `dtype` in memory, as a float64 value (exact for every dtype), and back
+// (rounded once to the dtype, with PyTorch's rounding for the 16-bit ones).
+double load_element(const void *p, DType dtype);
+void store_element(void *p, DType dtype, double v);
 // Whether two of a view's elements share an address (a zero stride, or strides that interleave).
 bool self_overlaps(const Tensor &t);
 // Whether the memory spans of two tensors intersect (spans validated by element_span and

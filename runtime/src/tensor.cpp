@@ -181,16 +181,39 @@ ElementSpan element_span(const Tensor &t) {
     return span;
 }
 
+double load_element(const void *p, DType dtype) {
+    switch (dtype) {
+        case DType::float32: { float v; std::memcpy(&v, p, 4); return v; }
+        case DType::float64: { double v; std::memcpy(&v, p, 8); return v; }
+        case DType::bfloat16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_bfloat16(v); }
+        case DType::float16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_float16(v); }
+    }
+    return 0;
+}
+
+void store_element(void *p, DType dtype, double v) {
+    switch (dtype) {
+        case DType::float32: { const float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
+        case DType::float64: std::memcpy(p, &v, 8); break;
+        case DType::bfloat16: { const uint16_t b = bfloat16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
+        case DType::float16: { const uint16_t b = float16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
+    }
+}
+
+// 128-bit offsets for spans and reaches that may overflow int64 (a GCC/Clang extension;
+// __extension__ keeps -Wpedantic quiet about it).
+__extension__ typedef __int128 Int128;
+
 bool self_overlaps(const Tensor &t) {
     if (t.numel() == 0) return false;
     std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of dims with size > 1
     for (int i = 0; i < t.dim(); ++i)
         if (t.size(i) > 1) dims.push_back({std::llabs(t.stride(i)), t.size(i)});
     std::sort(dims.begin(), dims.end());
-    __int128 reach = 1;  // elements spanned by the smaller dims (may exceed int64)
+    Int128 reach = 1;  // elements spanned by the smaller dims (may exceed int64)
     for (const auto &[stride, size] : dims) {
         if (stride < reach) return true;
-        reach = static_cast<__int128>(stride) * size;
+        reach = static_cast<Int128>(stride) * size;
     }
     return false;
 }
@@ -201,12 +224,12 @@ bool overlaps(const Tensor &a, const Tensor &b) {
     if (a.device() == Device::OpenCL) return a.device_handle() == b.device_handle();
     auto span = [](const Tensor &t) {
         const ElementSpan s = element_span(t);
-        const __int128 base = t.device() == Device::CPU
-                                  ? static_cast<__int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
-                                  : static_cast<__int128>(t.device_handle());
+        const Int128 base = t.device() == Device::CPU
+                                  ? static_cast<Int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
+                                  : static_cast<Int128>(t.device_handle());
         const int64_t bytes = dtype_size(t.dtype());
-        return std::make_pair(base + static_cast<__int128>(s.lo) * bytes,
-                              base + (static_cast<__int128>(s.hi) + 1) * bytes);
+        return std::make_pair(base + static_cast<Int128>(s.lo) * bytes,
+                              base + (static_cast<Int128>(s.hi) + 1) * bytes);
     };
     auto [a0, a1] = span(a);
     auto [b0, b1] = span(b);
