@@ -230,6 +230,60 @@ inline GradInputCoefficients train_grad_coefficients(Expr invstd, Expr weight, E
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fusions: what follows the normalization in ResNet-style networks, y = relu(bn(x) + z)
+// (oneDNN's fuse_norm_relu and fuse_norm_add_relu, cuDNN's BatchNormalizationEx).
+// The switches are Exprs: the AOT kernels take them as run-time bools, so one library serves
+// plain, ReLU and add + ReLU calls; a pipeline may pass constants. When the residual is not
+// added, the runtime passes x itself as z: the loads hit the cache lines of x just read, so the
+// plain op moves no extra byte (measured in bench/, see the README).
+//
+// NaN and signed zeros as PyTorch's composition: relu(NaN) = NaN, and the ReLU's gradient
+// passes where y > 0 or y is NaN (threshold_backward(dy, y, 0): zero where y <= 0). Both are
+// tested on the bits, and selected as integers: Halide's default float semantics let LLVM
+// assume no NaN, which may fold a float comparison or a float select.
+inline Expr select_float(Expr condition, Expr a, Expr b) {
+    const Halide::Type u = Halide::UInt(a.type().bits());
+    return Halide::reinterpret(a.type(), Halide::select(condition, Halide::reinterpret(u, a),
+                                                        Halide::reinterpret(u, b)));
+}
+// f <= 0 (either zero, or negative and not NaN); false for NaN.
+inline Expr not_positive(Expr f) {
+    const int n = f.type().bits();
+    const Halide::Type u = Halide::UInt(n);
+    Expr bits = Halide::reinterpret(u, f);
+    Expr magnitude = (bits << 1) >> 1;
+    Expr infinity = n == 64 ? Expr(uint64_t(0x7ff0000000000000ull)) : Expr(uint32_t(0x7f800000u));
+    Expr negative = (bits >> (n - 1)) == Halide::cast(u, 1);
+    return magnitude == Halide::cast(u, 0) || (negative && magnitude <= infinity);
+}
+inline Expr zero_of(const Expr &like) { return Halide::cast(like.type(), 0); }
+
+struct Epilogue {
+    Func residual;      // z, shaped like x; undefined: none
+    Expr add_residual;  // bool; undefined: true when the residual is defined
+    Expr relu;          // bool; undefined: no ReLU
+};
+
+// y in the compute type, then the epilogue: + z when added, then the ReLU when on.
+inline Expr apply_epilogue(Expr y, const Epilogue &ep, const Expr &w, const Expr &h,
+                           const Expr &c, const Expr &n, const Extents &e) {
+    if (ep.residual.defined()) {
+        Expr with_z = y + e.in(ep.residual(w, h, c, n));
+        y = ep.add_residual.defined() ? select_float(ep.add_residual, with_z, y) : with_z;
+    }
+    if (ep.relu.defined()) y = select_float(ep.relu && not_positive(y), zero_of(y), y);
+    return y;
+}
+
+// The ReLU of a fused forward, seen from backward: the gradient reaching the batch norm is
+// dy where the forward's output y > 0 (or NaN), else 0. y is what forward wrote (rounded to the
+// element type), so the mask is the one the forward's ReLU applied.
+struct ReluGrad {
+    Func y;     // the forward's output; undefined: no ReLU
+    Expr relu;  // bool; undefined: true when y is defined
+};
+
+// ---------------------------------------------------------------------------------------------
 // Whole stages. Each returns every Func a schedule may place. An undefined weight or bias Func
 // means affine = false: weight acts as 1 and bias as 0.
 
@@ -251,7 +305,7 @@ struct TrainForward {
 
 inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_mean,
                                   Func running_var, Expr eps, Expr factor, const Extents &e,
-                                  const Vars &v) {
+                                  const Vars &v, const Epilogue &epilogue = {}) {
     TrainForward p;
     p.stats = batch_stats(x, e, v);
     Func invstd = e.func("invstd");  // accumulator type
@@ -262,8 +316,10 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
     p.mean(v.c) = e.in(p.stats.mean(v.c));
 
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = e.out(normalize(e.in(x(v.w, v.h, v.c, v.n)), p.mean(v.c),
-                                              p.scale(v.c), bias_or_zero(bias, v.c, e)));
+    p.y(v.w, v.h, v.c, v.n) = e.out(apply_epilogue(
+        normalize(e.in(x(v.w, v.h, v.c, v.n)), p.mean(v.c), p.scale(v.c),
+                  bias_or_zero(bias, v.c, e)),
+        epilogue, v.w, v.h, v.c, v.n, e));
     p.saved_mean = e.func("saved_mean");
     p.saved_mean(v.c) = p.mean(v.c);
     p.saved_invstd = e.func("saved_invstd");
@@ -284,15 +340,17 @@ struct EvalForward {
 };
 
 inline EvalForward eval_forward(Func x, Func weight, Func bias, Func running_mean,
-                                Func running_var, Expr eps, const Extents &e, const Vars &v) {
+                                Func running_var, Expr eps, const Extents &e, const Vars &v,
+                                const Epilogue &epilogue = {}) {
     EvalForward p;
     p.scale = e.func("scale");
     p.scale(v.c) = e.in(inverse_std(e.wide(running_var(v.c)), eps) *
                         Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = e.out(normalize(e.in(x(v.w, v.h, v.c, v.n)),
-                                              e.in(running_mean(v.c)), p.scale(v.c),
-                                              bias_or_zero(bias, v.c, e)));
+    p.y(v.w, v.h, v.c, v.n) = e.out(apply_epilogue(
+        normalize(e.in(x(v.w, v.h, v.c, v.n)), e.in(running_mean(v.c)), p.scale(v.c),
+                  bias_or_zero(bias, v.c, e)),
+        epilogue, v.w, v.h, v.c, v.n, e));
     return p;
 }
 
@@ -317,8 +375,15 @@ struct Backward {
 
 inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean, Func stat,
                          Expr eps, Func weight, Func grad_weight_in, Func grad_bias_in,
-                         const Extents &e, const Vars &v) {
+                         const Extents &e, const Vars &v, const ReluGrad &relu = {}) {
     Backward p;
+    if (relu.y.defined()) {  // dy through the ReLU, in the compute type (e.in leaves it as is)
+        Func through_relu = e.func("grad_through_relu");
+        Expr y = e.in(relu.y(v.w, v.h, v.c, v.n)), g = e.in(dy(v.w, v.h, v.c, v.n));
+        Expr masked = relu.relu.defined() ? relu.relu && not_positive(y) : not_positive(y);
+        through_relu(v.w, v.h, v.c, v.n) = select_float(masked, zero_of(g), g);
+        dy = through_relu;
+    }
     p.training = want.training;
     p.invstd = e.func("invstd");  // accumulator type
     if (want.training) {

@@ -111,16 +111,30 @@ protected:
         return this->template add_output<Buffer<>>(name, compute_type(), 1);
     }
 
+    GeneratorInput<bool> *flag_in(const std::string &name) {
+        return this->template add_input<bool>(name);
+    }
+
     // The inputs of both forward kernels, in signature order (braced initialization runs the
-    // constructors left to right).
+    // constructors left to right). The fused epilogue y = relu(bn(x) + residual) is switched
+    // at run time (bn2d::Epilogue): with add_residual false the runtime passes x as residual.
     struct ForwardInputs {
-        Tensor4 *x;
+        Tensor4 *x, *residual;
         Vector1 *weight, *bias, *running_mean, *running_var;
         GeneratorInput<double> *eps;
+        GeneratorInput<bool> *add_residual, *relu;
+
+        bn2d::Epilogue epilogue() const { return {*residual, *add_residual, *relu}; }
+        void set_scalar_estimates() {
+            eps->set_estimate(1e-5);
+            add_residual->set_estimate(false);
+            relu->set_estimate(false);
+        }
     };
     ForwardInputs forward_inputs() {
-        return {tensor_in("x"),         vector_in("weight"),      vector_in("bias"),
-                vector_in("running_mean"), vector_in("running_var"), scalar_in("eps")};
+        return {tensor_in("x"),          tensor_in("residual"),       vector_in("weight"),
+                vector_in("bias"),       vector_in("running_mean"),   vector_in("running_var"),
+                scalar_in("eps"),        flag_in("add_residual"),     flag_in("relu")};
     }
 
     bn2d::Extents extents_of(Tensor4 &x) const {
@@ -199,7 +213,7 @@ public:
         // THE ALGORITHM
         bn2d::TrainForward p =
             bn2d::train_forward(*in.x, *in.weight, *in.bias, *in.running_mean, *in.running_var,
-                                *in.eps, *factor, extents_of(*in.x), v);
+                                *in.eps, *factor, extents_of(*in.x), v, in.epilogue());
         *y = p.y;
         *saved_mean = p.saved_mean;
         *saved_invstd = p.saved_invstd;
@@ -207,9 +221,10 @@ public:
         *running_var_out = p.running_var_out;
 
         // ESTIMATES AND LAYOUT
-        set_estimates({in.x}, {y}, {in.weight, in.bias, in.running_mean, in.running_var},
+        set_estimates({in.x, in.residual}, {y},
+                      {in.weight, in.bias, in.running_mean, in.running_var},
                       {saved_mean, saved_invstd, running_mean_out, running_var_out});
-        in.eps->set_estimate(1e-5);
+        in.set_scalar_estimates();
         factor->set_estimate(0.1);
 
         // THE SCHEDULE
@@ -237,11 +252,12 @@ public:
     void generate() {
         bn2d::EvalForward p =
             bn2d::eval_forward(*in.x, *in.weight, *in.bias, *in.running_mean, *in.running_var,
-                               *in.eps, extents_of(*in.x), v);
+                               *in.eps, extents_of(*in.x), v, in.epilogue());
         *y = p.y;
 
-        set_estimates({in.x}, {y}, {in.weight, in.bias, in.running_mean, in.running_var}, {});
-        in.eps->set_estimate(1e-5);
+        set_estimates({in.x, in.residual}, {y},
+                      {in.weight, in.bias, in.running_mean, in.running_var}, {});
+        in.set_scalar_estimates();
 
         apply_schedule(
             "eval_fwd",
@@ -269,8 +285,12 @@ public:
     GeneratorParam<bool> with_grad_params{"with_grad_params", true};
 
     Tensor4 *x, *grad_out;
+    // The forward's output, read when relu is on (bn2d::ReluGrad); else the runtime passes
+    // grad_out, whose cache lines the kernel reads anyway.
+    Tensor4 *y;
     Vector1 *mean, *stat;  // stat: saved invstd (train) or running_var (eval)
     GeneratorInput<double> *eps;  // used in eval mode only
+    GeneratorInput<bool> *relu;
     Vector1 *weight;
     // Accumulated parameter gradients so far: the outputs are these plus this call's gradient.
     Vector1 *grad_weight_in = nullptr, *grad_bias_in = nullptr;
@@ -283,9 +303,11 @@ public:
             throw std::runtime_error("backward: at least one of with_grad_input, with_grad_params");
         x = tensor_in("x");
         grad_out = tensor_in("grad_out");
+        y = tensor_in("y");
         mean = vector_in("mean");
         stat = vector_in("stat");
         eps = scalar_in("eps");
+        relu = flag_in("relu");
         weight = vector_in("weight");
         if (with_grad_params) {
             grad_weight_in = vector_in("grad_weight_in");
@@ -303,7 +325,7 @@ public:
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
         bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight,
-                                          gw_in, gb_in, extents_of(*x), v);
+                                          gw_in, gb_in, extents_of(*x), v, {*y, *relu});
         if (grad_input) *grad_input = p.grad_input;
         if (grad_weight) *grad_weight = p.grad_weight;
         if (grad_bias) *grad_bias = p.grad_bias;
@@ -316,8 +338,9 @@ public:
             vectors.insert(vectors.end(), {grad_weight_in, grad_bias_in});
             vouts = {grad_weight, grad_bias};
         }
-        set_estimates({x, grad_out}, outs, vectors, vouts);
+        set_estimates({x, grad_out, y}, outs, vectors, vouts);
         eps->set_estimate(1e-5);
+        relu->set_estimate(false);
 
         apply_schedule(
             want.training ? "train_bwd" : "eval_bwd",

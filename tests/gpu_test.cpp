@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "layout_dtype_check.h"
+#include "relu_check.h"
 
 #ifndef BN2D_TEST_DEVICE
 #error "define BN2D_TEST_DEVICE as OpenCL or Cuda"
@@ -374,6 +375,18 @@ std::vector<Variant> gpu_variants() {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GpuLayoutDtype, ::testing::ValuesIn(gpu_variants()),
+                         [](const ::testing::TestParamInfo<Variant> &i) { return i.param.name(); });
+
+// Fused batchnorm + ReLU and + add + ReLU with the GPU schedules (ctest -R relu).
+class relu_fused_gpu : public GpuLayoutDtype {};
+
+TEST_P(relu_fused_gpu, MatchesFloat64Reference) {
+    const std::string reason = dtype_unsupported_reason(GetParam().dtype);
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    check_fused_against_reference(GetParam(), fused_shapes(), kDevice);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, relu_fused_gpu, ::testing::ValuesIn(gpu_variants()),
                          [](const ::testing::TestParamInfo<Variant> &i) { return i.param.name(); });
 
 // Every kernel of the variant table is reached on this backend, and BN2D_VERBOSE names it

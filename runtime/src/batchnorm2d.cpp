@@ -77,6 +77,7 @@ struct BatchNorm2d::State {
     double eps;
     std::optional<double> momentum;
     bool affine, track;
+    Activation activation = Activation::none;
     bool training = true;
     Device device = Device::CPU;
     int64_t num_batches_tracked = 0;
@@ -88,18 +89,23 @@ struct BatchNorm2d::State {
     Buf running_mean_next, running_var_next, grad_weight_next, grad_bias_next;
     // Batch statistics of the last training forward (for backward), and the next ones.
     Buf saved_mean, saved_invstd, saved_mean_next, saved_invstd_next;
+    // C values of 1: the unit scale of the residual's gradient kernel (run_grad_residual).
+    Buf ones;
 
     // The last successful forward, for backward.
     bool has_forward = false;
     bool forward_training = false;     // module mode at that forward
     bool forward_batch_stats = false;  // batch statistics were used
+    bool forward_residual = false;     // forward_add
+    Activation forward_activation = Activation::none;
     Tensor forward_x;
+    Tensor forward_out;  // read by backward for the ReLU's mask (relu only)
 
     std::vector<Buf *> all_buffers() {
         return {&weight,         &bias,           &running_mean,      &running_var,
                 &grad_weight,    &grad_bias,      &running_mean_next, &running_var_next,
                 &grad_weight_next, &grad_bias_next, &saved_mean,        &saved_invstd,
-                &saved_mean_next,  &saved_invstd_next};
+                &saved_mean_next,  &saved_invstd_next, &ones};
     }
 
     // The storage behind weight(), bias(), running_mean(), running_var(), weight_grad() and
@@ -173,7 +179,11 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_
     s_->momentum = o.momentum;
     s_->affine = o.affine;
     s_->track = o.track_running_stats;
+    if (o.activation != Activation::none && o.activation != Activation::relu)
+        fail("unknown activation " + std::to_string(static_cast<int>(o.activation)));
+    s_->activation = o.activation;
     for (Buf *b : s_->all_buffers()) *b = s_->allocate();
+    s_->fill(s_->ones, 1.0);
     s_->fill(s_->grad_weight, 0.0);
     s_->fill(s_->grad_bias, 0.0);
     reset_parameters();
@@ -293,7 +303,13 @@ Placement place(const std::vector<const Tensor *> &tensors) {
 
 }  // namespace
 
-void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
+void BatchNorm2d::forward(const Tensor &x, const Tensor &out) { forward_impl(x, nullptr, out); }
+
+void BatchNorm2d::forward_add(const Tensor &x, const Tensor &residual, const Tensor &out) {
+    forward_impl(x, &residual, out);
+}
+
+void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out) {
     State &s = *s_;
     check_tensor("input", x, s.C, s.device, {});
     check_tensor("out", out, s.C, s.device, x.sizes());
@@ -301,6 +317,11 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     check_same_dtype("out", out, "input", x);
     check_no_self_overlap("out", out);
     check_no_alias("out", out, "input", x);
+    if (residual) {
+        check_tensor("residual", *residual, s.C, s.device, x.sizes());
+        check_same_dtype("residual", *residual, "input", x);
+        check_no_alias("out", out, "residual", *residual);
+    }
 
     // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
     const bool batch_stats = s.training || !s.track;
@@ -322,12 +343,16 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
     const double factor = !update_running ? 0.0
                           : s.momentum    ? *s.momentum
                                           : 1.0 / static_cast<double>(tracked);
+    const bool relu = s.activation == Activation::relu;
 
     auto record = [&] {
         s.has_forward = true;
         s.forward_training = s.training;
         s.forward_batch_stats = batch_stats;
+        s.forward_residual = residual != nullptr;
+        s.forward_activation = s.activation;
         s.forward_x = x;
+        s.forward_out = relu ? out : Tensor();
     };
     if (x.numel() == 0) {
         // PyTorch: empty output, statistics untouched, but the batch is still counted.
@@ -336,17 +361,21 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
         return;
     }
 
-    const Placement p = place({&x, &out});
+    std::vector<const Tensor *> tensors{&x, &out};
+    if (residual) tensors.push_back(residual);
+    const Placement p = place(tensors);
     Buf hx = detail::tensor_buffer(x, p.layout, p.fuse);
     Buf hy = detail::tensor_buffer(out, p.layout, p.fuse);
+    Buf hz = residual ? detail::tensor_buffer(*residual, p.layout, p.fuse) : Buf();
     const detail::Call call{s.device, p.layout, x,
-                            detail::needs_large_buffers(hx) || detail::needs_large_buffers(hy)};
+                            detail::needs_large_buffers(hx) || detail::needs_large_buffers(hy) ||
+                                (residual && detail::needs_large_buffers(hz))};
+    const detail::Epilogue epilogue{residual ? hz.raw_buffer() : nullptr, relu};
     // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
     if (batch_stats) {
-        detail::run_train_forward(call, hx, s.weight, s.bias, s.running_mean, s.running_var,
-                                  s.eps, factor, hy,
-                                  s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
-                                  s.running_var_next);
+        detail::run_train_forward(call, hx, epilogue, s.weight, s.bias, s.running_mean,
+                                  s.running_var, s.eps, factor, hy, s.saved_mean_next,
+                                  s.saved_invstd_next, s.running_mean_next, s.running_var_next);
         if (update_running) {
             s.commit(s.running_mean, s.running_mean_next);
             s.commit(s.running_var, s.running_var_next);
@@ -354,8 +383,8 @@ void BatchNorm2d::forward(const Tensor &x, const Tensor &out) {
         std::swap(s.saved_mean, s.saved_mean_next);
         std::swap(s.saved_invstd, s.saved_invstd_next);
     } else {
-        detail::run_eval_forward(call, hx, s.weight, s.bias, s.running_mean, s.running_var,
-                                 s.eps, hy);
+        detail::run_eval_forward(call, hx, epilogue, s.weight, s.bias, s.running_mean,
+                                 s.running_var, s.eps, hy);
     }
     s.num_batches_tracked = tracked;
     record();
@@ -374,6 +403,16 @@ std::vector<float> BatchNorm2d::forward(const Tensor &x) {
 }
 
 void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, BackwardMask mask) {
+    backward_impl(grad_out, grad_input, nullptr, mask);
+}
+
+void BatchNorm2d::backward_add(const Tensor &grad_out, const Tensor &grad_input,
+                               const Tensor &grad_residual, BackwardMask mask) {
+    backward_impl(grad_out, grad_input, &grad_residual, mask);
+}
+
+void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input,
+                                const Tensor *grad_residual, BackwardMask mask) {
     State &s = *s_;
     if (!s.has_forward) fail("backward() needs a forward() first");
     if (s.training != s.forward_training)
@@ -381,7 +420,12 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
                           "last forward ran in eval mode"
                         : "eval-mode backward after a training-mode forward: call eval() "
                           "before forward(), or train() before backward()");
+    if (grad_residual && !s.forward_residual)
+        fail("backward_add() needs a forward_add() before it: the last forward had no residual");
     const std::vector<int64_t> &shape = s.forward_x.sizes();
+    // The ReLU's mask is read from the forward's output.
+    const bool relu = s.forward_activation == Activation::relu;
+    const Tensor &y = s.forward_out;
     check_tensor("grad_out", grad_out, s.C, s.device, shape);
     check_same_dtype("grad_out", grad_out, "the forward input", s.forward_x);
     if (mask.input) {
@@ -390,31 +434,60 @@ void BatchNorm2d::backward(const Tensor &grad_out, const Tensor &grad_input, Bac
         check_no_self_overlap("grad_input", grad_input);
         check_no_alias("grad_input", grad_input, "grad_out", grad_out);
         check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
+        if (relu) check_no_alias("grad_input", grad_input, "the forward output", y);
+    }
+    if (grad_residual) {
+        check_tensor("grad_residual", *grad_residual, s.C, s.device, shape);
+        check_same_dtype("grad_residual", *grad_residual, "the forward input", s.forward_x);
+        check_no_self_overlap("grad_residual", *grad_residual);
+        check_no_alias("grad_residual", *grad_residual, "grad_out", grad_out);
+        check_no_alias("grad_residual", *grad_residual, "the forward input", s.forward_x);
+        if (relu) check_no_alias("grad_residual", *grad_residual, "the forward output", y);
+        if (mask.input) check_no_alias("grad_residual", *grad_residual, "grad_input", grad_input);
     }
     const bool params = mask.params && s.affine;
     const std::vector<StateView> state = s.visible_storage();
     if (mask.input) check_not_state("grad_input", grad_input, state);
+    if (grad_residual) check_not_state("grad_residual", *grad_residual, state);
     if (params) {
         check_not_state("grad_out", grad_out, state, {"weight_grad()", "bias_grad()"});
         check_not_state("the forward input", s.forward_x, state, {"weight_grad()", "bias_grad()"});
     }
-    if (!mask.input && !params) return;
+    if (!mask.input && !params && !grad_residual) return;
     if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
 
     std::vector<const Tensor *> tensors{&s.forward_x, &grad_out};
     if (mask.input) tensors.push_back(&grad_input);
+    if (relu) tensors.push_back(&y);
+    if (grad_residual) tensors.push_back(grad_residual);
     const Placement p = place(tensors);
     Buf hx = detail::tensor_buffer(s.forward_x, p.layout, p.fuse);
     Buf hdy = detail::tensor_buffer(grad_out, p.layout, p.fuse);
     Buf hdx = mask.input ? detail::tensor_buffer(grad_input, p.layout, p.fuse) : Buf();
+    Buf hout = relu ? detail::tensor_buffer(y, p.layout, p.fuse) : Buf();
+    Buf hdz = grad_residual ? detail::tensor_buffer(*grad_residual, p.layout, p.fuse) : Buf();
+    bool large = false;
+    for (Buf *b : {&hx, &hdy, &hdx, &hout, &hdz})
+        large = large || (b->dimensions() > 0 && detail::needs_large_buffers(*b));
+    const detail::Call call{s.device, p.layout, s.forward_x, large};
+
+    // With the residual's gradient wanted, it is grad_out through the ReLU: computed first, it
+    // is then the batch norm's incoming gradient (no mask left to apply). Else the backward
+    // kernels apply the mask themselves.
+    halide_buffer_t *incoming = hdy.raw_buffer();
+    halide_buffer_t *relu_out = relu ? hout.raw_buffer() : nullptr;
+    if (grad_residual) {
+        detail::run_grad_residual(call, hdy, relu_out, s.ones, hdz);
+        incoming = hdz.raw_buffer();
+        relu_out = nullptr;
+    }
+    if (!mask.input && !params) return;
     const bool training = s.forward_batch_stats;
-    detail::BackwardBuffers b{hx, hdy, training ? s.saved_mean : s.running_mean,
+    detail::BackwardBuffers b{hx, incoming, relu_out, training ? s.saved_mean : s.running_mean,
                               training ? s.saved_invstd : s.running_var, s.weight,
                               mask.input ? hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
                               s.grad_weight_next, s.grad_bias_next};
-    const bool large = detail::needs_large_buffers(hx) || detail::needs_large_buffers(hdy) ||
-                       (mask.input && detail::needs_large_buffers(hdx));
-    detail::run_backward({s.device, p.layout, s.forward_x, large}, training, params, s.eps, b);
+    detail::run_backward(call, training, params, s.eps, b);
     if (params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);
@@ -537,6 +610,20 @@ double BatchNorm2d::eps() const { return s_->eps; }
 std::optional<double> BatchNorm2d::momentum() const { return s_->momentum; }
 bool BatchNorm2d::affine() const { return s_->affine; }
 bool BatchNorm2d::track_running_stats() const { return s_->track; }
+Activation BatchNorm2d::activation() const { return s_->activation; }
+void BatchNorm2d::set_activation(Activation activation) {
+    if (activation != Activation::none && activation != Activation::relu)
+        fail("set_activation: unknown activation " + std::to_string(static_cast<int>(activation)));
+    s_->activation = activation;
+}
+
+const char *activation_name(Activation a) {
+    switch (a) {
+    case Activation::none: return "none";
+    case Activation::relu: return "relu";
+    }
+    return "unknown";
+}
 
 void BatchNorm2d::set_eps(double eps) {
     check_eps(eps);
@@ -554,6 +641,9 @@ std::string BatchNorm2d::to_string() const {
            ", affine=" + (s_->affine ? "True" : "False") +
            ", track_running_stats=" + (s_->track ? "True" : "False") +
            (s_->dtype == DType::float32 ? "" : std::string(", dtype=") + dtype_name(s_->dtype)) +
+           (s_->activation == Activation::none ? ""
+                                               : std::string(", activation=") +
+                                                     activation_name(s_->activation)) +
            ")";
 }
 

@@ -92,43 +92,64 @@ void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLa
 
 }  // namespace
 
-void run_train_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
-                       halide_buffer_t *bias, halide_buffer_t *running_mean,
-                       halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *y,
-                       halide_buffer_t *saved_mean, halide_buffer_t *saved_invstd,
-                       halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
-    call(c, "train_fwd", BN2D_KERNEL(train_fwd), x_buf, weight, bias, running_mean, running_var,
-         eps, factor, y, saved_mean, saved_invstd, running_mean_out, running_var_out);
+// Kernels take the epilogue's residual and the ReLU's output whether or not they are used:
+// unused, they are given x and grad_out, whose cache lines the kernel reads anyway
+// (bn2d::Epilogue, bn2d::ReluGrad in generators/bn2d_algorithm.h).
+void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
+                       halide_buffer_t *weight, halide_buffer_t *bias,
+                       halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                       double factor, halide_buffer_t *y, halide_buffer_t *saved_mean,
+                       halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
+                       halide_buffer_t *running_var_out) {
+    halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
+    call(c, "train_fwd", BN2D_KERNEL(train_fwd), x_buf, z, weight, bias, running_mean,
+         running_var, eps, epilogue.residual != nullptr, epilogue.relu, factor, y, saved_mean,
+         saved_invstd, running_mean_out, running_var_out);
 }
 
-void run_eval_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
-                      halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, double eps, halide_buffer_t *y) {
-    call(c, "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, weight, bias, running_mean, running_var, eps,
-         y);
+void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
+                      halide_buffer_t *weight, halide_buffer_t *bias,
+                      halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                      halide_buffer_t *y) {
+    halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
+    call(c, "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, z, weight, bias, running_mean, running_var,
+         eps, epilogue.residual != nullptr, epilogue.relu, y);
 }
 
 void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b) {
     const char *op = training ? "train_bwd" : "eval_bwd";
+    const bool relu = b.relu_out != nullptr;
+    halide_buffer_t *y = relu ? b.relu_out : b.grad_out;
     if (want_params && !b.grad_input) {
         if (training)
-            call(c, op, BN2D_KERNEL(train_bwd_params), b.x, b.grad_out, b.mean, b.stat, eps,
-                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+            call(c, op, BN2D_KERNEL(train_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
+                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
         else
-            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, b.mean, b.stat, eps,
-                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
+                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
     } else if (!want_params && !training) {
-        call(c, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
-             b.grad_input);
+        call(c, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
+             b.weight, b.grad_input);
     } else if (training) {
         // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
-        call(c, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
-             b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+        call(c, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
+             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
+             b.grad_bias);
     } else {
-        call(c, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, b.mean, b.stat, eps, b.weight,
-             b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+        call(c, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
+             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
     }
+}
+
+// The eval grad_input kernel with a unit scale: dz = dy * (1 / sqrt(1 + 0)) * 1, exactly dy
+// (masked by the ReLU when relu_out is given), in one pass that reads dy (and y) and writes dz.
+// No library of its own: the variant table stays as it is.
+void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,
+                       halide_buffer_t *ones, halide_buffer_t *grad_residual) {
+    const bool relu = relu_out != nullptr;
+    call(c, "grad_residual", BN2D_KERNEL(eval_bwd_input), grad_out, grad_out,
+         relu ? relu_out : grad_out, ones, ones, 0.0, relu, ones, grad_residual);
 }
 
 }  // namespace bn2d::detail

@@ -91,24 +91,36 @@ struct Call {
     const Tensor &x;     // the caller's input tensor: dtype, and the shape BN2D_VERBOSE prints
     bool large = false;  // some buffer needs_large_buffers(): the 64-bit-indexing kernels
 };
-void run_train_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
-                       halide_buffer_t *bias, halide_buffer_t *running_mean,
-                       halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *y,
-                       halide_buffer_t *saved_mean, halide_buffer_t *saved_invstd,
-                       halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out);
-void run_eval_forward(const Call &c, halide_buffer_t *x_buf, halide_buffer_t *weight,
-                      halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, double eps, halide_buffer_t *y);
+// The fused epilogue of a forward, y = relu(bn(x) + residual): `residual` null when none.
+struct Epilogue {
+    halide_buffer_t *residual = nullptr;
+    bool relu = false;
+};
+void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
+                       halide_buffer_t *weight, halide_buffer_t *bias,
+                       halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                       double factor, halide_buffer_t *y, halide_buffer_t *saved_mean,
+                       halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
+                       halide_buffer_t *running_var_out);
+void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
+                      halide_buffer_t *weight, halide_buffer_t *bias,
+                      halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                      halide_buffer_t *y);
 // training: mean/stat = saved mean, saved invstd. eval: running_mean, running_var.
 // grad_input null: not wanted. grad_weight/grad_bias are written as grad_*_in + this call's
 // gradient when want_params; otherwise they may still be written (training backward computes
 // the sums anyway), so they must be scratch the caller does not commit.
+// relu_out: the forward's output when it ended in a ReLU (grad_out is masked by it), else null.
 struct BackwardBuffers {
-    halide_buffer_t *x, *grad_out, *mean, *stat, *weight;
+    halide_buffer_t *x, *grad_out, *relu_out, *mean, *stat, *weight;
     halide_buffer_t *grad_input;  // nullable
     halide_buffer_t *grad_weight_in, *grad_bias_in, *grad_weight, *grad_bias;
 };
 void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b);
+// The gradient of a fused forward's residual: grad_out through the ReLU (relu_out non-null),
+// else grad_out itself. `ones`: C per-channel values of 1.
+void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,
+                       halide_buffer_t *ones, halide_buffer_t *grad_residual);
 
 }  // namespace bn2d::detail

@@ -17,6 +17,10 @@
 
 namespace bn2d {
 
+// What the fused kernels apply after the normalization (and after adding a residual).
+enum class Activation { none, relu };
+const char *activation_name(Activation a);  // "none", "relu"
+
 struct Options {
     double eps = 1e-5;
     // std::nullopt: cumulative moving average, factor 1/num_batches_tracked.
@@ -29,6 +33,10 @@ struct Options {
     // parameters are held in float32 storage, rounded to their type after every update, so
     // they hold exactly the values PyTorch's would; the views below are then float32 tensors.
     DType dtype = DType::float32;
+    // y = relu(bn(x)) (and relu(bn(x) + z) with forward_add), in the same pass over the data.
+    // Backward then reads the forward's output y for the ReLU's mask: keep it alive and
+    // unchanged until backward(), as PyTorch's ReLU keeps its result.
+    Activation activation = Activation::none;
 };
 
 // Which gradients backward() computes, like ATen's output_mask. Unrequested work is skipped
@@ -72,6 +80,10 @@ public:
     void forward(const Tensor &x, const Tensor &out);
     // Convenience: allocates the output (host tensors only), contiguous NCHW.
     std::vector<float> forward(const Tensor &x);
+    // The residual block's tail in one pass: out = act(bn(x) + residual), residual of x's shape
+    // and dtype in any layout, not overlapping out (in-place add is refused, as an error).
+    // Same state updates as forward(); backward() and backward_add() follow it.
+    void forward_add(const Tensor &x, const Tensor &residual, const Tensor &out);
 
     // ---- backward ----
     // Gradients of the last forward(), in that forward's mode. grad_input may be undefined
@@ -79,6 +91,10 @@ public:
     // and bias_grad() as autograd accumulates .grad.
     void backward(const Tensor &grad_out, const Tensor &grad_input, BackwardMask mask = {});
     std::vector<float> backward(const Tensor &grad_out);  // allocating, host only
+    // After forward_add(): also the residual's gradient, grad_residual = grad_out through the
+    // activation (grad_out where out > 0 or NaN, else 0, for relu; grad_out itself for none).
+    void backward_add(const Tensor &grad_out, const Tensor &grad_input,
+                      const Tensor &grad_residual, BackwardMask mask = {});
     void zero_grad();
 
     // ---- state ----
@@ -108,6 +124,8 @@ public:
     std::optional<double> momentum() const;
     bool affine() const;
     bool track_running_stats() const;
+    Activation activation() const;
+    void set_activation(Activation activation);  // takes effect at the next forward
     void set_eps(double eps);
     void set_momentum(std::optional<double> momentum);
 
@@ -115,6 +133,10 @@ public:
     std::string to_string() const;
 
 private:
+    void forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out);
+    void backward_impl(const Tensor &grad_out, const Tensor &grad_input,
+                       const Tensor *grad_residual, BackwardMask mask);
+
     struct State;
     std::unique_ptr<State> s_;
 };
