@@ -19,6 +19,11 @@
 //   libtorch: omp_set_num_threads / torch::set_num_threads. The naive loop is single-threaded.
 //   --benchmark_min_time defaults to 0.1 s here (pass it to override).
 //
+// Fused ops (training): train_fwd_relu, train_fwd_add_relu, bwd_relu, bwd_add_relu: ours fused
+// (NCHW, NHWC), ours_unfused (our batch norm, then an elementwise ReLU / add + ReLU pass; in
+// backward the mask pass first), oneDNN with fuse_norm_relu (its 2.x has no fused add + ReLU),
+// and the floor over the fused op's bytes (fused_bytes below).
+//
 // Inputs are random and never zero, generated once per shape and shared by every benchmark of
 // that shape (each implementation reads the same bytes); outputs are preallocated and touched.
 // Every benchmark sleeps 20 ms (other implementations' pools go idle), then runs its op twice
@@ -97,6 +102,7 @@ void fill_random(float *p, int64_t n, uint64_t seed, float offset) {
 struct ShapeData {
     Buffer x, dy, y, dx;  // inputs x, dy; outputs y, dx (float32)
     Buffer xh, dyh, yh, dxh;  // the same as bfloat16 (made on first use)
+    Buffer z, dz, t;  // fused ops: the residual, its gradient, an unfused intermediate
     uint16_t *h(const Buffer &b) const { return reinterpret_cast<uint16_t *>(b.get()); }
 };
 
@@ -129,6 +135,15 @@ ShapeData &bf16_data_for(const Shape &s) {
     return d;
 }
 
+ShapeData &fused_data_for(const Shape &s) {
+    ShapeData &d = data_for(s);
+    if (!d.z) {
+        for (Buffer *b : {&d.z, &d.dz, &d.t}) *b = allocate(s.numel());
+        fill_random(d.z.get(), s.numel(), 3, -0.2f);
+    }
+    return d;
+}
+
 void finish(benchmark::State &state, Op op, const Shape &s, int bytes_per_element = 4) {
     state.SetBytesProcessed(state.iterations() * op_bytes(op, s, bytes_per_element));
     state.counters["threads"] = g_threads;
@@ -138,6 +153,29 @@ std::vector<int64_t> sizes_of(const Shape &s) { return {s.n, s.c, s.h, s.w}; }
 std::vector<int64_t> strides_of(const Shape &s, bool nhwc) {
     return nhwc ? bn2d::Tensor::channels_last_strides(sizes_of(s))
                 : std::vector<int64_t>{s.c * s.h * s.w, s.h * s.w, s.w, 1};
+}
+
+// ---- fused batchnorm + ReLU and batchnorm + add + ReLU (training) ------------------------------
+enum class Fused { FwdRelu, FwdAddRelu, BwdRelu, BwdAddRelu };
+constexpr Fused kFusedOps[] = {Fused::FwdRelu, Fused::FwdAddRelu, Fused::BwdRelu, Fused::BwdAddRelu};
+const char *fused_name(Fused f) {
+    switch (f) {
+    case Fused::FwdRelu: return "train_fwd_relu";
+    case Fused::FwdAddRelu: return "train_fwd_add_relu";
+    case Fused::BwdRelu: return "bwd_relu";
+    case Fused::BwdAddRelu: return "bwd_add_relu";
+    }
+    return "?";
+}
+bool is_backward(Fused f) { return f == Fused::BwdRelu || f == Fused::BwdAddRelu; }
+bool has_residual(Fused f) { return f == Fused::FwdAddRelu || f == Fused::BwdAddRelu; }
+
+// The least a fused op must move (float32): forward reads x (and z) and writes y; backward
+// reads x, dy and the ReLU's mask at one bit per element (oneDNN's workspace; ours reads the
+// forward's y instead, a whole tensor), writes dx (and dz).
+int64_t fused_bytes(Fused f, const Shape &s) {
+    const int64_t tensors = (is_backward(f) ? 3 : 2) + (has_residual(f) ? 1 : 0);
+    return tensors * s.numel() * 4 + (is_backward(f) ? (s.numel() + 7) / 8 : 0);
 }
 
 // ---- ours ---------------------------------------------------------------------------------------
@@ -442,7 +480,8 @@ void bench_naive(benchmark::State &state, Op op, Shape s) {
 // Same bytes in both layouts (the data is random, so the layout only changes the access
 // pattern). Scale and shift (use_scale | use_shift); eval uses global stats; backward is
 // prop_kind::backward (diff_src, diff_scale, diff_shift) of a training forward run once.
-void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16) {
+// relu: fuse_norm_relu (training forward keeps a workspace of ReLU signs; backward reads it).
+void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16, bool relu) {
     using namespace dnnl;
     using tag = memory::format_tag;
     ShapeData &d = bf16 ? bf16_data_for(s) : data_for(s);
@@ -457,7 +496,8 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16)
     std::vector<float> mean(s.c, 0.0f), var(s.c, 1.0f), scale(s.c, 1.0f), shift(s.c, 0.0f),
         dscale(s.c), dshift(s.c);
     auto mem = [&](const memory::desc &m, float *p) { return memory(m, eng, p); };
-    const auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
+    const auto flags = normalization_flags::use_scale | normalization_flags::use_shift |
+                       (relu ? normalization_flags::fuse_norm_relu : normalization_flags::none);
     const float eps = 1e-5f;
     const auto fwd_train_pd = batch_normalization_forward::primitive_desc(
         batch_normalization_forward::desc(prop_kind::forward_training, md, eps, flags), eng);
@@ -465,6 +505,11 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16)
         {DNNL_ARG_SRC, mem(md, xp)},              {DNNL_ARG_DST, mem(md, yp)},
         {DNNL_ARG_MEAN, mem(cd, mean.data())},    {DNNL_ARG_VARIANCE, mem(cd, var.data())},
         {DNNL_ARG_SCALE, mem(cd, scale.data())},  {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
+    memory workspace;
+    if (relu) {
+        workspace = memory(fwd_train_pd.workspace_desc(), eng);
+        args.insert({DNNL_ARG_WORKSPACE, workspace});
+    }
     // The training forward once: batch statistics for backward (and eval's "running" stats).
     batch_normalization_forward(fwd_train_pd).execute(strm, args);
     strm.wait();
@@ -495,6 +540,7 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16)
                 {DNNL_ARG_DIFF_SRC, mem(md, dxp)},
                 {DNNL_ARG_DIFF_SCALE, mem(cd, dscale.data())},
                 {DNNL_ARG_DIFF_SHIFT, mem(cd, dshift.data())}};
+        if (relu) args.insert({DNNL_ARG_WORKSPACE, workspace});
     }
     for (int i = 0; i < kWarmupCalls; ++i) prim.execute(strm, args);
     strm.wait();
@@ -504,6 +550,9 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16)
         benchmark::ClobberMemory();
     }
     finish(state, op, s, bf16 ? 2 : 4);
+    if (relu)
+        state.SetBytesProcessed(state.iterations() *
+                                fused_bytes(op == Op::Bwd ? Fused::BwdRelu : Fused::FwdRelu, s));
     state.SetLabel(impl);
 }
 #endif
@@ -564,6 +613,78 @@ void bench_torch(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16) 
 }
 #endif
 
+// Unfused: our batch norm into t, then the activation as an op of its own: a second module in
+// eval mode with a unit scale (running_var 1, eps 0, weight 1, bias 0) and the ReLU, which
+// computes relu(t + z) and, in backward, the ReLU's mask pass (the same Halide thread pool as
+// ours, so the sequence is measured as a user of this library would run it).
+void bench_fused_ours(benchmark::State &state, Fused f, Shape s, bool nhwc, bool fused) {
+    ShapeData &d = fused_data_for(s);
+    auto view = [&](const Buffer &b) {
+        return bn2d::Tensor(b.get(), bn2d::DType::float32, sizes_of(s), strides_of(s, nhwc));
+    };
+    const bn2d::Tensor x = view(d.x), z = view(d.z), y = view(d.y), dy = view(d.dy);
+    const bn2d::Tensor dx = view(d.dx), dz = view(d.dz), t = view(d.t);
+    bn2d::Options relu;
+    relu.activation = bn2d::Activation::relu;
+    bn2d::BatchNorm2d bn(s.c, fused ? relu : bn2d::Options{});
+    relu.eps = 0.0;
+    bn2d::BatchNorm2d act(s.c, relu);
+    act.eval();
+    const bool add = has_residual(f);
+    auto forward = [&] {
+        if (fused) {
+            add ? bn.forward_add(x, z, y) : bn.forward(x, y);
+        } else {
+            bn.forward(x, t);
+            add ? act.forward_add(t, z, y) : act.forward(t, y);
+        }
+    };
+    auto backward = [&] {
+        if (fused) {
+            add ? bn.backward_add(dy, dx, dz) : bn.backward(dy, dx);
+        } else {
+            const bn2d::Tensor &g = dz;  // the masked gradient (dz itself with a residual)
+            act.backward(dy, g, bn2d::BackwardMask{true, false});
+            bn.backward(g, dx);
+        }
+    };
+    forward();  // statistics and y for backward
+    auto call = [&] { is_backward(f) ? backward() : forward(); };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(state.iterations() * fused_bytes(f, s));
+    state.counters["threads"] = g_threads;
+    state.SetLabel(bn2d::isa_name(bn2d::last_cpu_isa_used()));
+}
+
+// The floor of a fused op: its bytes streamed by the forward pattern (1 read, 1 write) or the
+// backward one (2 reads, 1 write) with streaming stores, stretched to the op's byte count.
+void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
+    const bool two_reads = f != Fused::FwdRelu;
+    const int64_t floats = fused_bytes(f, s) / 4 / (two_reads ? 3 : 2);
+    static std::map<int64_t, std::vector<Buffer>> scratch;  // floats -> x, dy, out
+    auto &bufs = scratch[floats];
+    if (bufs.empty()) {
+        for (int i = 0; i < 3; ++i) bufs.push_back(allocate(floats));
+        fill_random(bufs[0].get(), floats, 4, 0.3f);
+        fill_random(bufs[1].get(), floats, 5, 0.0f);
+    }
+    const float *dy = two_reads ? bufs[1].get() : nullptr;
+    float a = 1.0001f;
+    StreamPool &pool = stream_pool();
+    for (int i = 0; i < kWarmupCalls; ++i) pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, true);
+    for (auto _ : state) {
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, true);
+        benchmark::ClobberMemory();
+        a += 1e-7f;
+    }
+    state.SetBytesProcessed(state.iterations() * fused_bytes(f, s));
+    state.counters["threads"] = g_threads;
+}
+
 void register_all() {
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Op op : bn2d::bench::kOps) {
@@ -595,9 +716,9 @@ void register_all() {
             reg("bound", bench_bound, false, 4);
             reg("floor_bf16", bench_bound, true, 2);
 #if BN2D_BENCH_ONEDNN
-            reg("onednn_nchw", bench_onednn, false, false);
-            reg("onednn_nhwc", bench_onednn, true, false);
-            reg("onednn_nhwc_bf16", bench_onednn, true, true);
+            reg("onednn_nchw", bench_onednn, false, false, false);
+            reg("onednn_nhwc", bench_onednn, true, false, false);
+            reg("onednn_nhwc_bf16", bench_onednn, true, true, false);
 #endif
 #if BN2D_BENCH_TORCH
             reg("torch", bench_torch, false, false);
@@ -605,6 +726,40 @@ void register_all() {
             reg("torch_bf16", bench_torch, false, true);
 #endif
             reg("naive", bench_naive);
+        }
+    for (const Shape &s : bn2d::bench::suite_shapes())
+        for (Fused f : kFusedOps) {
+            auto reg = [&](const std::string &impl, auto fn, auto... extra) {
+                auto guarded = [fn, s, extra...](benchmark::State &state) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                    try {
+                        fn(state, s, extra...);
+                    } catch (const std::exception &e) {
+                        state.SkipWithError(e.what());
+                    }
+                };
+                benchmark::RegisterBenchmark(
+                    (std::string(fused_name(f)) + "/" + impl + "/" + s.name()).c_str(), guarded)
+                    ->UseRealTime()
+                    ->Unit(benchmark::kMillisecond);
+            };
+            auto ours = [f](benchmark::State &st, const Shape &sh, bool nhwc, bool fused) {
+                bench_fused_ours(st, f, sh, nhwc, fused);
+            };
+            reg("ours", ours, false, true);
+            reg("ours_nhwc", ours, true, true);
+            reg("ours_unfused", ours, false, false);
+            reg("floor", [f](benchmark::State &st, const Shape &sh) { bench_fused_floor(st, f, sh); });
+#if BN2D_BENCH_ONEDNN
+            if (!has_residual(f)) {
+                const Op op = is_backward(f) ? Op::Bwd : Op::TrainFwd;
+                auto onednn = [op](benchmark::State &st, const Shape &sh, bool nhwc) {
+                    bench_onednn(st, op, sh, nhwc, false, true);
+                };
+                reg("onednn_nchw", onednn, false);
+                reg("onednn_nhwc", onednn, true);
+            }
+#endif
         }
 }
 

@@ -367,6 +367,8 @@ struct BackwardRequest {
 
 struct Backward {
     bool training;
+    Expr relu;         // the ReLU switch when the gradient passes a ReLU, for schedules to
+                       // specialize on; undefined otherwise
     Func invstd;       // per channel, accumulator type; from running_var in eval mode
     ChannelSums sums;  // {sum(dy), sum(dy * (x - mean))}; undefined when not needed
     Func coefficients; // per channel: {shift, proj, scale} of grad_input (training), scale (eval)
@@ -383,6 +385,7 @@ inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean
         Expr masked = relu.relu.defined() ? relu.relu && not_positive(y) : not_positive(y);
         through_relu(v.w, v.h, v.c, v.n) = select_float(masked, zero_of(g), g);
         dy = through_relu;
+        p.relu = relu.relu;
     }
     p.training = want.training;
     p.invstd = e.func("invstd");  // accumulator type

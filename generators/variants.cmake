@@ -8,7 +8,9 @@
 #
 # Options that cost nothing at run time are not variants: a non-affine module passes weight 1
 # and bias 0; training backward without parameter gradients runs train_bwd (the sums are needed
-# for grad_input anyway) and drops the 2*C values. Separate libraries only where the work
+# for grad_input anyway) and drops the 2*C values; the fused epilogue relu(bn(x) + z) and the
+# ReLU's mask in backward are run-time switches of every kernel (bn2d::Epilogue), and the
+# residual's gradient is eval_bwd_input with a unit scale (runtime/src/dispatch.cpp). Separate libraries only where the work
 # differs: which outputs exist, training or eval statistics, and the target.
 
 # bn2d_kernel(<kernel> DTYPES <dtype>... LAYOUTS <layout>... GENERATOR <generator>

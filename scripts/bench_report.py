@@ -62,11 +62,23 @@ def fmt(v, spec="{:.3f}"):
     return spec.format(v) if v is not None else "-"
 
 
-def table(context, times, shapes, ours, bound, peers):
-    rows = ["| shape | op | ours ms | best peer | peer ms | bound ms | ours/bound | peer/ours |",
-            "|---|---|---:|---|---:|---:|---:|---:|"]
+def ops_of(times):
+    """The ops present: the plain ones first, then the fused ones in the order seen."""
+    seen = []
+    for (op, _, _) in times:
+        if op not in seen:
+            seen.append(op)
+    return [o for o in OPS if o in seen] + [o for o in seen if o not in OPS]
+
+
+def table(context, times, shapes, ours, bound, peers, columns=()):
+    """columns: implementations shown in columns of their own, as ms and their time / ours."""
+    extra_head = "".join(" {0} ms | {0}/ours |".format(c) for c in columns)
+    rows = ["| shape | op | ours ms | best peer | peer ms | bound ms | ours/bound | peer/ours |" +
+            extra_head,
+            "|---|---|---:|---|---:|---:|---:|---:|" + "---:|---:|" * len(columns)]
     for shape in shapes:
-        for op in OPS:
+        for op in ops_of(times):
             o = times.get((op, ours, shape))
             if not o:
                 continue
@@ -76,13 +88,18 @@ def table(context, times, shapes, ours, bound, peers):
             # The bound moves the op's bytes with the least work: anything faster than it was
             # measured while the machine (shared memory bandwidth) was in a better state.
             beaten = bd and min([o[0]] + [c[0] for c in cands]) < bd[0]
+            extra = ""
+            for c in columns:
+                t = times.get((op, c, shape))
+                extra += " {} | {} |".format(fmt(t[0] if t else None),
+                                             fmt(t[0] / o[0] if t else None, "{:.2f}x"))
             rows.append("| {} | {} | {} | {} | {} | {}{} | {} | {} |".format(
                 shape, op, fmt(o[0]),
                 best[1] if best else "-",
                 fmt(best[0] if best else None),
                 fmt(bd[0] if bd else None), " *" if beaten else "",
                 fmt(o[0] / bd[0] if bd else None, "{:.2f}x"),
-                fmt(best[0] / o[0] if best else None, "{:.2f}x")))
+                fmt(best[0] / o[0] if best else None, "{:.2f}x")) + extra)
     header = "Machine: {} CPUs @ {} MHz; host {}; date {}; threads {}".format(
         context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
         context.get("host_name", "?"), context.get("date", "?"),
@@ -107,9 +124,11 @@ def plot(path, times, shapes, impls):
         print("matplotlib not importable: no plot written (pip install matplotlib)",
               file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, len(OPS), figsize=(6 * len(OPS), 5), sharey=True)
+    ops = ops_of(times)
+    fig, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 5), sharey=True, squeeze=False)
+    axes = axes[0]
     width = 0.8 / max(1, len(impls))
-    for ax, op in zip(axes, OPS):
+    for ax, op in zip(axes, ops):
         for k, impl in enumerate(impls):
             vals = [times.get((op, impl, s), (0.0, 0.0))[1] / 1e9 for s in shapes]
             ax.bar([i + k * width for i in range(len(shapes))], vals, width, label=impl)
@@ -135,6 +154,9 @@ def main():
     ap.add_argument("--ours", default="ours")
     ap.add_argument("--bound-name", default="bound")
     ap.add_argument("--peers", help="comma-separated; default: every other implementation")
+    ap.add_argument("--columns", default="",
+                    help="comma-separated implementations shown in columns of their own "
+                         "(e.g. ours_unfused): ms and their time / ours")
     args = ap.parse_args()
 
     context, times, order = load(args.json)
@@ -153,7 +175,8 @@ def main():
             seen.append(shape)
     shapes = [s for s in SUITE if s in seen] + [s for s in seen if s not in SUITE]
 
-    text = table(context, times, shapes, args.ours, args.bound_name, peers)
+    columns = [c for c in args.columns.split(",") if c]
+    text = table(context, times, shapes, args.ours, args.bound_name, peers, columns)
     print(text)
     if args.markdown_out:
         with open(args.markdown_out, "w") as f:
