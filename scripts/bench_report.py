@@ -183,7 +183,7 @@ def main():
             f.write(text)
     if not args.no_plot:
         png = args.png or os.path.splitext(args.json)[0] + "_bandwidth.png"
-        impls = [i for i in [args.ours, args.bound_name] + peers if i in order]
+        impls = [i for i in [args.ours, args.bound_name] + peers + columns if i in order]
         plot(png, times, shapes, impls)
 
 
