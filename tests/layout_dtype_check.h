@@ -66,23 +66,76 @@ double max_abs(const std::vector<double> &v) {
     return m;
 }
 
+// The CPU variants: every layout of typed_tensor.h, and x and y in different layouts.
+inline std::vector<Variant> all_variants() {
+    std::vector<Variant> v;
+    for (DType t : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        for (const char *l : {"nchw", "nhwc", "padded", "reversed"}) v.push_back({l, l, t});
+        v.push_back({"nchw", "nhwc", t});  // mixed layouts: the strided kernels
+    }
+    return v;
+}
+
+// A module of the variant's parameter dtype with random parameters, on `device`, and the
+// float64 reference with the same ones.
+struct ModuleAndReference {
+    BatchNorm2d bn;
+    reference::Module ref;
+    ModuleAndReference(const Variant &var, const Shape &s, Options o, std::mt19937 &rng,
+                       Device device)
+        : bn(s.c, with_params_dtype(o, var)), ref(reference_like(bn)) {
+        randomize_parameters(rng, bn, ref);
+        bn.to(device);
+    }
+    static Options with_params_dtype(Options o, const Variant &var) {
+        o.dtype = var.dtype == DType::float64 ? DType::float64 : DType::float32;
+        return o;
+    }
+};
+
+// A 4-D output against the reference: within the dtype's tolerance, written everywhere inside
+// its view and nowhere outside it.
+inline void expect_output_close(const TypedTensor &got, const std::vector<double> &want,
+                                const Tolerance &tol, const Shape &s, const std::string &what) {
+    const double atol = tol.arithmetic * (1.0 + max_abs(want)) * 4;
+    EXPECT_TRUE(all_close(got.values(), want, atol, tol.rel_rounding,
+                          [&](int64_t i) { return what + " " + where(s, i); }));
+    EXPECT_EQ(got.written_outside(), 0) << what;
+}
+
+inline void expect_running_stats(const StateDict &st, const reference::Module &ref, DType dtype) {
+    const double stat_tol = dtype == DType::float64 ? 1e-12 : 2e-6;
+    EXPECT_TRUE(all_close(st.running_mean, ref.running_mean, stat_tol, stat_tol));
+    EXPECT_TRUE(all_close(st.running_var, ref.running_var, stat_tol, stat_tol));
+}
+
+// The parameter gradients against the reference's, read through the host: to() forgets the
+// forward, so the caller runs it again afterwards (same inputs: same output, one more
+// running-statistics step in training, in the module and the reference alike).
+inline void expect_param_grads(BatchNorm2d &bn, const reference::Module::Grads &g, DType dtype,
+                               const Shape &s, Device device) {
+    const double atol = dtype == DType::float64 ? 1e-11 * (1.0 + std::sqrt(double(s.per_channel())))
+                                                : param_grad_atol(s);
+    bn.to(Device::CPU);
+    EXPECT_TRUE(all_close(to_vector_f64(bn.weight_grad()), g.weight, atol, 1e-6));
+    EXPECT_TRUE(all_close(to_vector_f64(bn.bias_grad()), g.bias, atol, 1e-6));
+    bn.to(device);
+}
+
 // Training and eval forward, running statistics and backward with every output mask of one
 // layout x dtype variant on `device`, against the float64 reference, for every shape.
 inline void check_against_reference(const Variant &var, const std::vector<Shape> &shapes,
                                     Device device) {
     const Tolerance tol = tolerance(var.dtype);
     std::mt19937 rng(1234);
-    const DType params = var.dtype == DType::float64 ? DType::float64 : DType::float32;
     for (const Shape &s : shapes) {
         for (bool affine : {true, false}) {
             SCOPED_TRACE(s.name() + (affine ? " affine" : " not affine"));
             Options o;
             o.affine = affine;
-            o.dtype = params;
-            BatchNorm2d bn(s.c, o);
-            reference::Module ref = reference_like(bn);
-            randomize_parameters(rng, bn, ref);
-            bn.to(device);
+            ModuleAndReference m(var, s, o, rng, device);
+            BatchNorm2d &bn = m.bn;
+            reference::Module &ref = m.ref;
 
             TypedTensor x(var.dtype, s, var.x_layout), y(var.dtype, s, var.y_layout);
             TypedTensor dy(var.dtype, s, var.y_layout), dx(var.dtype, s, var.y_layout);
@@ -99,41 +152,22 @@ inline void check_against_reference(const Variant &var, const std::vector<Shape>
                 dev_y.upload();
                 bn.forward(dev_x.view(), dev_y.view());
                 dev_y.download();
-                const std::vector<double> want = ref.forward(s, xv);
-                const double y_atol = tol.arithmetic * (1.0 + max_abs(want)) * 4;
-                EXPECT_TRUE(all_close(y.values(), want, y_atol, tol.rel_rounding,
-                                      [&](int64_t i) { return "y " + where(s, i); }));
-                EXPECT_EQ(y.written_outside(), 0);
+                expect_output_close(y, ref.forward(s, xv), tol, s, "y");
                 const StateDict st = bn.state_dict();
-                const double stat_tol = var.dtype == DType::float64 ? 1e-12 : 2e-6;
-                EXPECT_TRUE(all_close(st.running_mean, ref.running_mean, stat_tol, stat_tol));
-                EXPECT_TRUE(all_close(st.running_var, ref.running_var, stat_tol, stat_tol));
+                expect_running_stats(st, ref, var.dtype);
 
-                for (const BackwardMask &m : all_masks()) {
-                    SCOPED_TRACE(mask_name(m));
+                for (const BackwardMask &mask : all_masks()) {
+                    SCOPED_TRACE(mask_name(mask));
                     dx.poison();
                     dev_dx.upload();
                     bn.zero_grad();
-                    bn.backward(dev_dy.view(), m.input ? dev_dx.view() : Tensor(), m);
+                    bn.backward(dev_dy.view(), mask.input ? dev_dx.view() : Tensor(), mask);
                     dev_dx.download();
                     const reference::Module::Grads g = ref.backward(s, xv, dyv);
-                    if (m.input) {
-                        const double atol = tol.arithmetic * (1.0 + max_abs(g.input)) * 4;
-                        EXPECT_TRUE(all_close(dx.values(), g.input, atol, tol.rel_rounding,
-                                              [&](int64_t i) { return "dx " + where(s, i); }));
-                        EXPECT_EQ(dx.written_outside(), 0);
-                    }
-                    if (m.params && affine) {
-                        const double atol = var.dtype == DType::float64
-                                                ? 1e-11 * (1.0 + std::sqrt(double(s.per_channel())))
-                                                : param_grad_atol(s);
+                    if (mask.input) expect_output_close(dx, g.input, tol, s, "dx");
+                    if (mask.params && affine) {
                         EXPECT_TRUE(all_close(bn.state_dict().weight, st.weight, 0, 0));
-                        // Read through the host: to() and back forgets the forward, so run
-                        // it again (same x: same statistics, one more running-stats step).
-                        bn.to(Device::CPU);
-                        EXPECT_TRUE(all_close(to_vector_f64(bn.weight_grad()), g.weight, atol, 1e-6));
-                        EXPECT_TRUE(all_close(to_vector_f64(bn.bias_grad()), g.bias, atol, 1e-6));
-                        bn.to(device);
+                        expect_param_grads(bn, g, var.dtype, s, device);
                         if (device != Device::CPU) {
                             bn.forward(dev_x.view(), dev_y.view());
                             ref.forward(s, xv);
@@ -144,6 +178,5 @@ inline void check_against_reference(const Variant &var, const std::vector<Shape>
         }
     }
 }
-
 
 }  // namespace bn2d::test

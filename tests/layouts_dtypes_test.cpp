@@ -19,16 +19,7 @@ TEST_P(LayoutDtype, MatchesFloat64Reference) {
     check_against_reference(GetParam(), shapes, Device::CPU);
 }
 
-std::vector<Variant> variants() {
-    std::vector<Variant> v;
-    for (DType t : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
-        for (const char *l : {"nchw", "nhwc", "padded", "reversed"}) v.push_back({l, l, t});
-        v.push_back({"nchw", "nhwc", t});  // mixed layouts: the strided kernels
-    }
-    return v;
-}
-
-INSTANTIATE_TEST_SUITE_P(All, LayoutDtype, ::testing::ValuesIn(variants()),
+INSTANTIATE_TEST_SUITE_P(All, LayoutDtype, ::testing::ValuesIn(all_variants()),
                          [](const ::testing::TestParamInfo<Variant> &i) { return i.param.name(); });
 
 // The kernel each layout reaches, as BN2D_VERBOSE reports it.

@@ -44,17 +44,14 @@ inline void check_fused_against_reference(const Variant &var, const std::vector<
                                           Device device) {
     const Tolerance tol = tolerance(var.dtype);
     std::mt19937 rng(4321);
-    const DType params = var.dtype == DType::float64 ? DType::float64 : DType::float32;
     for (const Shape &s : shapes) {
         for (const Fusion &f : all_fusions()) {
             SCOPED_TRACE(s.name() + " " + f.name());
             Options o;
-            o.dtype = params;
             o.activation = f.relu ? Activation::relu : Activation::none;
-            BatchNorm2d bn(s.c, o);
-            reference::Module ref = reference_like(bn);
-            randomize_parameters(rng, bn, ref);
-            bn.to(device);
+            ModuleAndReference m(var, s, o, rng, device);
+            BatchNorm2d &bn = m.bn;
+            reference::Module &ref = m.ref;
 
             TypedTensor x(var.dtype, s, var.x_layout), z(var.dtype, s, var.x_layout);
             TypedTensor y(var.dtype, s, var.y_layout), dy(var.dtype, s, var.y_layout);
@@ -77,32 +74,25 @@ inline void check_fused_against_reference(const Variant &var, const std::vector<
                 dev_y.upload();
                 forward();
                 dev_y.download();
-                const std::vector<double> want = reference_epilogue(ref.forward(s, xv), zv, f.relu);
-                const double y_atol = tol.arithmetic * (1.0 + max_abs(want)) * 4;
-                const std::vector<double> yv = y.values();
-                EXPECT_TRUE(all_close(yv, want, y_atol, tol.rel_rounding,
-                                      [&](int64_t i) { return "y " + where(s, i); }));
-                EXPECT_EQ(y.written_outside(), 0);
-                const StateDict st = bn.state_dict();
-                const double stat_tol = var.dtype == DType::float64 ? 1e-12 : 2e-6;
-                EXPECT_TRUE(all_close(st.running_mean, ref.running_mean, stat_tol, stat_tol));
-                EXPECT_TRUE(all_close(st.running_var, ref.running_var, stat_tol, stat_tol));
+                expect_output_close(y, reference_epilogue(ref.forward(s, xv), zv, f.relu), tol, s,
+                                    "y");
+                expect_running_stats(bn.state_dict(), ref, var.dtype);
 
                 // The gradient reaching the batch norm: through the ReLU of the output as the
                 // module wrote it (PyTorch masks by the result), itself checked above.
-                const std::vector<double> incoming = f.relu ? through_relu(dyv, yv) : dyv;
+                const std::vector<double> incoming = f.relu ? through_relu(dyv, y.values()) : dyv;
                 std::vector<BackwardMask> masks = all_masks();
                 if (f.residual) masks.push_back(BackwardMask{false, false});  // dz alone
-                for (const BackwardMask &m : masks) {
-                    SCOPED_TRACE(mask_name(m));
+                for (const BackwardMask &mask : masks) {
+                    SCOPED_TRACE(mask_name(mask));
                     dx.poison();
                     dz.poison();
                     dev_dx.upload();
                     dev_dz.upload();
                     bn.zero_grad();
-                    const Tensor grad_input = m.input ? dev_dx.view() : Tensor();
-                    if (f.residual) bn.backward_add(dev_dy.view(), grad_input, dev_dz.view(), m);
-                    else bn.backward(dev_dy.view(), grad_input, m);
+                    const Tensor grad_input = mask.input ? dev_dx.view() : Tensor();
+                    if (f.residual) bn.backward_add(dev_dy.view(), grad_input, dev_dz.view(), mask);
+                    else bn.backward(dev_dy.view(), grad_input, mask);
                     dev_dx.download();
                     dev_dz.download();
                     if (f.residual) {  // exactly dy or 0: no arithmetic
@@ -111,22 +101,9 @@ inline void check_fused_against_reference(const Variant &var, const std::vector<
                         EXPECT_EQ(dz.written_outside(), 0);
                     }
                     const reference::Module::Grads g = ref.backward(s, xv, incoming);
-                    if (m.input) {
-                        const double atol = tol.arithmetic * (1.0 + max_abs(g.input)) * 4;
-                        EXPECT_TRUE(all_close(dx.values(), g.input, atol, tol.rel_rounding,
-                                              [&](int64_t i) { return "dx " + where(s, i); }));
-                        EXPECT_EQ(dx.written_outside(), 0);
-                    }
-                    if (m.params) {
-                        const double atol = var.dtype == DType::float64
-                                                ? 1e-11 * (1.0 + std::sqrt(double(s.per_channel())))
-                                                : param_grad_atol(s);
-                        // Read through the host; to() forgets the forward, so run it again
-                        // (same inputs: same output, one more running-statistics step).
-                        bn.to(Device::CPU);
-                        EXPECT_TRUE(all_close(to_vector_f64(bn.weight_grad()), g.weight, atol, 1e-6));
-                        EXPECT_TRUE(all_close(to_vector_f64(bn.bias_grad()), g.bias, atol, 1e-6));
-                        bn.to(device);
+                    if (mask.input) expect_output_close(dx, g.input, tol, s, "dx");
+                    if (mask.params) {
+                        expect_param_grads(bn, g, var.dtype, s, device);
                         forward();
                         ref.forward(s, xv);
                     }

@@ -7,17 +7,11 @@
 #include <tuple>
 
 #include "common.h"
+#include "torch_helpers.h"
 
 namespace bn2d::test {
 namespace {
 
-torch::Tensor to_torch(const std::vector<float> &v, const Shape &s) {
-    return torch::from_blob(const_cast<float *>(v.data()), {s.n, s.c, s.h, s.w}).clone();
-}
-std::vector<float> from_torch(const torch::Tensor &t) {
-    torch::Tensor c = t.detach().contiguous();
-    return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-}
 
 // Same NaN positions, and the other elements within atol + rtol * |want|.
 ::testing::AssertionResult close_with_nans(const std::vector<float> &got,
@@ -51,15 +45,7 @@ TEST_P(relu_torch, CompositionAgrees) {
     BatchNorm2d ours(s.c, o);
     std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f), b = random_vector(rng, s.c, 0.0f, 0.5f);
     if (kind == 1) b[0] = residual ? 0.5f : 0.0f;  // channel 0 constant: bn(x) = bias there
-    {
-        torch::NoGradGuard ng;
-        theirs->weight.copy_(torch::from_blob(w.data(), {s.c}));
-        theirs->bias.copy_(torch::from_blob(b.data(), {s.c}));
-        StateDict d = ours.state_dict();
-        d.weight = to_f64(w);
-        d.bias = to_f64(b);
-        ours.load_state_dict(d);
-    }
+    set_parameters(theirs, ours, w, b);
     auto step = [&](float mean, float stddev, bool training) {
         std::vector<float> x = random_vector(rng, s.numel(), mean, stddev);
         std::vector<float> z = random_vector(rng, s.numel());

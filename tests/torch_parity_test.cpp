@@ -5,18 +5,15 @@
 #include <tuple>
 
 #include "common.h"
+#include "torch_helpers.h"
 #include "typed_tensor.h"
 
 namespace bn2d::test {
 namespace {
 
-torch::Tensor to_torch(const std::vector<float> &v, const Shape &s) {
-    return torch::from_blob(const_cast<float *>(v.data()), {s.n, s.c, s.h, s.w}).clone();
-}
-std::vector<float> from_torch(const torch::Tensor &t) {
-    torch::Tensor c = t.detach().contiguous();
-    return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-}
+using test::from_torch;  // overloaded below for typed tensors
+using test::to_torch;
+
 
 using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
 
@@ -33,15 +30,8 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     torch::nn::BatchNorm2d theirs(opts);
     BatchNorm2d ours(s.c, 1e-5, momentum, affine, track);
     if (affine) { // same random parameters in both
-        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f),
-                           b = random_vector(rng, s.c, 0.0f, 0.5f);
-        torch::NoGradGuard ng;
-        theirs->weight.copy_(torch::from_blob(w.data(), {s.c}));
-        theirs->bias.copy_(torch::from_blob(b.data(), {s.c}));
-        StateDict d = ours.state_dict();
-        d.weight = to_f64(w);
-        d.bias = to_f64(b);
-        ours.load_state_dict(d);
+        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f);
+        set_parameters(theirs, ours, w, random_vector(rng, s.c, 0.0f, 0.5f));
     }
     // One forward and backward through both, outputs and gradients compared. Tolerances:
     // float32 against libtorch's float32 (double-accumulated on CPU): both round differently,
