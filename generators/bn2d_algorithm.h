@@ -258,6 +258,8 @@ inline Expr not_positive(Expr f) {
 }
 inline Expr zero_of(const Expr &like) { return Halide::cast(like.type(), 0); }
 
+// Switches are bool Exprs: a Param<bool> or GeneratorInput<bool>, or Halide::cast<bool>(1)
+// (Expr(true) is an int).
 struct Epilogue {
     Func residual;      // z, shaped like x; undefined: none
     Expr add_residual;  // bool; undefined: true when the residual is defined

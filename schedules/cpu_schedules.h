@@ -281,9 +281,13 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     // Training backward must not pay for a ReLU it does not have: its loops over the tensor are
     // specialized on the switch, and the copy without it never loads the mask (measured
     // unspecialized: 3-11% slower with the ReLU off). A specialization doubles the kernel's code
-    // and its build time, so eval backward, rarer, keeps one loop and loads the mask argument,
-    // which is grad_out's own cache lines when the ReLU is off.
-    const Expr relu = p.training ? p.relu : Expr();
+    // and its build time, so only where it pays: training backward (eval backward, rarer, keeps
+    // one loop) on AVX2 and up without large_buffers (the ISAs of current CPUs and the 32-bit
+    // indexing nearly every call uses). Elsewhere the loop loads the mask argument, which is
+    // grad_out's own cache lines when the ReLU is off.
+    const bool specialize = p.training && t.natural_vector_size<float>() >= 8 &&
+                            !t.has_feature(Target::LargeBuffers);
+    const Expr relu = specialize ? p.relu : Expr();
     if (layout == Layout::nhwc) {
         if (p.sums.sums.defined()) {
             Expr C = (p.grad_input.defined() ? p.grad_input : params.front())

@@ -24,7 +24,7 @@ if [[ "$job" == asan || "$job" == all ]]; then
   "$cmake" --preset asan >/dev/null
   "$cmake" --build --preset asan --target forward_test backward_test errors_test isa_test \
     variants_test layouts_dtypes_test large_tensors_test fuzz_test concurrency_test deploy_test \
-    test_opencl
+    relu_test test_opencl
   # Leak checking stays on for the CPU tests. PoCL keeps driver allocations until exit, which
   # LeakSanitizer would report as leaks of the OpenCL test process.
   # The dense > 2^31-element test needs 9 GB, more than ASan's shadow and quarantine leave.

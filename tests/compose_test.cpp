@@ -185,6 +185,64 @@ TEST(Compose, StageSchedulesPlaceTheBackward) {
     }
 }
 
+// A pipeline passes the fused epilogue's switches as constants: y = relu(bn(x) + z) in a
+// training forward, then the backward through the ReLU's mask read from that y.
+TEST(Compose, relu_epilogue_with_constant_switches) {
+    const Shape s{2, 3, 5, 7};
+    std::mt19937 rng(41);
+    std::vector<float> x = bn2d::test::random_vector(rng, s.numel(), 0.5f, 2.0f);
+    std::vector<float> z = bn2d::test::random_vector(rng, s.numel());
+    std::vector<float> dy = bn2d::test::random_vector(rng, s.numel());
+    bn2d::reference::Module ref(s.c);
+    std::vector<float> w = bn2d::test::random_vector(rng, s.c, 1.0f, 0.3f);
+    std::vector<float> b = bn2d::test::random_vector(rng, s.c, 0.0f, 0.5f);
+    ref.weight.assign(w.begin(), w.end());
+    ref.bias.assign(b.begin(), b.end());
+
+    bn2d::Vars v;
+    Buffer<float> xb = to_buffer(x, s), zb = to_buffer(z, s), dyb = to_buffer(dy, s);
+    Buffer<float> wb = to_buffer(ref.weight), bb = to_buffer(ref.bias),
+                  rmb = to_buffer(ref.running_mean), rvb = to_buffer(ref.running_var);
+    auto extents = [&](const std::string &prefix) {
+        return bn2d::Extents{Expr(int(s.w)), Expr(int(s.h)), Expr(int(s.c)), Expr(int(s.n)),
+                             Float(64), prefix};
+    };
+    bn2d::TrainForward fwd =
+        bn2d::train_forward(Func(xb), Func(wb), Func(bb), Func(rmb), Func(rvb), 1e-5f, 0.1f,
+                            extents("fwd_"), v, bn2d::Epilogue{Func(zb), Expr(), cast<bool>(1)});
+    fwd.stats.s.sums.compute_root();
+    Buffer<float> y(s.w, s.h, s.c, s.n), mean(s.c), invstd(s.c), rm(s.c), rv(s.c);
+    y.fill(std::numeric_limits<float>::quiet_NaN());
+    Pipeline({fwd.y, fwd.saved_mean, fwd.saved_invstd, fwd.running_mean_out, fwd.running_var_out})
+        .realize({y, mean, invstd, rm, rv});
+    std::vector<double> want = ref.forward(s, x);
+    for (size_t i = 0; i < want.size(); ++i) want[i] = std::max(want[i] + z[i], 0.0);
+    const std::vector<float> got(y.data(), y.data() + s.numel());
+    EXPECT_TRUE(bn2d::test::all_close(got, want, 2e-5, 2e-5,
+                                      [&](int64_t i) { return "y " + bn2d::test::where(s, i); }));
+
+    bn2d::Backward bwd = bn2d::backward({true, true, true}, Func(xb), Func(dyb), Func(mean),
+                                        Func(invstd), 1e-5f, Func(wb), Func(), Func(),
+                                        extents("bwd_"), v, bn2d::ReluGrad{Func(y), Expr()});
+    bwd.sums.sums.compute_root();
+    Buffer<float> dx(s.w, s.h, s.c, s.n), dw(s.c), db(s.c);
+    dx.fill(std::numeric_limits<float>::quiet_NaN());
+    Pipeline({bwd.grad_input, bwd.grad_weight, bwd.grad_bias}).realize({dx, dw, db});
+    std::vector<double> incoming(dy.begin(), dy.end());
+    int masked = 0;
+    for (size_t i = 0; i < incoming.size(); ++i)
+        if (got[i] <= 0) incoming[i] = 0, ++masked;
+    EXPECT_GT(masked, 0);  // the ReLU clipped something: the mask is exercised
+    const bn2d::reference::Module::Grads g = ref.backward(s, x, incoming);
+    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(dx.data(), dx.data() + s.numel()),
+                                      g.input, 1e-5, 1e-5,
+                                      [&](int64_t i) { return "dx " + bn2d::test::where(s, i); }));
+    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(dw.data(), dw.data() + s.c), g.weight,
+                                      1e-4, 1e-5));
+    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(db.data(), db.data() + s.c), g.bias,
+                                      1e-4, 1e-5));
+}
+
 // Halide renames a second Func of an existing name ("same_y$1"): the stage is then unreadable in
 // .stmt files and profiles and unaddressable by name. A prefix per batch norm avoids that.
 TEST(Compose, PrefixesKeepNamesReadable) {
