@@ -158,6 +158,14 @@ TEST(relu_errors, BadArgumentsLeaveStateUntouched) {
                  "residual is float64");
     expect_error([&] { bn.forward_add(x_t, y_t, y_t); }, "out overlaps residual");
     expect_error([&] { bn.forward_add(x_t, Tensor(), y_t); }, "residual is null");
+    // A training step updates the running statistics: no input may live there.
+    Tensor rv = bn.running_var();
+    expect_error(
+        [&] {
+            bn.forward_add(Tensor(x.data(), {1, 3, 1, 1}), Tensor(rv.data(), {1, 3, 1, 1}),
+                           Tensor(y.data(), {1, 3, 1, 1}));
+        },
+        "residual overlaps the module's running_var()");
     expect_error([&] { bn.backward_add(view(dy, s), view(dx, s), view(dy, s)); },
                  "grad_residual overlaps grad_out");
     expect_error([&] { bn.backward_add(view(dy, s), view(dx, s), view(dx, s)); },

@@ -328,7 +328,11 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
     const bool update_running = s.training && s.track;
     const std::vector<StateView> state = s.visible_storage();
     check_not_state("out", out, state);
-    if (update_running) check_not_state("input", x, state, {"running_mean()", "running_var()"});
+    if (update_running) {
+        check_not_state("input", x, state, {"running_mean()", "running_var()"});
+        if (residual)
+            check_not_state("residual", *residual, state, {"running_mean()", "running_var()"});
+    }
     int64_t per_channel = 0;  // N*H*W; may overflow when C = 0 makes the tensor empty
     if (__builtin_mul_overflow(x.size(0), x.size(2), &per_channel) ||
         __builtin_mul_overflow(per_channel, x.size(3), &per_channel))
