@@ -685,27 +685,34 @@ void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
     state.counters["threads"] = g_threads;
 }
 
+// Registers a benchmark (real time, ms). A failure (a bn2d::Error, a oneDNN or torch exception)
+// marks that benchmark as errored in the output instead of ending the run.
+template<typename Body>
+void register_guarded(const std::string &name, Body body) {
+    auto guarded = [body](benchmark::State &state) {
+        // Let the previous benchmark's thread pools (OpenMP's spin for a few ms) go idle, so
+        // they take no core from this one.
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        try {
+            body(state);
+        } catch (const std::exception &e) {
+            state.SkipWithError(e.what());
+        }
+    };
+    benchmark::RegisterBenchmark(name.c_str(), guarded)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
 void register_all() {
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Op op : bn2d::bench::kOps) {
             const std::string tail = "/" + s.name();
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
-                // A failure (a bn2d::Error, a oneDNN or torch exception) marks that benchmark
-                // as errored in the output instead of ending the run.
-                auto guarded = [fn, op, s, extra...](benchmark::State &state) {
-                    // Let the previous benchmark's thread pools (OpenMP's spin for a few ms)
-                    // go idle, so they take no core from this one.
-                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                    try {
-                        fn(state, op, s, extra...);
-                    } catch (const std::exception &e) {
-                        state.SkipWithError(e.what());
-                    }
-                };
-                benchmark::RegisterBenchmark((std::string(op_name(op)) + "/" + impl + tail).c_str(),
-                                             guarded)
-                    ->UseRealTime()
-                    ->Unit(benchmark::kMillisecond);
+                register_guarded(std::string(op_name(op)) + "/" + impl + tail,
+                                 [fn, op, s, extra...](benchmark::State &state) {
+                                     fn(state, op, s, extra...);
+                                 });
             };
             using bn2d::DType;
             reg("ours", bench_ours, false, DType::float32);
@@ -730,18 +737,10 @@ void register_all() {
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Fused f : kFusedOps) {
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
-                auto guarded = [fn, s, extra...](benchmark::State &state) {
-                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                    try {
-                        fn(state, s, extra...);
-                    } catch (const std::exception &e) {
-                        state.SkipWithError(e.what());
-                    }
-                };
-                benchmark::RegisterBenchmark(
-                    (std::string(fused_name(f)) + "/" + impl + "/" + s.name()).c_str(), guarded)
-                    ->UseRealTime()
-                    ->Unit(benchmark::kMillisecond);
+                register_guarded(std::string(fused_name(f)) + "/" + impl + "/" + s.name(),
+                                 [fn, s, extra...](benchmark::State &state) {
+                                     fn(state, s, extra...);
+                                 });
             };
             auto ours = [f](benchmark::State &st, const Shape &sh, bool nhwc, bool fused) {
                 bench_fused_ours(st, f, sh, nhwc, fused);

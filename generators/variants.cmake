@@ -10,8 +10,9 @@
 # and bias 0; training backward without parameter gradients runs train_bwd (the sums are needed
 # for grad_input anyway) and drops the 2*C values; the fused epilogue relu(bn(x) + z) and the
 # ReLU's mask in backward are run-time switches of every kernel (bn2d::Epilogue), and the
-# residual's gradient is eval_bwd_input with a unit scale (runtime/src/dispatch.cpp). Separate libraries only where the work
-# differs: which outputs exist, training or eval statistics, and the target.
+# residual's gradient is eval_bwd_input with a unit scale (runtime/src/dispatch.cpp). Separate
+# libraries only where the work differs: which outputs exist, training or eval statistics, and
+# the target.
 
 # bn2d_kernel(<kernel> DTYPES <dtype>... LAYOUTS <layout>... GENERATOR <generator>
 #             [PARAMS <key=value>...])
