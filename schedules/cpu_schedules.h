@@ -38,10 +38,36 @@ using Halide::TailStrategy;
 using Halide::Target;
 using Halide::Var;
 
-// The knobs a machine file may set for CPU kernels (schedules/machines/*.params).
-inline const std::vector<std::string> kKnobs = {"vector_lanes", "accumulators", "chunk",
-                                                "grain",        "min_channels", "min_batch",
-                                                "block_rows"};
+// The knobs a machine file may set for CPU kernels (schedules/machines/*.params), their
+// defaults and the values the tuner tries. vector_lanes is not searched: a machine file applies
+// to every ISA of the multi-target library, and each ISA's natural width (its default) is right
+// for it.
+inline const std::vector<KnobRange> kKnobRanges = {
+    {"vector_lanes", 0, {}},  // 0: the target's natural width
+    {"accumulators", 4, {1, 2, 4, 8}},
+    {"chunk", 16384, {1024, 2048, 4096, 8192, 16384, 32768, 65536}},
+    {"grain", 65536, {8192, 16384, 32768, 65536, 131072, 262144, 524288}},
+    {"min_channels", 8, {1, 2, 4, 8, 16, 32}},
+    {"min_batch", 8, {1, 2, 4, 8, 16, 32, 64}},
+    {"block_rows", 0, {0, 16, 32, 64, 128, 256, 512, 1024}},
+};
+inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
+
+// The knobs a schedule kernel's loops depend on (the tuner searches these, no others):
+// NCHW statistics or gradient sums fused per channel group (train_*, eval_bwd) read
+// accumulators, chunk, grain and min_channels; NCHW pointwise loops (eval_fwd, eval_bwd_input)
+// chunk, grain and min_batch; NHWC loops grain, and their sums accumulators and block_rows.
+inline std::vector<std::string> searched_knobs(const std::string &kernel) {
+    const bool nhwc = kernel.size() > 5 && kernel.substr(kernel.size() - 5) == "_nhwc";
+    const std::string op = nhwc ? kernel.substr(0, kernel.size() - 5) : kernel;
+    if (nhwc) {
+        if (op == "eval_fwd") return {"grain"};
+        return {"accumulators", "block_rows", "grain"};
+    }
+    if (op == "eval_fwd") return {"chunk", "grain", "min_batch"};
+    if (op == "eval_bwd") return {"accumulators", "chunk", "grain", "min_channels", "min_batch"};
+    return {"accumulators", "chunk", "grain", "min_channels"};
+}
 
 struct Knobs {
     int lanes;         // vector width in floats
@@ -54,14 +80,17 @@ struct Knobs {
 };
 
 inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Target &t) {
+    auto get = [&](const char *knob) {
+        return sp.get("cpu", kernel, knob, knob_range(kKnobRanges, knob).fallback);
+    };
     Knobs k;
     k.lanes = sp.get("cpu", kernel, "vector_lanes", t.natural_vector_size<float>());
-    k.accumulators = sp.get("cpu", kernel, "accumulators", 4);
-    k.chunk = sp.get("cpu", kernel, "chunk", 16384);
-    k.grain = sp.get("cpu", kernel, "grain", 65536);
-    k.min_channels = sp.get("cpu", kernel, "min_channels", 8);
-    k.min_batch = sp.get("cpu", kernel, "min_batch", 8);
-    k.block_rows = sp.get("cpu", kernel, "block_rows", 0);
+    k.accumulators = get("accumulators");
+    k.chunk = get("chunk");
+    k.grain = get("grain");
+    k.min_channels = get("min_channels");
+    k.min_batch = get("min_batch");
+    k.block_rows = get("block_rows");
     if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1 ||
         k.block_rows < 0)
         throw std::runtime_error("cpu." + kernel + ": need lanes >= 1, accumulators >= 1, " +

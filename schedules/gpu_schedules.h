@@ -39,9 +39,20 @@ using Halide::Stage;
 using Halide::TailStrategy;
 using Halide::Var;
 
-// The knobs a machine file may set for GPU kernels, as cuda.*, opencl.* or gpu.* (both).
-inline const std::vector<std::string> kKnobs = {"threads", "tile_w", "rows", "channel_tile",
-                                                "per_thread"};
+// The knobs a machine file may set for GPU kernels, as cuda.*, opencl.* or gpu.* (both), their
+// defaults and the values the tuner tries (every kernel reads all five). Blocks are at most
+// threads, tile_w x rows or channel_tile threads: 1024 at most with these values, the limit
+// of CUDA and of the OpenCL devices we target.
+inline const std::vector<KnobRange> kKnobRanges = {
+    {"threads", 128, {32, 64, 128, 256, 512}},
+    {"tile_w", 32, {8, 16, 32, 64}},
+    {"rows", 8, {1, 2, 4, 8, 16}},
+    {"channel_tile", 64, {32, 64, 128, 256}},
+    {"per_thread", 8, {1, 2, 4, 8, 16}},
+};
+inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
+
+inline std::vector<std::string> searched_knobs(const std::string &) { return kKnobs; }
 
 struct Knobs {
     int threads;      // threads per block along long rows (reductions and elementwise)
@@ -53,12 +64,15 @@ struct Knobs {
 
 // `backend` is cuda or opencl (different hardware, tuned apart; gpu.* is their shared default).
 inline Knobs knobs(const ScheduleParams &sp, const std::string &backend, const std::string &kernel) {
+    auto get = [&](const char *knob) {
+        return sp.get(backend, kernel, knob, knob_range(kKnobRanges, knob).fallback);
+    };
     Knobs k;
-    k.threads = sp.get(backend, kernel, "threads", 128);
-    k.tile_w = sp.get(backend, kernel, "tile_w", 32);
-    k.rows = sp.get(backend, kernel, "rows", 8);
-    k.channel_tile = sp.get(backend, kernel, "channel_tile", 64);
-    k.per_thread = sp.get(backend, kernel, "per_thread", 8);
+    k.threads = get("threads");
+    k.tile_w = get("tile_w");
+    k.rows = get("rows");
+    k.channel_tile = get("channel_tile");
+    k.per_thread = get("per_thread");
     if (k.threads < 1 || k.tile_w < 1 || k.rows < 1 || k.channel_tile < 1 || k.per_thread < 1)
         throw std::runtime_error(backend + "." + kernel + ": knobs must be >= 1");
     return k;

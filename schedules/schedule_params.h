@@ -19,6 +19,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace bn2d {
@@ -26,6 +27,28 @@ namespace bn2d {
 // The layouts with schedules of their own: nchw (W innermost; also the strided kernels, whose
 // strides are unknown) and nhwc (channels_last: C innermost, reductions vectorize over C).
 enum class Layout { nchw, nhwc };
+
+// A knob as the tuner sees it (tools/bn2d_tune.cpp): the value its schedule uses when no machine
+// file sets it, and the values worth trying, ascending. Every value in `values` gives a correct
+// kernel on every target of the backend (any ISA, dtype, layout): the tuner may write any of
+// them.
+struct KnobRange {
+    std::string knob;
+    int fallback;
+    std::vector<int> values;
+};
+
+inline const KnobRange &knob_range(const std::vector<KnobRange> &ranges, const std::string &knob) {
+    for (const KnobRange &r : ranges)
+        if (r.knob == knob) return r;
+    throw std::runtime_error("no knob '" + knob + "'");
+}
+
+inline std::vector<std::string> knob_names(const std::vector<KnobRange> &ranges) {
+    std::vector<std::string> names;
+    for (const KnobRange &r : ranges) names.push_back(r.knob);
+    return names;
+}
 
 // What a machine file may name: kernels, and the knobs of each backend family.
 struct ScheduleVocabulary {
@@ -117,6 +140,13 @@ public:
     }
 
     const std::string &path() const { return path_; }
+
+    // Every `key = value` of the file, in key order (the tuner copies what it does not tune).
+    std::vector<std::pair<std::string, std::string>> items() const {
+        std::vector<std::pair<std::string, std::string>> out;
+        for (const auto &[key, entry] : values_) out.emplace_back(key, entry.value);
+        return out;
+    }
 
 private:
     struct Entry {
