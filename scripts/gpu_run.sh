@@ -5,8 +5,9 @@
 #                               # (no Halide needed there)
 #   scripts/gpu_run.sh run      # on the GPU machine, in a copy of the tree with gpu_bundle/:
 #                               # runs the CUDA tests, the benchmarks, optionally a per-kernel
-#                               # profile (BN2D_PROFILE), and prints the NCHW and NHWC tables and
-#                               # the tests' verdict last
+#                               # profile (BN2D_PROFILE), the tuner's CUDA mode
+#                               # (BN2D_TUNE_SECONDS, default 120), and prints the NCHW and NHWC
+#                               # tables and the tests' verdict last
 # With OUT set (the device tool's output folder), logs and JSON go there. Time limits:
 # BN2D_TEST_TIMEOUT, BN2D_BENCH_TIMEOUT (seconds); BN2D_BENCH_FILTER selects benchmarks.
 set -euo pipefail
@@ -17,22 +18,23 @@ out="${OUT:-$root/out}"
 case "${1:-}" in
 bundle)
   "$root/scripts/bootstrap.sh"
-  "$root/scripts/build.sh" --target test_cuda bn2d_bench_gpu
+  "$root/scripts/build.sh" --target test_cuda bn2d_bench_gpu bn2d_tune
   build="${BN2D_BUILD_DIR:-$root/build}"
   rm -rf "$bundle" && mkdir -p "$bundle/lib"
-  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$bundle/"
-  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu"
+  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$build/tools/bn2d_tune" "$bundle/"
+  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune"
   # Non-system shared libraries the binaries need (Google Benchmark). cuDNN 9 is not packed: its
   # engine libraries are hundreds of MB, and the GPU machine has its own (found at run time); the
   # CUDA driver (libcuda) comes from the GPU machine too.
-  for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu"; do
+  # The tuner JIT-compiles: it takes libHalide.so (~165 MB, ~35 MB packed) along.
+  for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune"; do
     { ldd "$bin" | awk '/=> \// {print $3}' \
         | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn' || true; } \
       | xargs -r -I{} cp -L -n {} "$bundle/lib/"
   done
   # Packed: the device tool carries at most 64 MiB, the stripped binaries are ~80 MB (every
   # CPU and GPU kernel variant) and compress to ~9 MB.
-  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu lib | xz -T0 -6 > "$bundle.tar.xz"
+  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu bn2d_tune lib | xz -T0 -6 > "$bundle.tar.xz"
   rm -rf "$bundle" && mkdir -p "$bundle" && mv "$bundle.tar.xz" "$bundle/bundle.tar.xz"
   du -sh "$bundle"
   ;;
@@ -93,6 +95,14 @@ PY
       --peers "cudnn$suffix" --ours "ours_cuda$suffix" --markdown-out "$out/gpu_table_$layout.md" \
       2>/dev/null || tail -20 "$out/gpu_bench.txt"
   done
+  # The tuner's CUDA mode (BN2D_TUNE_SECONDS, default 120; 0 skips it): CUDA knobs searched on
+  # this GPU, written to $out/cuda.params with its report ($out/cuda.tune.md).
+  if [ -x "$bundle/bn2d_tune" ] && [ "${BN2D_TUNE_SECONDS:-120}" != 0 ]; then
+    tune_s="${BN2D_TUNE_SECONDS:-120}"
+    timeout $((tune_s + 60)) "$bundle/bn2d_tune" --backend cuda --budget-seconds "$tune_s"       --base "$root/schedules/machines/default.params" --out "$out/cuda.params"       --report "$out/cuda.tune" --autoschedulers none > "$out/tune.log" 2>&1       || echo "bn2d_tune exit status: $?"
+    tr '\r' '\n' < "$out/tune.log" | grep -E "candidates \(|done in|bn2d_tune:" || true
+    python3 "$root/scripts/tune_report.py" "$out/cuda.tune.json" --markdown-out "$out/cuda.tune.md"       2>/dev/null | tail -12 || true
+  fi
   # Last, where a truncated log still shows it: the CUDA tests' verdict.
   echo "test_cuda exit status: $test_rc; $(grep -E '^\[  (PASSED|FAILED) ' "$out/test_cuda.log" | tr '\n' ' ')"
   ;;

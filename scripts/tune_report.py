@@ -53,8 +53,9 @@ def table(run):
             cells = []
             for n in names:
                 r = k["ratios"].get(n)
-                if r is None:
-                    failures.setdefault(n, {})[k["kernel"]] = k["autoscheduler_errors"].get(n, "")
+                if n in k.get("autoscheduler_errors", {}):
+                    failures.setdefault(n, {})[k["kernel"]] = k["autoscheduler_errors"][n]
+                if r is None or r[i] is None:
                     cells.append("failed" if n in k.get("autoscheduler_errors", {}) else "-")
                 else:
                     cells.append(fmt(r[i]))
@@ -64,7 +65,14 @@ def table(run):
             "| kernel | " + " | ".join(names) + " | candidates | tuned knobs (default) |",
             "|---|" + "---:|" * len(names) + "---:|---|"]
     for k in run["kernels"]:
-        cells = [fmt(geomean(k["ratios"][n])) if n in k["ratios"] else "failed" for n in names]
+        cells = []
+        for n in names:
+            r = k["ratios"].get(n)
+            if r is None or None in r:  # a geomean over fewer problems would not compare
+                ok = [v for v in (r or []) if v is not None]
+                cells.append("failed" if not ok else "{} ({}/{})".format(fmt(geomean(ok)), len(ok), len(r)))
+            else:
+                cells.append(fmt(geomean(r)))
         knobs = k["tuned"] if k["tuned"] != k["default"] else "default"
         note = " (search's best lost to the default in the final run)" if k.get("kept_default") else ""
         out.append("| {} | {} | {} | {} ({}){} |".format(
@@ -112,7 +120,9 @@ def plot(path, runs):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5))
     width = 0.8 / len(names)
     for j, n in enumerate(names):
-        ys = [geomean(k["ratios"][n]) if n in k["ratios"] else 0 for k in run["kernels"]]
+        ys = [geomean([v for v in k["ratios"][n] if v is not None]) if n in k["ratios"] else 0
+              for k in run["kernels"]]
+        ys = [0 if math.isnan(y) else y for y in ys]
         ax1.bar([i + j * width for i in range(len(kernels))], ys, width, label=n)
     ax1.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="floor")
     ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(kernels))])

@@ -44,6 +44,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -366,7 +367,11 @@ std::string current_error() {
     try {
         throw;
     } catch (const Halide::Error &e) {
-        return std::string("Halide: ") + e.what();
+        std::string what = e.what();
+        while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+        if (what.empty() || what == "Error:")  // Mullapudi2016 on these pipelines, for one
+            what = "an error without a message (HL_DEBUG_CODEGEN=2 shows Halide's last steps)";
+        return "Halide: " + what;
     } catch (const std::exception &e) {
         return e.what();
     } catch (...) {
@@ -389,6 +394,8 @@ struct Kernel {
     Callable callable;
     std::vector<Internal::AbstractGenerator::ArgInfo> args;
     std::string view;  // how its 4-D buffers are presented (tensor_dims)
+    // Problems it fails (an autoscheduled kernel whose tiles outgrow a small input): skipped.
+    std::set<std::string> failing;
 };
 using Compiled = std::map<std::string, Kernel>;  // dtype -> kernel: one schedule, every dtype
 
@@ -682,8 +689,14 @@ private:
             const auto t0 = Clock::now();
             try {
                 Compiled c = compile(kr.spec, o_.base, as);
-                const std::string bad = check(kr, c);
-                if (!bad.empty()) throw std::runtime_error(bad);
+                std::string failures;
+                for (size_t pi = 0; pi < kr.problems.size(); ++pi) {
+                    const std::string bad = check_problem(kr, c, pi);
+                    if (bad.empty()) continue;
+                    c.at(kr.problems[pi].dtype).failing.insert(kr.problems[pi].name());
+                    failures += (failures.empty() ? "" : "; ") + bad;
+                }
+                if (!failures.empty()) kr.kept_error[as] = failures;
                 kr.kept[as] = c;
             } catch (...) {
                 kr.kept_error[as] = current_error();
@@ -700,23 +713,32 @@ private:
     // the first mismatch, or "".
     std::string check(KernelRun &kr, const Compiled &c) {
         for (size_t pi = 0; pi < kr.problems.size(); ++pi) {
-            const Problem &p = kr.problems[pi];
-            Outputs &out = scratch(kr, c, pi, 0);
-            poison(out);
+            const std::string bad = check_problem(kr, c, pi);
+            if (!bad.empty()) return bad;
+        }
+        return "";
+    }
+    std::string check_problem(KernelRun &kr, const Compiled &c, size_t pi) {
+        const Problem &p = kr.problems[pi];
+        Outputs &out = scratch(kr, c, pi, 0);
+        poison(out);
+        try {
             call(c, p, out);
-            const double tol = p.dtype == "f64" ? 1e-9 : p.dtype == "f32" ? 1e-4 : 1.6e-2;
-            for (size_t oi = 0; oi < out.buffers.size(); ++oi) {
-                Runtime::Buffer<> &got = out.buffers[oi], &want = kr.reference[pi].buffers[oi];
-                if (gpu_) got.copy_to_host();
-                const size_t n = got.number_of_elements();
-                for (size_t i = 0; i < n; ++i) {
-                    const double g = element(got, i), w = element(want, i);
-                    if (!(std::fabs(g - w) <= tol * (1 + std::fabs(w)))) {
-                        std::ostringstream msg;
-                        msg << "wrong output " << oi << " at element " << i << " on " << p.name()
-                            << ": " << g << " (default schedule: " << w << ")";
-                        return msg.str();
-                    }
+        } catch (const std::exception &e) {
+            return p.name() + ": " + e.what();
+        }
+        const double tol = p.dtype == "f64" ? 1e-9 : p.dtype == "f32" ? 1e-4 : 1.6e-2;
+        for (size_t oi = 0; oi < out.buffers.size(); ++oi) {
+            Runtime::Buffer<> &got = out.buffers[oi], &want = kr.reference[pi].buffers[oi];
+            if (gpu_) got.copy_to_host();
+            const size_t n = got.number_of_elements();
+            for (size_t i = 0; i < n; ++i) {
+                const double g = element(got, i), w = element(want, i);
+                if (!(std::fabs(g - w) <= tol * (1 + std::fabs(w)))) {
+                    std::ostringstream msg;
+                    msg << p.name() << ": wrong output " << oi << " at element " << i << ": " << g
+                        << " (default schedule: " << w << ")";
+                    return msg.str();
                 }
             }
         }
@@ -734,10 +756,11 @@ private:
         std::mt19937 order_rng(uint32_t(o_.seed));
         for (size_t pi = 0; pi < kr.problems.size(); ++pi) {
             const Problem &p = kr.problems[pi];
+            auto fails = [&](size_t i) { return cs[i]->at(p.dtype).failing.count(p.name()) > 0; };
             std::vector<Outputs *> outs;
             for (size_t i = 0; i < cs.size(); ++i) {
                 outs.push_back(&scratch(kr, *cs[i], pi, i));
-                call(*cs[i], p, *outs.back());  // warm-up: pools, caches, first touch
+                if (!fails(i)) call(*cs[i], p, *outs.back());  // warm-up: pools, caches, first touch
             }
             run_floor(p, kr.spec.backward);
             if (kr.iters[pi] == 0) {  // calls per sample: at least 5 ms of the default
@@ -752,7 +775,9 @@ private:
             for (int r = 0; r < reps; ++r) {
                 std::shuffle(order.begin(), order.end(), order_rng);
                 for (size_t i : order) {
-                    if (i == cs.size()) {
+                    if (i < cs.size() && fails(i)) {
+                        times[i].push_back(NAN);
+                    } else if (i == cs.size()) {
                         times[i].push_back(time_call([&] { run_floor(p, kr.spec.backward); }, iters));
                     } else {
                         times[i].push_back(time_call([&] { call(*cs[i], p, *outs[i]); }, iters));
@@ -763,7 +788,7 @@ private:
             for (size_t i = 0; i < cs.size(); ++i) {
                 std::vector<double> paired;
                 for (int r = 0; r < reps; ++r) paired.push_back(times[i][r] / times.back()[r]);
-                ratios[i].push_back(median(paired));
+                ratios[i].push_back(fails(i) ? NAN : median(paired));
             }
         }
         return ratios;
@@ -911,10 +936,34 @@ private:
         return elapsed() + eval_cost(kr) < deadline;
     }
 
+    // Coordinate descent from kr.best, then from random points while the kernel's share of the
+    // budget lasts (the descent is local; a restart may find another basin). Deterministic given
+    // the scores, so a resumed run replays the same path from the journal.
     void search_descent(KernelRun &kr, double deadline) {
+        std::mt19937 rng(search_seed(kr));
+        Candidate best = kr.best;
+        Eval best_eval = kr.best_eval;
+        for (int restart = 0; can_afford(kr, deadline); ++restart) {
+            Candidate from = best;
+            Eval from_eval = best_eval;
+            if (restart > 0) {
+                from = random_candidate(kr, rng);
+                if (kr.evals.count(candidate_key(from))) {
+                    if (restart > 64) break;  // the grid is exhausted around here
+                    continue;
+                }
+                from_eval = evaluate(kr, from);
+            }
+            auto [cur, cur_eval] = descend(kr, from, from_eval, deadline);
+            if (cur_eval.score < best_eval.score * (1 - kMinGain)) best = cur, best_eval = cur_eval;
+        }
+        finish_search(kr, best, best_eval);
+    }
+
+    // One descent: for each knob, step to the neighbouring value of its range while that gains
+    // more than kMinGain, first up, then down; sweep until a sweep changes nothing.
+    std::pair<Candidate, Eval> descend(KernelRun &kr, Candidate cur, Eval cur_eval, double deadline) {
         const auto &ranges = knob_ranges(o_.backend);
-        Candidate cur = kr.best;
-        Eval cur_eval = kr.best_eval;
         for (bool changed = true; changed;) {
             changed = false;
             for (const auto &[knob, value] : Candidate(cur)) {
@@ -927,38 +976,44 @@ private:
                 for (int dir : {+1, -1}) {
                     bool moved = false;
                     for (long j = at + dir; j >= 0 && j < long(values.size()); j += dir) {
-                        if (!can_afford(kr, deadline)) return finish_search(kr, cur, cur_eval);
+                        if (!can_afford(kr, deadline)) return {cur, cur_eval};
                         Candidate cand = cur;
                         cand[knob] = values[size_t(j)];
                         Eval e = evaluate(kr, cand);
-                        if (e.score < cur_eval.score * (1 - kMinGain)) {
-                            cur = cand;
-                            cur_eval = e;
-                            moved = changed = true;
-                        } else {
-                            break;
-                        }
+                        if (!(e.score < cur_eval.score * (1 - kMinGain))) break;
+                        cur = cand;
+                        cur_eval = e;
+                        moved = changed = true;
                     }
                     if (moved) break;
                 }
             }
         }
-        finish_search(kr, cur, cur_eval);
+        return {cur, cur_eval};
     }
 
+    uint32_t search_seed(const KernelRun &kr) const {
+        return uint32_t(o_.seed) * 7919u + uint32_t(std::hash<std::string>()(kr.spec.name));
+    }
+    Candidate random_candidate(const KernelRun &kr, std::mt19937 &rng) const {
+        Candidate c;
+        for (const auto &[knob, v] : kr.start) {
+            const auto &vals = bn2d::knob_range(knob_ranges(o_.backend), knob).values;
+            c[knob] = vals[rng() % vals.size()];
+        }
+        return c;
+    }
+
+    // Uniform samples of the grid: the baseline the descent is measured against.
     void search_random(KernelRun &kr, double deadline) {
-        const auto &ranges = knob_ranges(o_.backend);
-        std::mt19937 rng(uint32_t(o_.seed) * 7919u + uint32_t(std::hash<std::string>()(kr.spec.name)));
+        std::mt19937 rng(search_seed(kr));
         Candidate best = kr.best;
         Eval best_eval = kr.best_eval;
         size_t grid = 1;
-        for (const auto &[knob, v] : best) grid *= bn2d::knob_range(ranges, knob).values.size();
+        for (const auto &[knob, v] : kr.start)
+            grid *= bn2d::knob_range(knob_ranges(o_.backend), knob).values.size();
         for (size_t tries = 0; tries < 4 * grid && can_afford(kr, deadline); ++tries) {
-            Candidate cand;
-            for (const auto &[knob, v] : best) {
-                const auto &vals = bn2d::knob_range(ranges, knob).values;
-                cand[knob] = vals[rng() % vals.size()];
-            }
+            Candidate cand = random_candidate(kr, rng);
             if (kr.evals.count(candidate_key(cand))) continue;
             Eval e = evaluate(kr, cand);
             if (e.score < best_eval.score) best = cand, best_eval = e;
@@ -1047,12 +1102,16 @@ int Tuner::run() {
         kr.start_eval = evaluate(kr, kr.start, &def);
         if (!kr.start_eval.error.empty())
             throw std::runtime_error(name + ": the default schedule fails: " + kr.start_eval.error);
+        // Replayed from the journal: one repetition still times the problems (the final run's
+        // reserve is sized from it).
+        if (kr.replayed) measure(kr, {&def}, 1);
         kr.seconds = seconds_since(t0);  // the first evaluation's cost: a compile, a measurement
         kr.best = kr.start;
         kr.best_eval = kr.start_eval;
         kr.scratch.clear();  // one kernel's buffers at a time: memory is slow to first touch
         runs.push_back(std::move(kr));
     }
+    if (runs.empty()) throw std::runtime_error("no kernel to tune on these problems");
     // The final run measures default, tuned, autoschedulers and the floor, with more reps.
     const int final_reps = std::max(o_.reps, 7);
     // Its cost: per kernel and problem, (reps + a warm-up) samples of each implementation and
@@ -1137,7 +1196,10 @@ int Tuner::run() {
         kr.scratch.clear();
         r.default_ratio = ratios[0];
         r.tuned_ratio = same ? ratios[0] : ratios[1];
-        for (size_t i = same ? 1 : 2; i < names.size(); ++i) r.auto_ratio[names[i]] = ratios[i];
+        for (size_t i = same ? 1 : 2; i < names.size(); ++i) {
+            r.auto_ratio[names[i]] = ratios[i];
+            if (kr.kept_error.count(names[i])) r.auto_error[names[i]] = kr.kept_error[names[i]];
+        }
         // A tuned candidate that loses to the default in the final run was a noise winner.
         if (geomean(r.tuned_ratio) > geomean(r.default_ratio)) {
             r.kept_default = candidate_key(r.tuned) != candidate_key(r.default_values);
@@ -1147,6 +1209,8 @@ int Tuner::run() {
         results_.push_back(std::move(r));
     }
     write_outputs(baselines);
+    std::remove((work_dir_ + "/candidate.params").c_str());
+    rmdir(work_dir_.c_str());
     std::fprintf(stderr, "done in %.0f s of %.0f s: %s\n", elapsed(), o_.budget_seconds, o_.out.c_str());
     return 0;
 }
@@ -1195,7 +1259,8 @@ void Tuner::write_outputs(bool baselines_measured) {
             if (baselines_measured) {
                 for (const std::string &as : o_.autoschedulers) {
                     auto it = r.auto_ratio.find(as);
-                    if (it == r.auto_ratio.end()) std::snprintf(row, sizeof row, " %14s", "failed");
+                    if (it == r.auto_ratio.end() || std::isnan(it->second[pi]))
+                        std::snprintf(row, sizeof row, " %14s", "failed");
                     else std::snprintf(row, sizeof row, " %13.2fx", it->second[pi]);
                     h << row;
                 }
@@ -1231,7 +1296,11 @@ void Tuner::write_outputs(bool baselines_measured) {
     auto arr = [&](const std::vector<double> &v) {
         std::ostringstream s;
         s << "[";
-        for (size_t i = 0; i < v.size(); ++i) s << (i ? ", " : "") << v[i];
+        for (size_t i = 0; i < v.size(); ++i) {
+            s << (i ? ", " : "");
+            if (std::isnan(v[i])) s << "null";  // a baseline that failed on this problem
+            else s << v[i];
+        }
         return s.str() + "]";
     };
     for (size_t ki = 0; ki < results_.size(); ++ki) {
@@ -1265,7 +1334,9 @@ int main(int argc, char **argv) {
     try {
         Options o = parse_options(argc, argv, BN2D_SOURCE_DIR);
         Target target = o.target.empty() ? get_host_target() : Target(o.target);
-        if (o.target.empty() && o.backend == "cuda") target = target.with_feature(Target::CUDA);
+        // CUDA: the AOT build's capability (generators/variants.cmake), not Halide's default 2.0.
+        if (o.target.empty() && o.backend == "cuda")
+            target = target.with_feature(Target::CUDA).with_feature(Target::CUDACapability80);
         if (o.target.empty() && o.backend == "opencl")
             target = target.with_feature(Target::OpenCL).with_feature(Target::CLDoubles);
         if (o.backend == "opencl" &&
