@@ -4,6 +4,7 @@
 # tuned vs default vs Halide's autoschedulers, time / floor per kernel and problem.
 #
 #   scripts/tune.sh --budget-seconds 1200                    # -> schedules/machines/<machine>.params
+#                                                            #    and bench/results/tune_<machine>.md
 #   scripts/tune.sh --budget-seconds 120 --out /tmp/t.params # -> /tmp/t.params, /tmp/t.tune.md
 #   scripts/tune.sh --budget-seconds 300 --backend opencl --kernels train_fwd --shapes my.txt
 #
@@ -17,7 +18,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 for arg in "$@"; do
   if [[ "$arg" == "--help" || "$arg" == "-h" ]]; then
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
   fi
 done

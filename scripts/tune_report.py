@@ -90,19 +90,23 @@ def comparison(runs):
     """Best search score per kernel at equal budget, one column per run (e.g. descent, random)."""
     kernels = [k["kernel"] for k in runs[0]["kernels"]]
     out = ["## Search strategies at equal budget: best score found (geomean time / floor)", "",
-           "| kernel | default | " + " | ".join("{} ({:.0f} s)".format(r["search"], r["budget_seconds"])
-                                              for r in runs) + " |",
-           "|---|---:|" + "---:|" * len(runs)]
+           "Each cell: the best candidate's score during the search / the default's score in the "
+           "same run, then the final run's tuned and default (interleaved), and the candidates "
+           "measured.", "",
+           "| kernel | " + " | ".join("{} ({:.0f} s)".format(r["search"], r["budget_seconds"])
+                                   for r in runs) + " |",
+           "|---|" + "---:|" * len(runs)]
     for name in kernels:
-        cells, default = [], None
+        cells = []
         for r in runs:
             k = next((k for k in r["kernels"] if k["kernel"] == name), None)
             if k is None:
                 cells.append("-")
                 continue
-            default = default or k["search_default_score"]
-            cells.append("{:.3f}x ({} cand.)".format(k["search_best_score"], k["measured"] + k["replayed"]))
-        out.append("| {} | {:.3f}x | {} |".format(name, default, " | ".join(cells)))
+            cells.append("{:.3f}x / {:.3f}x; final {} / {} ({} cand.)".format(
+                k["search_best_score"], k["search_default_score"], fmt(geomean(k["ratios"]["tuned"])),
+                fmt(geomean(k["ratios"]["default"])), k["measured"] + k["replayed"]))
+        out.append("| {} | {} |".format(name, " | ".join(cells)))
     return "\n".join(out) + "\n"
 
 

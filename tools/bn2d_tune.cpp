@@ -111,7 +111,8 @@ const char *kHelp = R"(bn2d_tune: tune the schedule knobs of the batchnorm2d ker
   --base FILE          values to start from and keys to keep (default: --out if it exists,
                        else schedules/machines/default.params)
   --report PREFIX      write PREFIX.json (and scripts/tune.sh draws .md and .png from it);
-                       default: --out without .params, plus .tune
+                       default: --out without .params, plus .tune (without --out:
+                       bench/results/tune_<machine>)
   --autoschedulers L   Halide autoschedulers measured as baselines (default
                        Mullapudi2016,Adams2019,Li2018; "none" for none)
   --reps N             timed repetitions per problem (default 5; the final run uses max(N, 7))
@@ -1215,6 +1216,12 @@ int Tuner::run() {
     return 0;
 }
 
+// A path inside the source tree, relative to it (what the header and report show).
+std::string relative(const std::string &path) {
+    const std::string root = std::string(BN2D_SOURCE_DIR) + "/";
+    return path.rfind(root, 0) == 0 ? path.substr(root.size()) : path;
+}
+
 std::string today() {
     std::time_t t = std::time(nullptr);
     char buf[64];
@@ -1241,7 +1248,7 @@ void Tuner::write_outputs(bool baselines_measured) {
       << "#   tuned    backend " << o_.backend << ", search " << o_.search << ", budget "
       << o_.budget_seconds << " s (used " << int(elapsed()) << " s), dtypes ";
     for (size_t i = 0; i < o_.dtypes.size(); ++i) h << (i ? "," : "") << o_.dtypes[i];
-    h << ", base " << o_.base << "\n"
+    h << ", base " << relative(o_.base) << "\n"
       << "# Time / floor per kernel and problem, default vs tuned"
       << (baselines_measured ? " vs Halide's autoschedulers" : "")
       << ", measured in one run\n# (medians, interleaved with the floor):\n";
@@ -1290,7 +1297,7 @@ void Tuner::write_outputs(bool baselines_measured) {
        << ",\n  \"date\": " << q(today()) << ",\n  \"halide\": " << q(halide_version)
        << ",\n  \"backend\": " << q(o_.backend) << ",\n  \"search\": " << q(o_.search)
        << ",\n  \"budget_seconds\": " << o_.budget_seconds << ",\n  \"used_seconds\": " << elapsed()
-       << ",\n  \"params_file\": " << q(o_.out) << ",\n  \"problems\": [";
+       << ",\n  \"params_file\": " << q(relative(o_.out)) << ",\n  \"problems\": [";
     for (size_t i = 0; i < problems_.size(); ++i) js << (i ? ", " : "") << q(problems_[i].name());
     js << "],\n  \"kernels\": [\n";
     auto arr = [&](const std::vector<double> &v) {
@@ -1343,7 +1350,11 @@ int main(int argc, char **argv) {
             std::find(o.dtypes.begin(), o.dtypes.end(), "f16") != o.dtypes.end())
             target = target.with_feature(Target::CLHalf);
         if (o.machine.empty()) o.machine = o.backend == "cpu" ? cpu_machine_name() : o.backend + "-gpu";
-        if (o.out.empty()) o.out = std::string(BN2D_SOURCE_DIR) + "/schedules/machines/" + o.machine + ".params";
+        if (o.out.empty()) {  // the tree's machine file, and its report beside the others
+            o.out = std::string(BN2D_SOURCE_DIR) + "/schedules/machines/" + o.machine + ".params";
+            if (o.report.empty())
+                o.report = std::string(BN2D_SOURCE_DIR) + "/bench/results/tune_" + o.machine;
+        }
         if (o.base == std::string(BN2D_SOURCE_DIR) + "/schedules/machines/default.params" &&
             std::ifstream(o.out).good())
             o.base = o.out;
