@@ -185,10 +185,9 @@ Options parse_options(int argc, char **argv, const std::string &source_dir) {
         if (d != "f32" && d != "bf16" && d != "f16" && d != "f64")
             usage_error("unknown dtype '" + d + "' in --dtypes (f32, bf16, f16, f64)");
     if (o.kernels.empty() || o.dtypes.empty()) usage_error("--kernels and --dtypes need an item");
-    if (o.machine.empty()) o.machine = "";  // resolved in main (needs the target)
-    const std::string machines = source_dir + "/schedules/machines/";
-    if (o.base.empty()) o.base = machines + "default.params";  // --out checked in main
-    (void)machines;
+    // --machine and --out default in main (they need the target); so does --base when --out
+    // names an existing file.
+    if (o.base.empty()) o.base = source_dir + "/schedules/machines/default.params";
     return o;
 }
 
@@ -461,13 +460,21 @@ private:
         return c;
     }
 
+    // A machine file's keys: the base's, and over them <backend>.<kernel>.<knob> of `tuned`.
+    std::map<std::string, std::string> machine_keys(
+        const std::map<std::string, Candidate> &tuned) const {
+        std::map<std::string, std::string> keys;
+        for (const auto &[key, v] : base_.items()) keys[key] = v;
+        for (const auto &[kernel, c] : tuned)
+            for (const auto &[knob, v] : c)
+                keys[o_.backend + "." + kernel + "." + knob] = std::to_string(v);
+        return keys;
+    }
+
     // A machine file: the base with this candidate's keys for kernel k.
     std::string write_params(const std::string &kernel, const Candidate &c, const std::string &path) {
-        std::map<std::string, std::string> items;
-        for (const auto &[key, v] : base_.items()) items[key] = v;
-        for (const auto &[knob, v] : c) items[o_.backend + "." + kernel + "." + knob] = std::to_string(v);
         std::ofstream out(path);
-        for (const auto &[key, v] : items) out << key << " = " << v << "\n";
+        for (const auto &[key, v] : machine_keys({{kernel, c}})) out << key << " = " << v << "\n";
         if (!out) throw std::runtime_error("cannot write " + path);
         return path;
     }
@@ -564,7 +571,8 @@ private:
         }
         g_jit_error.clear();
         const int rc = c.callable.call_argv_fast(argv.size(), argv.data());
-        if (rc != 0) throw std::runtime_error("kernel failed (" + std::to_string(rc) + "): " + g_jit_error);
+        if (rc != 0)
+            throw std::runtime_error("kernel failed (" + std::to_string(rc) + "): " + g_jit_error);
         if (gpu_)
             for (auto &b : outputs.buffers) b.device_sync();
     }
@@ -1142,7 +1150,8 @@ int Tuner::run() {
     double baseline_budget = baselines ? (left() - final_cost(2)) / 3 : 0;
     const size_t implementations = 2 + (baselines ? o_.autoschedulers.size() : 0);
     // The final run, and a compile of each kernel's best candidate if it was not kept.
-    const double reserve = final_cost(implementations) + compile_estimate * double(runs.size()) / 2 + 2.0;
+    const double reserve =
+        final_cost(implementations) + compile_estimate * double(runs.size()) / 2 + 2.0;
 
     // Phase 2: the search, kernel by kernel.
     for (size_t i = 0; i < runs.size(); ++i) {
@@ -1156,7 +1165,8 @@ int Tuner::run() {
         kr.scratch.clear();    // memory back: the next kernel's buffers
         kr.reference.clear();  // only candidates are checked against it
         if (tty_) std::fprintf(stderr, "\n");
-        std::fprintf(stderr, "%-15s %3d candidates (%d replayed): default %.3fx, best %.3fx floor  %s\n",
+        std::fprintf(stderr,
+                     "%-15s %3d candidates (%d replayed): default %.3fx, best %.3fx floor  %s\n",
                      kr.spec.name.c_str(), kr.measured + kr.replayed, kr.replayed,
                      kr.start_eval.score, kr.best_eval.score, candidate_key(kr.best).c_str());
     }
@@ -1212,7 +1222,8 @@ int Tuner::run() {
     write_outputs(baselines);
     std::remove((work_dir_ + "/candidate.params").c_str());
     rmdir(work_dir_.c_str());
-    std::fprintf(stderr, "done in %.0f s of %.0f s: %s\n", elapsed(), o_.budget_seconds, o_.out.c_str());
+    std::fprintf(stderr, "done in %.0f s of %.0f s: %s\n", elapsed(), o_.budget_seconds,
+                 o_.out.c_str());
     return 0;
 }
 
@@ -1233,10 +1244,8 @@ void Tuner::write_outputs(bool baselines_measured) {
     const std::string halide_version = std::to_string(HALIDE_VERSION_MAJOR) + "." +
                                        std::to_string(HALIDE_VERSION_MINOR) + "." +
                                        std::to_string(HALIDE_VERSION_PATCH);
-    std::map<std::string, std::string> items;
-    for (const auto &[key, v] : base_.items()) items[key] = v;
-    for (const Result &r : results_)
-        for (const auto &[knob, v] : r.tuned) items[o_.backend + "." + r.kernel + "." + knob] = std::to_string(v);
+    std::map<std::string, Candidate> tuned;
+    for (const Result &r : results_) tuned[r.kernel] = r.tuned;
 
     std::ostringstream h;
     h << "# Tuned schedule parameters for " << o_.machine << ", written by scripts/tune.sh (rerun it\n"
@@ -1256,7 +1265,8 @@ void Tuner::write_outputs(bool baselines_measured) {
     std::snprintf(row, sizeof row, "#   %-15s %-22s %8s %8s", "kernel", "problem", "default", "tuned");
     h << row;
     if (baselines_measured)
-        for (const std::string &as : o_.autoschedulers) h << " " << std::string(14 - std::min<size_t>(14, as.size()), ' ') << as;
+        for (const std::string &as : o_.autoschedulers)
+            h << " " << std::string(14 - std::min<size_t>(14, as.size()), ' ') << as;
     h << "\n";
     for (const Result &r : results_) {
         for (size_t pi = 0; pi < r.problems.size(); ++pi) {
@@ -1274,11 +1284,13 @@ void Tuner::write_outputs(bool baselines_measured) {
             }
             h << "\n";
         }
-        if (r.kept_default) h << "#   (" << r.kernel << ": the search's best lost to the default in this run: default kept)\n";
+        if (r.kept_default)
+            h << "#   (" << r.kernel
+              << ": the search's best lost to the default in this run: default kept)\n";
     }
     std::ofstream out(o_.out);
     out << h.str() << "\n";
-    for (const auto &[key, v] : items) out << key << " = " << v << "\n";
+    for (const auto &[key, v] : machine_keys(tuned)) out << key << " = " << v << "\n";
     if (!out) throw std::runtime_error("cannot write " + o_.out);
     out.close();
 
@@ -1317,7 +1329,8 @@ void Tuner::write_outputs(bool baselines_measured) {
         js << "], \"default\": " << q(candidate_key(r.default_values))
            << ", \"tuned\": " << q(candidate_key(r.tuned)) << ", \"kept_default\": "
            << (r.kept_default ? "true" : "false") << ", \"measured\": " << r.measured
-           << ", \"replayed\": " << r.replayed << ",\n     \"search_default_score\": " << r.default_score
+           << ", \"replayed\": " << r.replayed
+           << ",\n     \"search_default_score\": " << r.default_score
            << ", \"search_best_score\": " << r.search_best << ",\n     \"ratios\": {\"default\": "
            << arr(r.default_ratio) << ", \"tuned\": " << arr(r.tuned_ratio);
         for (const auto &[as, v] : r.auto_ratio) js << ", " << q(as) << ": " << arr(v);
@@ -1329,7 +1342,8 @@ void Tuner::write_outputs(bool baselines_measured) {
         }
         js << "},\n     \"trace\": [";
         for (size_t i = 0; i < r.trace.size(); ++i)
-            js << (i ? ", " : "") << "[" << r.trace[i].first << ", " << (std::isfinite(r.trace[i].second) ? r.trace[i].second : -1) << "]";
+            js << (i ? ", " : "") << "[" << r.trace[i].first << ", "
+               << (std::isfinite(r.trace[i].second) ? r.trace[i].second : -1) << "]";
         js << "]}" << (ki + 1 < results_.size() ? "," : "") << "\n";
     }
     js << "  ]\n}\n";
@@ -1360,7 +1374,8 @@ int main(int argc, char **argv) {
             o.base = o.out;
         if (o.report.empty()) {
             std::string stem = o.out;
-            if (stem.size() > 7 && stem.substr(stem.size() - 7) == ".params") stem.resize(stem.size() - 7);
+            if (stem.size() > 7 && stem.substr(stem.size() - 7) == ".params")
+                stem.resize(stem.size() - 7);
             o.report = stem + ".tune";
         }
         if (o.halide_lib_dir.empty()) o.halide_lib_dir = BN2D_HALIDE_LIB_DIR;
