@@ -26,7 +26,8 @@ bundle)
   # Non-system shared libraries the binaries need (Google Benchmark). cuDNN 9 is not packed: its
   # engine libraries are hundreds of MB, and the GPU machine has its own (found at run time); the
   # CUDA driver (libcuda) comes from the GPU machine too.
-  # The tuner JIT-compiles: it takes libHalide.so (~165 MB, ~35 MB packed) along.
+  # The tuner JIT-compiles: it takes libHalide.so along (165 MB; 45 MB packed, which makes the
+  # bundle ~55 MB of the 64 MiB the device tool carries).
   for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune"; do
     { ldd "$bin" | awk '/=> \// {print $3}' \
         | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn' || true; } \
