@@ -192,9 +192,9 @@ inline Expr running_update(Expr running, Expr batch, Expr factor) {
     return factor * batch + (Halide::cast(batch.type(), 1) - factor) * running;
 }
 
-inline Expr unbiased(Expr var, const Extents &e) {
-    Expr M = e.count_acc();
-    return var * (M / (M - Halide::cast(e.acc, 1)));
+// M: the number of values the variance is over, in var's type.
+inline Expr unbiased(Expr var, Expr M) {
+    return var * (M / (M - Halide::cast(var.type(), 1)));
 }
 
 // Backward reductions, per channel: {sum(dy), sum(dy * (x - mean))}. grad_bias is the first,
@@ -223,9 +223,9 @@ struct GradInputCoefficients {
     Expr shift, proj, scale;
 };
 
+// M: the values per channel the sums are over (all processes' in a synchronized backward).
 inline GradInputCoefficients train_grad_coefficients(Expr invstd, Expr weight, Expr sum_dy,
-                                                     Expr sum_dy_xc, const Extents &e) {
-    Expr M = e.count_acc();
+                                                     Expr sum_dy_xc, Expr M, const Extents &e) {
     return {e.in(sum_dy / M), e.in(sum_dy_xc * invstd * invstd / M), e.in(invstd * weight)};
 }
 
@@ -296,6 +296,33 @@ inline Expr bias_or_zero(const Func &bias, const Expr &c, const Extents &e) {
     return bias.defined() ? e.in(bias(c)) : Halide::cast(e.compute, 0);
 }
 
+// What training forward derives per channel from the batch mean and biased variance
+// (accumulator type) over M values: the mean it normalizes with and saves, invstd, and the
+// running-statistics update with exponential_average_factor `factor`.
+struct StatisticsOutputs {
+    Func mean;    // compute type
+    Func invstd;  // accumulator type
+    Func saved_invstd, running_mean_out, running_var_out;
+};
+
+inline StatisticsOutputs statistics_outputs(Func mean, Func var, Expr M, Func running_mean,
+                                            Func running_var, Expr eps, Expr factor,
+                                            const Extents &e, const Vars &v) {
+    StatisticsOutputs o;
+    o.invstd = e.func("invstd");
+    o.invstd(v.c) = inverse_std(var(v.c), eps);
+    o.mean = e.func("mean");
+    o.mean(v.c) = e.in(mean(v.c));
+    o.saved_invstd = e.func("saved_invstd");
+    o.saved_invstd(v.c) = e.in(o.invstd(v.c));
+    o.running_mean_out = e.func("running_mean_out");
+    o.running_mean_out(v.c) = e.in(running_update(e.wide(running_mean(v.c)), mean(v.c), factor));
+    o.running_var_out = e.func("running_var_out");
+    o.running_var_out(v.c) =
+        e.in(running_update(e.wide(running_var(v.c)), unbiased(var(v.c), M), factor));
+    return o;
+}
+
 // Training forward: batch statistics, normalized output, saved statistics for backward and
 // the running-statistics update with exponential_average_factor `factor`.
 struct TrainForward {
@@ -310,12 +337,11 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
                                   const Vars &v, const Epilogue &epilogue = {}) {
     TrainForward p;
     p.stats = batch_stats(x, e, v);
-    Func invstd = e.func("invstd");  // accumulator type
-    invstd(v.c) = inverse_std(p.stats.var(v.c), eps);
+    StatisticsOutputs o = statistics_outputs(p.stats.mean, p.stats.var, e.count_acc(),
+                                             running_mean, running_var, eps, factor, e, v);
     p.scale = e.func("scale");
-    p.scale(v.c) = e.in(invstd(v.c) * Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
-    p.mean = e.func("mean");
-    p.mean(v.c) = e.in(p.stats.mean(v.c));
+    p.scale(v.c) = e.in(o.invstd(v.c) * Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
+    p.mean = o.mean;
 
     p.y = e.func("y");
     p.y(v.w, v.h, v.c, v.n) = e.out(apply_epilogue(
@@ -324,14 +350,9 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
         epilogue, v.w, v.h, v.c, v.n, e));
     p.saved_mean = e.func("saved_mean");
     p.saved_mean(v.c) = p.mean(v.c);
-    p.saved_invstd = e.func("saved_invstd");
-    p.saved_invstd(v.c) = e.in(invstd(v.c));
-    p.running_mean_out = e.func("running_mean_out");
-    p.running_mean_out(v.c) =
-        e.in(running_update(e.wide(running_mean(v.c)), p.stats.mean(v.c), factor));
-    p.running_var_out = e.func("running_var_out");
-    p.running_var_out(v.c) = e.in(
-        running_update(e.wide(running_var(v.c)), unbiased(p.stats.var(v.c), e), factor));
+    p.saved_invstd = o.saved_invstd;
+    p.running_mean_out = o.running_mean_out;
+    p.running_var_out = o.running_var_out;
     return p;
 }
 
@@ -365,6 +386,12 @@ struct BackwardRequest {
     bool training = true;
     bool grad_input = true;   // compute dx
     bool grad_params = true;  // compute d weight, d bias
+    bool sums_out = false;    // also this process's sums, float64 (synchronized backward)
+    // Synchronized training backward's grad_input: the sums of every process, global_sums(c) =
+    // {sum(dy), sum(dy * (x - mean))}, over `global_count` values per channel; the local sums
+    // are then not computed (and grad_params is not available: it needs the local ones).
+    Func global_sums;
+    Expr global_count;
 };
 
 struct Backward {
@@ -375,6 +402,11 @@ struct Backward {
     ChannelSums sums;  // {sum(dy), sum(dy * (x - mean))}; undefined when not needed
     Func coefficients; // per channel: {shift, proj, scale} of grad_input (training), scale (eval)
     Func grad_input, grad_weight, grad_bias;
+    bool synchronized = false;  // sums are the given global ones (no reduction here)
+    // BackwardRequest::sums_out: local_sums(c, field) = sum(dy), sum(dy * (x - mean)) for
+    // field 0, 1, in float64: the buffer a process all-reduces (C of each).
+    Var field{"field"};
+    Func local_sums;
 };
 
 inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean, Func stat,
@@ -397,14 +429,27 @@ inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean
         p.invstd(v.c) = inverse_std(e.wide(stat(v.c)), eps);
     }
     // Eval-mode grad_input is pointwise; everything else needs the per-channel sums.
-    if (want.grad_params || want.training) p.sums = grad_sums(x, dy, mean, e, v);
+    Expr M = e.count_acc();
+    if (want.global_sums.defined()) {
+        p.synchronized = true;
+        p.sums.sums = want.global_sums;
+        M = Halide::cast(e.acc, want.global_count);
+    } else if (want.grad_params || want.training) {
+        p.sums = grad_sums(x, dy, mean, e, v);
+    }
+    if (want.sums_out) {
+        p.local_sums = e.func("local_sums");
+        p.local_sums(v.c, p.field) = Halide::cast(
+            Halide::Float(64),
+            Halide::select(p.field == 0, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1]));
+    }
     if (want.grad_input) {
         Expr w = Halide::cast(e.acc, weight_or_one(weight, v.c, e));
         Expr x_ = e.in(x(v.w, v.h, v.c, v.n)), dy_ = e.in(dy(v.w, v.h, v.c, v.n));
         p.grad_input = e.func("grad_input");
         if (want.training) {
             GradInputCoefficients k = train_grad_coefficients(
-                p.invstd(v.c), w, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1], e);
+                p.invstd(v.c), w, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1], M, e);
             p.coefficients = e.func("grad_input_coefficients");
             p.coefficients(v.c) = Tuple(k.shift, k.proj, k.scale);
             Expr shift = p.coefficients(v.c)[0], proj = p.coefficients(v.c)[1];
@@ -427,6 +472,98 @@ inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean
         p.grad_weight(v.c) =
             e.in(grad_weight_in.defined() ? e.wide(grad_weight_in(v.c)) + d_weight : d_weight);
     }
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synchronized batch norm (torch.nn.SyncBatchNorm): a training step's statistics are taken over
+// the batches of several processes. The training ops split where the processes communicate;
+// each side is the single-process algorithm above.
+//   forward:  partial_stats on every process -> all-gather of {count, mean, M2} per channel ->
+//             sync_statistics (every process merges the same values in rank order, so all get
+//             the same bits, and updates its running statistics) -> eval_forward with the
+//             merged mean and variance as its statistics: the same normalization.
+//   backward: backward() with sums_out on every process (its grad_weight and grad_bias are its
+//             own, as in PyTorch: data-parallel training averages them like every other
+//             gradient) -> all-reduce of {sum(dy), sum(dy * (x - mean))} -> backward() with
+//             global_sums for grad_input.
+// Why {count, mean, M2} and not raw sums: a process's mean and M2 = var * count come from its
+// shifted sums (batch_stats), and the merge (Chan, Golub and LeVeque's pairwise update) adds
+// M2s and a delta^2 term, never subtracting two large numbers: a mean of 1e4 with a spread of
+// 1 cancels neither within a process nor across processes.
+
+// What a process sends, in float64 whatever the accumulator: partial(c, field), field 0, 1, 2 =
+// count, mean, M2, so that its buffer is the message (C counts, then C means, then C M2s).
+struct PartialStats {
+    BatchStats stats;
+    Var field{"field"};
+    Func partial;
+};
+
+inline PartialStats partial_stats(Func x, const Extents &e, const Vars &v) {
+    PartialStats p;
+    const Halide::Type f64 = Halide::Float(64);
+    p.stats = batch_stats(x, e, v);
+    p.partial = e.func("partial_stats");
+    p.partial(v.c, p.field) = Halide::select(
+        p.field == 0, Halide::cast(f64, e.values_per_channel()), p.field == 1,
+        Halide::cast(f64, p.stats.mean(v.c)), Halide::cast(f64, p.stats.var(v.c) * e.count_acc()));
+    return p;
+}
+
+// The partial statistics of `ranks` processes merged per channel, in rank order.
+// gathered(c, field, r): process r's partial(c, field).
+struct MergedStats {
+    Func merged;    // merged(c) = {count, mean, M2}, float64
+    RDom r;         // over the processes
+    Func mean, var; // accumulator type; var biased
+    Expr count;     // values per channel over all processes, float64
+};
+
+inline MergedStats merge_stats(Func gathered, Expr ranks, const Extents &e, const Vars &v) {
+    MergedStats m;
+    const Halide::Type f64 = Halide::Float(64);
+    m.r = RDom(0, ranks, e.prefix + "ranks");
+    m.merged = e.func("merged_stats");
+    Expr zero = Halide::cast(f64, 0);
+    m.merged(v.c) = Tuple(zero, zero, zero);
+    Expr n_a = m.merged(v.c)[0], mean_a = m.merged(v.c)[1], m2_a = m.merged(v.c)[2];
+    Expr n_b = gathered(v.c, 0, m.r), mean_b = gathered(v.c, 1, m.r);
+    Expr m2_b = gathered(v.c, 2, m.r);
+    Expr n = n_a + n_b, delta = mean_b - mean_a;
+    // An empty batch (n_b = 0) adds nothing, and the first non-empty one is taken as it is
+    // (its mean and M2 pass through exactly, NaN and Inf included).
+    Expr mean = Halide::select(n_b == zero, mean_a, n_a == zero, mean_b,
+                               mean_a + delta * (n_b / n));
+    Expr m2 = Halide::select(n_b == zero, m2_a, n_a == zero, m2_b,
+                             m2_a + m2_b + delta * delta * (n_a * (n_b / n)));
+    m.merged(v.c) = Tuple(n, mean, m2);
+    m.count = m.merged(v.c)[0];
+    m.mean = e.func("merged_mean");
+    m.mean(v.c) = Halide::cast(e.acc, m.merged(v.c)[1]);
+    m.var = e.func("merged_var");  // M2 is a sum of non-negative terms: no clamp needed
+    m.var(v.c) = Halide::cast(e.acc, m.merged(v.c)[2] / m.count);
+    return m;
+}
+
+// The per-channel part of a synchronized training forward: merged statistics, what is saved
+// for backward and the running update (from the unbiased variance over all processes' values).
+// `mean` and `var` (compute type) are what eval_forward normalizes with.
+struct SyncStatistics {
+    MergedStats merged;
+    StatisticsOutputs o;  // o.mean: the saved mean
+    Func var;             // biased variance, compute type
+};
+
+inline SyncStatistics sync_statistics(Func gathered, Expr ranks, Func running_mean,
+                                      Func running_var, Expr eps, Expr factor, const Extents &e,
+                                      const Vars &v) {
+    SyncStatistics p;
+    p.merged = merge_stats(gathered, ranks, e, v);
+    p.o = statistics_outputs(p.merged.mean, p.merged.var, Halide::cast(e.acc, p.merged.count),
+                             running_mean, running_var, eps, factor, e, v);
+    p.var = e.func("var");
+    p.var(v.c) = e.in(p.merged.var(v.c));
     return p;
 }
 

@@ -110,6 +110,13 @@ protected:
     Vector1Out *vector_out(const std::string &name) {
         return this->template add_output<Buffer<>>(name, compute_type(), 1);
     }
+    // What processes of a synchronized batch norm exchange: float64 in every variant.
+    GeneratorOutput<Buffer<>> *exchange_out(const std::string &name, int dims) {
+        return this->template add_output<Buffer<>>(name, Float(64), dims);
+    }
+    GeneratorInput<Buffer<>> *exchange_in(const std::string &name, int dims) {
+        return this->template add_input<Buffer<>>(name, Float(64), dims);
+    }
 
     GeneratorInput<bool> *flag_in(const std::string &name) {
         return this->template add_input<bool>(name);
@@ -283,6 +290,11 @@ public:
     GeneratorParam<Mode> mode{"mode", Mode::Train, {{"train", Mode::Train}, {"eval", Mode::Eval}}};
     GeneratorParam<bool> with_grad_input{"with_grad_input", true};
     GeneratorParam<bool> with_grad_params{"with_grad_params", true};
+    // SyncBatchNorm2d (bn2d_algorithm.h): with_sums also writes this process's sums (float64,
+    // (C, 2): sum(dy), then sum(dy * (x - mean))) for the all-reduce; global_sums computes
+    // grad_input from every process's, given as `sums` over `count` values per channel.
+    GeneratorParam<bool> with_sums{"with_sums", false};
+    GeneratorParam<bool> global_sums{"global_sums", false};
 
     Tensor4 *x, *grad_out;
     // The forward's output, read when relu is on (bn2d::ReluGrad); else the runtime passes
@@ -294,13 +306,20 @@ public:
     Vector1 *weight;
     // Accumulated parameter gradients so far: the outputs are these plus this call's gradient.
     Vector1 *grad_weight_in = nullptr, *grad_bias_in = nullptr;
+    GeneratorInput<Buffer<>> *sums = nullptr;
+    GeneratorInput<double> *count = nullptr;
 
     Tensor4Out *grad_input = nullptr;
     Vector1Out *grad_weight = nullptr, *grad_bias = nullptr;
+    GeneratorOutput<Buffer<>> *local_sums = nullptr;
 
     void configure() {
         if (!with_grad_input && !with_grad_params)
             throw std::runtime_error("backward: at least one of with_grad_input, with_grad_params");
+        if (global_sums && (mode != Mode::Train || with_grad_params || !with_grad_input))
+            throw std::runtime_error("backward: global_sums is for training grad_input alone");
+        if (with_sums && (mode != Mode::Train || global_sums))
+            throw std::runtime_error("backward: with_sums is for training with local sums");
         x = tensor_in("x");
         grad_out = tensor_in("grad_out");
         y = tensor_in("y");
@@ -313,15 +332,26 @@ public:
             grad_weight_in = vector_in("grad_weight_in");
             grad_bias_in = vector_in("grad_bias_in");
         }
+        if (global_sums) {
+            sums = exchange_in("sums", 2);
+            count = scalar_in("count");
+        }
         if (with_grad_input) grad_input = tensor_out("grad_input");
         if (with_grad_params) {
             grad_weight = vector_out("grad_weight");
             grad_bias = vector_out("grad_bias");
         }
+        if (with_sums) local_sums = exchange_out("local_sums", 2);
     }
 
     void generate() {
-        const bn2d::BackwardRequest want{mode == Mode::Train, with_grad_input, with_grad_params};
+        bn2d::BackwardRequest want{mode == Mode::Train, with_grad_input, with_grad_params,
+                                   with_sums};
+        if (sums) {
+            want.global_sums = Func("global_sums");
+            want.global_sums(v.c) = Tuple((*sums)(v.c, 0), (*sums)(v.c, 1));
+            want.global_count = *count;
+        }
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
         bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight,
@@ -329,6 +359,7 @@ public:
         if (grad_input) *grad_input = p.grad_input;
         if (grad_weight) *grad_weight = p.grad_weight;
         if (grad_bias) *grad_bias = p.grad_bias;
+        if (local_sums) *local_sums = p.local_sums;
 
         std::vector<Tensor4Out *> outs;
         if (grad_input) outs.push_back(grad_input);
@@ -337,6 +368,11 @@ public:
         if (grad_weight) {
             vectors.insert(vectors.end(), {grad_weight_in, grad_bias_in});
             vouts = {grad_weight, grad_bias};
+        }
+        if (local_sums) local_sums->set_estimates({{0, kEstC}, {0, 2}});
+        if (sums) {
+            sums->set_estimates({{0, kEstC}, {0, 2}});
+            count->set_estimate(double(kEstN) * kEstH * kEstW);
         }
         set_estimates({x, grad_out, y}, outs, vectors, vouts);
         eps->set_estimate(1e-5);
@@ -353,8 +389,94 @@ public:
     }
 };
 
+// SyncBatchNorm2d's forward, before the all-gather: this process's partial statistics
+// (bn2d::partial_stats), {count, mean, M2} per channel in float64.
+class PartialStatsGenerator : public Bn2dGenerator<PartialStatsGenerator> {
+public:
+    Tensor4 *x;
+    GeneratorOutput<Buffer<>> *partial;  // (C, 3): counts, means, M2s
+
+    void configure() {
+        x = tensor_in("x");
+        partial = exchange_out("partial", 2);
+    }
+
+    void generate() {
+        bn2d::PartialStats p = bn2d::partial_stats(*x, extents_of(*x), v);
+        *partial = p.partial;
+
+        set_estimates({x}, {}, {}, {});
+        partial->set_estimates({{0, kEstC}, {0, 3}});
+        partial->dim(1).set_bounds(0, 3);
+        // The reduction of training forward: its knobs.
+        apply_schedule(
+            "train_fwd",
+            [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
+                bn2d::cpu::schedule_partial_stats(p, kernel, l, v, sp, get_target());
+            },
+            [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
+                bn2d::Layout l) { bn2d::gpu::schedule_partial_stats(p, be, kernel, l, v, sp);
+            });
+    }
+};
+
+// SyncBatchNorm2d's forward, after the all-gather: the merged statistics, the saved ones and
+// the running update (bn2d::sync_statistics). Per channel only, so one library per
+// per-channel type (dtype f32 serves bfloat16 and float16 tensors too); no tensor, no layout.
+class SyncStatisticsGenerator : public Bn2dGenerator<SyncStatisticsGenerator> {
+public:
+    GeneratorInput<Buffer<>> *gathered;  // (C, 3, processes): every process's partial stats
+    Vector1 *running_mean, *running_var;
+    GeneratorInput<double> *eps, *factor;
+    Vector1Out *mean, *var, *saved_invstd, *running_mean_out, *running_var_out;
+
+    void configure() {
+        gathered = exchange_in("gathered", 3);
+        running_mean = vector_in("running_mean");
+        running_var = vector_in("running_var");
+        eps = scalar_in("eps");
+        factor = scalar_in("factor");
+        mean = vector_out("mean");
+        var = vector_out("var");
+        saved_invstd = vector_out("saved_invstd");
+        running_mean_out = vector_out("running_mean_out");
+        running_var_out = vector_out("running_var_out");
+    }
+
+    void generate() {
+        Expr C = running_mean->dim(0).extent();
+        bn2d::Extents e{Expr(), Expr(), C, Expr(), accumulator_type(), ""};
+        e.element = element_type();
+        e.compute = compute_type();
+        bn2d::SyncStatistics p =
+            bn2d::sync_statistics(*gathered, gathered->dim(2).extent(), *running_mean,
+                                  *running_var, *eps, *factor, e, v);
+        *mean = p.o.mean;
+        *var = p.var;
+        *saved_invstd = p.o.saved_invstd;
+        *running_mean_out = p.o.running_mean_out;
+        *running_var_out = p.o.running_var_out;
+
+        gathered->set_estimates({{0, kEstC}, {0, 3}, {0, 4}});
+        gathered->dim(1).set_bounds(0, 3);
+        set_estimates({}, {}, {running_mean, running_var},
+                      {mean, var, saved_invstd, running_mean_out, running_var_out});
+        eps->set_estimate(1e-5);
+        factor->set_estimate(0.1);
+        apply_schedule(
+            "train_fwd",
+            [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout) {
+                bn2d::cpu::schedule_sync_statistics(p, kernel, v, sp, get_target());
+            },
+            [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
+                bn2d::Layout) { bn2d::gpu::schedule_sync_statistics(p, be, kernel, v, sp); });
+    }
+};
+
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(TrainForwardGenerator, bn2d_train_forward)
 HALIDE_REGISTER_GENERATOR(EvalForwardGenerator, bn2d_eval_forward)
 HALIDE_REGISTER_GENERATOR(BackwardGenerator, bn2d_backward)
+HALIDE_REGISTER_GENERATOR(PartialStatsGenerator, bn2d_partial_stats)
+HALIDE_REGISTER_GENERATOR(SyncStatisticsGenerator, bn2d_sync_statistics)

@@ -28,10 +28,21 @@ set(all_layouts nchw nhwc strided)
 bn2d_kernel(train_fwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_train_forward)
 bn2d_kernel(eval_fwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_eval_forward)
 bn2d_kernel(train_bwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train)
-bn2d_kernel(train_bwd_params DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false)
+bn2d_kernel(train_bwd_params DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false with_sums=true)
 bn2d_kernel(eval_bwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval)
 bn2d_kernel(eval_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false)
 bn2d_kernel(eval_bwd_params  DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_input=false)
+
+# SyncBatchNorm2d (runtime/src/sync.cpp): training split where processes communicate. Its
+# backward's first half is train_bwd_params, which also writes the local sums (float64).
+#   sync_stats      a process's {count, mean, M2} per channel (training forward's knobs)
+#   sync_merge      per channel: merge over processes, saved and running statistics; one library
+#                   per per-channel type (f32 also serves bf16 and f16), no tensor, no layout
+#   sync_bwd_input  grad_input from all processes' gradient sums (training backward's knobs)
+# The normalization itself is eval_fwd with the merged statistics.
+bn2d_kernel(sync_stats       DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_partial_stats)
+bn2d_kernel(sync_merge       DTYPES f32 f64 LAYOUTS nchw GENERATOR bn2d_sync_statistics)
+bn2d_kernel(sync_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_params=false global_sums=true)
 
 # bn2d_target(<backend> <name> <Halide target>)
 #   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64

@@ -317,8 +317,13 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     const bool specialize = p.training && t.natural_vector_size<float>() >= 8 &&
                             !t.has_feature(Target::LargeBuffers);
     const Expr relu = specialize ? p.relu : Expr();
+    if (p.local_sums.defined()) {
+        p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);
+        params.push_back(p.local_sums);
+    }
+    const bool reduce = p.sums.sums.defined() && !p.synchronized;  // the sums are computed here
     if (layout == Layout::nhwc) {
-        if (p.sums.sums.defined()) {
+        if (reduce) {
             Expr C = (p.grad_input.defined() ? p.grad_input : params.front())
                          .output_buffer()
                          .dim(p.grad_input.defined() ? 2 : 0)
@@ -334,7 +339,7 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     // NCHW computes the sums inside grad_input's loop (or the first parameter gradient's), so
     // specializing that loop covers them, except in the few-channel specialization, which is
     // taken first and so keeps the load (from grad_out's lines).
-    if (p.grad_input.defined() && p.sums.sums.defined()) {
+    if (p.grad_input.defined() && reduce) {
         schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, v, k);
         if (relu.defined()) p.grad_input.specialize(relu);
     } else if (p.grad_input.defined()) {
@@ -343,6 +348,31 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
         schedule_reduction_only(params, p.sums, v, k);
         if (relu.defined()) params.front().specialize(relu);
     }
+}
+
+// SyncBatchNorm2d: a process's partial statistics, the reduction of training forward without
+// its output (the per-channel outputs only, as parameter gradients without grad_input).
+inline void schedule_partial_stats(PartialStats &p, const std::string &kernel, Layout layout,
+                                   const Vars &v, const ScheduleParams &sp, const Target &t) {
+    Knobs k = knobs(sp, kernel, t);
+    p.partial.bound(p.field, 0, 3).reorder(p.field, v.c).unroll(p.field);
+    if (layout == Layout::nhwc) {
+        schedule_channel_sums_nhwc(p.stats.s, p.partial.output_buffer().dim(0).extent(), k);
+        compute_per_channel({p.partial}, v, k);
+        return;
+    }
+    schedule_reduction_only({p.partial}, p.stats.s, v, k);
+}
+
+// The merge over processes: channels in vectors, processes in order (a serial loop each).
+inline void schedule_sync_statistics(SyncStatistics &p, const std::string &kernel, const Vars &v,
+                                     const ScheduleParams &sp, const Target &t) {
+    Knobs k = knobs(sp, kernel, t);
+    Func merged = p.merged.merged;
+    merged.compute_root().vectorize(v.c, k.lanes, TailStrategy::GuardWithIf);
+    merged.update().vectorize(v.c, k.lanes, TailStrategy::GuardWithIf);
+    compute_per_channel(
+        {p.o.mean, p.var, p.o.saved_invstd, p.o.running_mean_out, p.o.running_var_out}, v, k);
 }
 
 }  // namespace bn2d::cpu

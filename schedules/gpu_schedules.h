@@ -296,10 +296,34 @@ inline void schedule_backward(Backward &p, const std::string &backend, const std
                               Layout layout, const Vars &v, const ScheduleParams &sp, Expr row) {
     Knobs k = knobs(sp, backend, kernel);
     if (!p.training) schedule_per_channel({p.invstd}, v, k);
-    if (p.sums.sums.defined()) schedule_sums(p.sums, layout, v, k);
+    if (p.sums.sums.defined() && !p.synchronized) schedule_sums(p.sums, layout, v, k);
     schedule_per_channel({p.coefficients}, v, k);  // skipped when undefined
     if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k, row);
-    schedule_per_channel({p.grad_weight, p.grad_bias}, v, k);
+    if (p.local_sums.defined()) p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);
+    schedule_per_channel({p.grad_weight, p.grad_bias, p.local_sums}, v, k);
+}
+
+// SyncBatchNorm2d: a process's partial statistics (training forward's sums tree), and the
+// merge over processes (a thread per channel, the processes in order in registers).
+inline void schedule_partial_stats(PartialStats &p, const std::string &backend,
+                                   const std::string &kernel, Layout layout, const Vars &v,
+                                   const ScheduleParams &sp) {
+    Knobs k = knobs(sp, backend, kernel);
+    schedule_sums(p.stats.s, layout, v, k);
+    p.partial.bound(p.field, 0, 3).reorder(p.field, v.c).unroll(p.field);
+    schedule_per_channel({p.partial}, v, k);
+}
+
+inline void schedule_sync_statistics(SyncStatistics &p, const std::string &backend,
+                                     const std::string &kernel, const Vars &v,
+                                     const ScheduleParams &sp) {
+    Knobs k = knobs(sp, backend, kernel);
+    Var ci("ci");
+    in_registers(p.merged.merged, ci)
+        .compute_root()
+        .gpu_tile(v.c, ci, k.channel_tile, TailStrategy::GuardWithIf);
+    schedule_per_channel(
+        {p.o.mean, p.var, p.o.saved_invstd, p.o.running_mean_out, p.o.running_var_out}, v, k);
 }
 
 }  // namespace bn2d::gpu

@@ -17,6 +17,8 @@ debs=(
   pocl-opencl-icd=3.1-3+deb12u1
   ocl-icd-opencl-dev=2.3.1-1
   libpng-dev=1.6.39-2+deb12u4
+  libopenmpi-dev=4.1.4-3+b1
+  openmpi-bin=4.1.4-3+b1
 )
 
 missing=()

@@ -9,10 +9,14 @@
 
 #include "bn2d/device.h"
 #include "internal.h"
+#include "module_state.h"
 
 namespace bn2d {
 
 using Buf = detail::HalideBuffer;
+
+using detail::StateView;
+using detail::storage_view;
 
 namespace {
 
@@ -34,17 +38,6 @@ std::string fmt(double v) {
     return os.str();
 }
 
-// Rounds a value to a parameter dtype (16-bit parameters live in float32 storage).
-double round_to(DType t, double v) {
-    switch (t) {
-    case DType::float32: return static_cast<float>(v);
-    case DType::bfloat16: return float_from_bfloat16(bfloat16_from_float(static_cast<float>(v)));
-    case DType::float16: return float_from_float16(float16_from_float(static_cast<float>(v)));
-    case DType::float64: return v;
-    }
-    return v;
-}
-
 // The output of the allocating forward(x) and backward(grad_out).
 std::vector<float> host_output(int64_t numel, const char *call) {
     try {
@@ -55,115 +48,9 @@ std::vector<float> host_output(int64_t numel, const char *call) {
     }
 }
 
-// A view of C per-channel values of the module's storage, as weight() etc. return it.
-Tensor storage_view(Buf &b, int64_t C, Device d, DType t) {
-    if (d == Device::CPU) return Tensor(b.data(), t, {C});
-    if (C == 0) return Tensor::on_device(0, {0}, d, t);  // no device allocation
-    return Tensor::on_device(detail::app_device_handle(b, d), {C}, d, t);
-}
-
-// Module storage an application can see (weight(), ..., bias_grad()), named for errors.
-struct StateView {
-    const char *name;
-    Tensor view;
-};
 
 }  // namespace
 
-struct BatchNorm2d::State {
-    int64_t C;
-    DType dtype;          // of the parameters (Options::dtype)
-    DType storage_dtype;  // of the storage: float64 for float64, else float32
-    double eps;
-    std::optional<double> momentum;
-    bool affine, track;
-    Activation activation = Activation::none;
-    bool training = true;
-    Device device = Device::CPU;
-    int64_t num_batches_tracked = 0;
-
-    // Module storage, C floats each. Running stats exist (as kernel inputs) even when not
-    // tracked, but are then not exposed.
-    Buf weight, bias, running_mean, running_var, grad_weight, grad_bias;
-    // Kernel outputs land here first and are committed only if the kernel succeeded.
-    Buf running_mean_next, running_var_next, grad_weight_next, grad_bias_next;
-    // Batch statistics of the last training forward (for backward), and the next ones.
-    Buf saved_mean, saved_invstd, saved_mean_next, saved_invstd_next;
-    // C values of 1: the unit scale of the residual's gradient kernel (run_grad_residual).
-    Buf ones;
-
-    // The last successful forward, for backward.
-    bool has_forward = false;
-    bool forward_training = false;     // module mode at that forward
-    bool forward_batch_stats = false;  // batch statistics were used
-    bool forward_residual = false;     // forward_add
-    Activation forward_activation = Activation::none;
-    Tensor forward_x;
-    Tensor forward_out;  // read by backward for the ReLU's mask (relu only)
-
-    std::vector<Buf *> all_buffers() {
-        return {&weight,         &bias,           &running_mean,      &running_var,
-                &grad_weight,    &grad_bias,      &running_mean_next, &running_var_next,
-                &grad_weight_next, &grad_bias_next, &saved_mean,        &saved_invstd,
-                &saved_mean_next,  &saved_invstd_next, &ones};
-    }
-
-    // The storage behind weight(), bias(), running_mean(), running_var(), weight_grad() and
-    // bias_grad(), for the in-place checks.
-    std::vector<StateView> visible_storage() {
-        auto v = [&](Buf &b) { return storage_view(b, C, device, storage_dtype); };
-        return {{"weight()", v(weight)},           {"bias()", v(bias)},
-                {"running_mean()", v(running_mean)}, {"running_var()", v(running_var)},
-                {"weight_grad()", v(grad_weight)},  {"bias_grad()", v(grad_bias)}};
-    }
-
-    // ---- storage helpers (host or device) ----
-    const halide_device_interface_t *iface() const { return detail::device_interface(device); }
-
-    Buf allocate() const {
-        return Buf(detail::element_type(storage_dtype), static_cast<int>(C));
-    }
-
-    std::vector<double> read(Buf &b) {
-        detail::sync_to_host(b, device, "copying module state to the host");
-        std::vector<double> v(static_cast<size_t>(C));
-        for (int64_t i = 0; i < C; ++i)
-            v[i] = storage_dtype == DType::float64 ? static_cast<const double *>(b.data())[i]
-                                                   : static_cast<const float *>(b.data())[i];
-        return v;
-    }
-
-    // Writes values rounded to the parameter dtype.
-    void write(Buf &b, const std::vector<double> &v, DType round = DType::float64) {
-        for (int64_t i = 0; i < C; ++i) {
-            const double r = round_to(round, round_to(storage_dtype, v[i]));
-            if (storage_dtype == DType::float64) static_cast<double *>(b.data())[i] = r;
-            else static_cast<float *>(b.data())[i] = static_cast<float>(r);
-        }
-        detail::sync_to_device(b, device, "copying module state to the device");
-    }
-    void write_param(Buf &b, const std::vector<double> &v) { write(b, v, dtype); }
-
-    void fill(Buf &b, double value) { write(b, std::vector<double>(C, value)); }
-
-    // dst = src, where both live (host or device). Only called after a kernel succeeded.
-    // A 16-bit parameter is rounded to its type, as PyTorch would store it.
-    void commit(Buf &dst, Buf &src) {
-        if (dtype == DType::bfloat16 || dtype == DType::float16) {
-            write_param(dst, read(src));
-            return;
-        }
-        if (device == Device::CPU) {
-            std::memcpy(dst.data(), src.data(), dtype_size(storage_dtype) * C);
-            return;
-        }
-        src.set_device_dirty();
-        detail::check_halide(halide_buffer_copy(nullptr, src.raw_buffer(), iface(), dst.raw_buffer()),
-                             "committing module state on the device");
-        dst.set_host_dirty(false);
-        dst.set_device_dirty();
-    }
-};
 
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
     detail::init_runtime();
@@ -309,7 +196,11 @@ void BatchNorm2d::forward_add(const Tensor &x, const Tensor &residual, const Ten
     forward_impl(x, &residual, out);
 }
 
-void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out) {
+// Validates a forward and builds its buffers. `synced`: the statistics come from every process
+// of a SyncBatchNorm2d group, so only their total count must exceed 1 (checked after the
+// exchange).
+BatchNorm2d::ForwardPlan BatchNorm2d::plan_forward(const Tensor &x, const Tensor *residual,
+                                                   const Tensor &out, bool synced) {
     State &s = *s_;
     check_tensor("input", x, s.C, s.device, {});
     check_tensor("out", out, s.C, s.device, x.sizes());
@@ -323,75 +214,92 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
         check_no_alias("out", out, "residual", *residual);
     }
 
-    // PyTorch: batch statistics in training mode, or whenever running stats are not tracked.
-    const bool batch_stats = s.training || !s.track;
-    const bool update_running = s.training && s.track;
+    ForwardPlan p;
+    p.batch_stats = s.training || !s.track;
+    p.update_running = s.training && s.track;
     const std::vector<StateView> state = s.visible_storage();
     check_not_state("out", out, state);
-    if (update_running) {
+    if (p.update_running) {
         check_not_state("input", x, state, {"running_mean()", "running_var()"});
         if (residual)
             check_not_state("residual", *residual, state, {"running_mean()", "running_var()"});
     }
-    int64_t per_channel = 0;  // N*H*W; may overflow when C = 0 makes the tensor empty
-    if (__builtin_mul_overflow(x.size(0), x.size(2), &per_channel) ||
-        __builtin_mul_overflow(per_channel, x.size(3), &per_channel))
+    // N*H*W may overflow when C = 0 makes the tensor empty.
+    if (__builtin_mul_overflow(x.size(0), x.size(2), &p.per_channel) ||
+        __builtin_mul_overflow(p.per_channel, x.size(3), &p.per_channel))
         fail("input " + x.shape_string() + ": N*H*W overflows int64");
-    if (batch_stats && per_channel == 1)
+    if (p.batch_stats && p.per_channel == 1 && !synced)
         fail("expected more than 1 value per channel when training, got input size " +
              x.shape_string());
-    if (update_running && s.num_batches_tracked == std::numeric_limits<int64_t>::max())
+    if (p.update_running && s.num_batches_tracked == std::numeric_limits<int64_t>::max())
         fail("num_batches_tracked is at its maximum (" + std::to_string(s.num_batches_tracked) +
              "): one more training step would overflow it; load a smaller count first");
-    const int64_t tracked = s.num_batches_tracked + (update_running ? 1 : 0);
-    const double factor = !update_running ? 0.0
-                          : s.momentum    ? *s.momentum
-                                          : 1.0 / static_cast<double>(tracked);
-    const bool relu = s.activation == Activation::relu;
-
-    auto record = [&] {
-        s.has_forward = true;
-        s.forward_training = s.training;
-        s.forward_batch_stats = batch_stats;
-        s.forward_residual = residual != nullptr;
-        s.forward_activation = s.activation;
-        s.forward_x = x;
-        s.forward_out = relu ? out : Tensor();
-    };
-    if (x.numel() == 0) {
-        // PyTorch: empty output, statistics untouched, but the batch is still counted.
-        s.num_batches_tracked = tracked;
-        record();
-        return;
-    }
+    p.tracked = s.num_batches_tracked + (p.update_running ? 1 : 0);
+    p.factor = !p.update_running ? 0.0
+               : s.momentum      ? *s.momentum
+                                 : 1.0 / static_cast<double>(p.tracked);
+    p.relu = s.activation == Activation::relu;
+    // PyTorch: an empty input gives an empty output, statistics untouched, but the batch is
+    // still counted.
+    p.empty = x.numel() == 0;
+    if (p.empty) return p;
 
     std::vector<const Tensor *> tensors{&x, &out};
     if (residual) tensors.push_back(residual);
-    const Placement p = place(tensors);
-    Buf hx = detail::tensor_buffer(x, p.layout, p.fuse);
-    Buf hy = detail::tensor_buffer(out, p.layout, p.fuse);
-    Buf hz = residual ? detail::tensor_buffer(*residual, p.layout, p.fuse) : Buf();
-    const detail::Call call{s.device, p.layout, x,
-                            detail::needs_large_buffers(hx) || detail::needs_large_buffers(hy) ||
-                                (residual && detail::needs_large_buffers(hz))};
-    const detail::Epilogue epilogue{residual ? hz.raw_buffer() : nullptr, relu};
-    // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
-    if (batch_stats) {
-        detail::run_train_forward(call, hx, epilogue, s.weight, s.bias, s.running_mean,
-                                  s.running_var, s.eps, factor, hy, s.saved_mean_next,
-                                  s.saved_invstd_next, s.running_mean_next, s.running_var_next);
-        if (update_running) {
-            s.commit(s.running_mean, s.running_mean_next);
-            s.commit(s.running_var, s.running_var_next);
-        }
-        std::swap(s.saved_mean, s.saved_mean_next);
-        std::swap(s.saved_invstd, s.saved_invstd_next);
-    } else {
-        detail::run_eval_forward(call, hx, epilogue, s.weight, s.bias, s.running_mean,
-                                 s.running_var, s.eps, hy);
+    const Placement place_ = place(tensors);
+    p.layout = place_.layout;
+    p.hx = detail::tensor_buffer(x, p.layout, place_.fuse);
+    p.hy = detail::tensor_buffer(out, p.layout, place_.fuse);
+    if (residual) p.hz = detail::tensor_buffer(*residual, p.layout, place_.fuse);
+    p.large = detail::needs_large_buffers(p.hx) || detail::needs_large_buffers(p.hy) ||
+              (residual && detail::needs_large_buffers(p.hz));
+    p.residual = residual != nullptr;
+    return p;
+}
+
+// The forward succeeded: what backward needs.
+void BatchNorm2d::record_forward(const ForwardPlan &p, const Tensor &x, bool residual,
+                                 const Tensor &out, int64_t synced_count) {
+    State &s = *s_;
+    s.num_batches_tracked = p.tracked;
+    s.has_forward = true;
+    s.forward_training = s.training;
+    s.forward_batch_stats = p.batch_stats;
+    s.forward_residual = residual;
+    s.forward_activation = s.activation;
+    s.forward_x = x;
+    s.forward_out = p.relu ? out : Tensor();
+    s.forward_synced = synced_count >= 0;
+    s.forward_count = synced_count;
+}
+
+void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out) {
+    State &s = *s_;
+    if (s.comm && s.training) {
+        sync_forward(x, residual, out);
+        return;
     }
-    s.num_batches_tracked = tracked;
-    record();
+    ForwardPlan p = plan_forward(x, residual, out, false);
+    if (!p.empty) {
+        const detail::Call call = p.call(s, x);
+        // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
+        if (p.batch_stats) {
+            detail::run_train_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.running_mean,
+                                      s.running_var, s.eps, p.factor, p.hy, s.saved_mean_next,
+                                      s.saved_invstd_next, s.running_mean_next,
+                                      s.running_var_next);
+            if (p.update_running) {
+                s.commit(s.running_mean, s.running_mean_next);
+                s.commit(s.running_var, s.running_var_next);
+            }
+            std::swap(s.saved_mean, s.saved_mean_next);
+            std::swap(s.saved_invstd, s.saved_invstd_next);
+        } else {
+            detail::run_eval_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.running_mean,
+                                     s.running_var, s.eps, p.hy);
+        }
+    }
+    record_forward(p, x, residual != nullptr, out, -1);
 }
 
 std::vector<float> BatchNorm2d::forward(const Tensor &x) {
@@ -415,8 +323,10 @@ void BatchNorm2d::backward_add(const Tensor &grad_out, const Tensor &grad_input,
     backward_impl(grad_out, grad_input, &grad_residual, mask);
 }
 
-void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input,
-                                const Tensor *grad_residual, BackwardMask mask) {
+BatchNorm2d::BackwardPlan BatchNorm2d::plan_backward(const Tensor &grad_out,
+                                                     const Tensor &grad_input,
+                                                     const Tensor *grad_residual,
+                                                     BackwardMask mask) {
     State &s = *s_;
     if (!s.has_forward) fail("backward() needs a forward() first");
     if (s.training != s.forward_training)
@@ -427,8 +337,9 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
     if (grad_residual && !s.forward_residual)
         fail("backward_add() needs a forward_add() before it: the last forward had no residual");
     const std::vector<int64_t> &shape = s.forward_x.sizes();
+    BackwardPlan p;
     // The ReLU's mask is read from the forward's output.
-    const bool relu = s.forward_activation == Activation::relu;
+    p.relu = s.forward_activation == Activation::relu;
     const Tensor &y = s.forward_out;
     check_tensor("grad_out", grad_out, s.C, s.device, shape);
     check_same_dtype("grad_out", grad_out, "the forward input", s.forward_x);
@@ -438,7 +349,7 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
         check_no_self_overlap("grad_input", grad_input);
         check_no_alias("grad_input", grad_input, "grad_out", grad_out);
         check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
-        if (relu) check_no_alias("grad_input", grad_input, "the forward output", y);
+        if (p.relu) check_no_alias("grad_input", grad_input, "the forward output", y);
     }
     if (grad_residual) {
         check_tensor("grad_residual", *grad_residual, s.C, s.device, shape);
@@ -446,53 +357,66 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
         check_no_self_overlap("grad_residual", *grad_residual);
         check_no_alias("grad_residual", *grad_residual, "grad_out", grad_out);
         check_no_alias("grad_residual", *grad_residual, "the forward input", s.forward_x);
-        if (relu) check_no_alias("grad_residual", *grad_residual, "the forward output", y);
+        if (p.relu) check_no_alias("grad_residual", *grad_residual, "the forward output", y);
         if (mask.input) check_no_alias("grad_residual", *grad_residual, "grad_input", grad_input);
     }
-    const bool params = mask.params && s.affine;
+    p.params = mask.params && s.affine;
+    p.training = s.forward_batch_stats;
     const std::vector<StateView> state = s.visible_storage();
     if (mask.input) check_not_state("grad_input", grad_input, state);
     if (grad_residual) check_not_state("grad_residual", *grad_residual, state);
-    if (params) {
+    if (p.params) {
         check_not_state("grad_out", grad_out, state, {"weight_grad()", "bias_grad()"});
         check_not_state("the forward input", s.forward_x, state, {"weight_grad()", "bias_grad()"});
     }
-    if (!mask.input && !params && !grad_residual) return;
-    if (grad_out.numel() == 0) return;  // nothing to compute; parameter gradients += 0
+    // Nothing to compute for an empty tensor: parameter gradients += 0.
+    p.run = (mask.input || p.params || grad_residual) && grad_out.numel() > 0;
+    if (!p.run) return p;
 
     std::vector<const Tensor *> tensors{&s.forward_x, &grad_out};
     if (mask.input) tensors.push_back(&grad_input);
-    if (relu) tensors.push_back(&y);
+    if (p.relu) tensors.push_back(&y);
     if (grad_residual) tensors.push_back(grad_residual);
-    const Placement p = place(tensors);
-    Buf hx = detail::tensor_buffer(s.forward_x, p.layout, p.fuse);
-    Buf hdy = detail::tensor_buffer(grad_out, p.layout, p.fuse);
-    Buf hdx = mask.input ? detail::tensor_buffer(grad_input, p.layout, p.fuse) : Buf();
-    Buf hout = relu ? detail::tensor_buffer(y, p.layout, p.fuse) : Buf();
-    Buf hdz = grad_residual ? detail::tensor_buffer(*grad_residual, p.layout, p.fuse) : Buf();
-    bool large = false;
-    for (Buf *b : {&hx, &hdy, &hdx, &hout, &hdz})
-        large = large || (b->dimensions() > 0 && detail::needs_large_buffers(*b));
-    const detail::Call call{s.device, p.layout, s.forward_x, large};
+    const Placement place_ = place(tensors);
+    p.layout = place_.layout;
+    p.hx = detail::tensor_buffer(s.forward_x, p.layout, place_.fuse);
+    p.hdy = detail::tensor_buffer(grad_out, p.layout, place_.fuse);
+    if (mask.input) p.hdx = detail::tensor_buffer(grad_input, p.layout, place_.fuse);
+    if (p.relu) p.hout = detail::tensor_buffer(y, p.layout, place_.fuse);
+    if (grad_residual) p.hdz = detail::tensor_buffer(*grad_residual, p.layout, place_.fuse);
+    for (Buf *b : {&p.hx, &p.hdy, &p.hdx, &p.hout, &p.hdz})
+        p.large = p.large || (b->dimensions() > 0 && detail::needs_large_buffers(*b));
+    return p;
+}
 
-    // With the residual's gradient wanted, it is grad_out through the ReLU: computed first, it
-    // is then the batch norm's incoming gradient (no mask left to apply). Else the backward
-    // kernels apply the mask themselves.
-    halide_buffer_t *incoming = hdy.raw_buffer();
-    halide_buffer_t *relu_out = relu ? hout.raw_buffer() : nullptr;
-    if (grad_residual) {
-        detail::run_grad_residual(call, hdy, relu_out, s.ones, hdz);
-        incoming = hdz.raw_buffer();
-        relu_out = nullptr;
+// With the residual's gradient wanted, it is grad_out through the ReLU: computed first, it is
+// then the batch norm's incoming gradient (no mask left to apply). Else the backward kernels
+// apply the mask themselves.
+void BatchNorm2d::residual_gradient(BackwardPlan &p) {
+    if (p.hdz.dimensions() == 0) return;
+    detail::run_grad_residual(p.call(*s_), p.hdy, p.relu_out(), s_->ones, p.hdz);
+    p.residual_done = true;
+}
+
+void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input,
+                                const Tensor *grad_residual, BackwardMask mask) {
+    State &s = *s_;
+    // As in PyTorch, only grad_input needs the other processes' sums.
+    if (s.comm && s.training && mask.input) {
+        sync_backward(grad_out, grad_input, grad_residual, mask);
+        return;
     }
-    if (!mask.input && !params) return;
-    const bool training = s.forward_batch_stats;
-    detail::BackwardBuffers b{hx, incoming, relu_out, training ? s.saved_mean : s.running_mean,
-                              training ? s.saved_invstd : s.running_var, s.weight,
-                              mask.input ? hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
-                              s.grad_weight_next, s.grad_bias_next};
-    detail::run_backward(call, training, params, s.eps, b);
-    if (params) {
+    BackwardPlan p = plan_backward(grad_out, grad_input, grad_residual, mask);
+    if (!p.run) return;
+    residual_gradient(p);
+    if (!mask.input && !p.params) return;
+    detail::BackwardBuffers b{p.hx, p.incoming(), p.relu_out(),
+                              p.training ? s.saved_mean : s.running_mean,
+                              p.training ? s.saved_invstd : s.running_var, s.weight,
+                              mask.input ? p.hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
+                              s.grad_weight_next, s.grad_bias_next, s.grad_sums_buffer()};
+    detail::run_backward(p.call(s), p.training, p.params, s.eps, b);
+    if (p.params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);
     }
@@ -603,6 +527,7 @@ BatchNorm2d &BatchNorm2d::to(Device device) {
     }
     for (size_t i = 0; i < bufs.size(); ++i) *bufs[i] = std::move(moved[i]);
     s.device = device;
+    s.drop_scratch();
     s.has_forward = false;  // the saved input lives on the old device
     return *this;
 }
@@ -640,7 +565,7 @@ void BatchNorm2d::set_momentum(std::optional<double> momentum) {
 }
 
 std::string BatchNorm2d::to_string() const {
-    return "BatchNorm2d(" + std::to_string(s_->C) + ", eps=" + fmt(s_->eps) +
+    return std::string(s_->comm ? "SyncBatchNorm(" : "BatchNorm2d(") + std::to_string(s_->C) + ", eps=" + fmt(s_->eps) +
            ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
            ", affine=" + (s_->affine ? "True" : "False") +
            ", track_running_stats=" + (s_->track ? "True" : "False") +

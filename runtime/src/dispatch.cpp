@@ -124,7 +124,8 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
     if (want_params && !b.grad_input) {
         if (training)
             call(c, op, BN2D_KERNEL(train_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
-                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias,
+                 b.grad_sums);
         else
             call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
@@ -140,6 +141,26 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
         call(c, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
              b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
     }
+}
+
+void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial) {
+    call(c, "sync_fwd", BN2D_KERNEL(sync_stats), x, partial);
+}
+
+void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
+                    halide_buffer_t *running_var, double eps, double factor,
+                    halide_buffer_t *mean, halide_buffer_t *var, halide_buffer_t *saved_invstd,
+                    halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
+    call(c, "sync_fwd", BN2D_KERNEL(sync_merge), gathered, running_mean, running_var, eps, factor,
+         mean, var, saved_invstd, running_mean_out, running_var_out);
+}
+
+void run_sync_grad_input(const Call &c, const BackwardBuffers &b, halide_buffer_t *sums,
+                         double count) {
+    const bool relu = b.relu_out != nullptr;
+    call(c, "sync_bwd", BN2D_KERNEL(sync_bwd_input), b.x, b.grad_out,
+         relu ? b.relu_out : b.grad_out, b.mean, b.stat, 0.0, relu, b.weight, sums, count,
+         b.grad_input);
 }
 
 // The eval grad_input kernel with a unit scale: dz = dy * (1 / sqrt(1 + 0)) * 1, exactly dy

@@ -111,13 +111,26 @@ void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epi
 // gradient when want_params; otherwise they may still be written (training backward computes
 // the sums anyway), so they must be scratch the caller does not commit.
 // relu_out: the forward's output when it ended in a ReLU (grad_out is masked by it), else null.
+// grad_sums: (C, 2) float64 scratch, where a training backward without grad_input also writes
+// its per-channel sums (SyncBatchNorm2d all-reduces them).
 struct BackwardBuffers {
     halide_buffer_t *x, *grad_out, *relu_out, *mean, *stat, *weight;
     halide_buffer_t *grad_input;  // nullable
     halide_buffer_t *grad_weight_in, *grad_bias_in, *grad_weight, *grad_bias;
+    halide_buffer_t *grad_sums;
 };
 void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b);
+// SyncBatchNorm2d (generators/variants.cmake: sync_*). partial: (C, 3) float64 {count, mean,
+// M2}; gathered: (C, 3, processes); sums: (C, 2) float64 over `count` values per channel.
+void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
+// Per channel: `c.x` is a stand-in for the per-channel dtype (float32 or float64).
+void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
+                    halide_buffer_t *running_var, double eps, double factor,
+                    halide_buffer_t *mean, halide_buffer_t *var, halide_buffer_t *saved_invstd,
+                    halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out);
+void run_sync_grad_input(const Call &c, const BackwardBuffers &b, halide_buffer_t *sums,
+                         double count);
 // The gradient of a fused forward's residual: grad_out through the ReLU (relu_out non-null),
 // else grad_out itself. `ones`: C per-channel values of 1.
 void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,

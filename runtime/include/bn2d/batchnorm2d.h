@@ -17,6 +17,8 @@
 
 namespace bn2d {
 
+class Communicator;  // bn2d/sync_batchnorm2d.h
+
 // What the fused kernels apply after the normalization (and after adding a residual).
 enum class Activation { none, relu };
 const char *activation_name(Activation a);  // "none", "relu"
@@ -132,12 +134,31 @@ public:
     // "BatchNorm2d(100, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
     std::string to_string() const;
 
+protected:
+    // SyncBatchNorm2d: training statistics over the communicator's group (null: this process's).
+    void set_communicator(std::shared_ptr<Communicator> communicator);
+    Communicator *communicator_ptr() const;
+
 private:
+    struct State;
+    struct ForwardPlan;
+    struct BackwardPlan;
     void forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out);
+    ForwardPlan plan_forward(const Tensor &x, const Tensor *residual, const Tensor &out,
+                             bool synced);
+    // synced_count: values per channel over the group (SyncBatchNorm2d), or -1.
+    void record_forward(const ForwardPlan &p, const Tensor &x, bool residual, const Tensor &out,
+                        int64_t synced_count);
     void backward_impl(const Tensor &grad_out, const Tensor &grad_input,
                        const Tensor *grad_residual, BackwardMask mask);
+    BackwardPlan plan_backward(const Tensor &grad_out, const Tensor &grad_input,
+                               const Tensor *grad_residual, BackwardMask mask);
+    void residual_gradient(BackwardPlan &p);
+    // SyncBatchNorm2d's training steps (runtime/src/sync.cpp).
+    void sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out);
+    void sync_backward(const Tensor &grad_out, const Tensor &grad_input,
+                       const Tensor *grad_residual, BackwardMask mask);
 
-    struct State;
     std::unique_ptr<State> s_;
 };
 

@@ -1,0 +1,279 @@
+// SyncBatchNorm2d: BatchNorm2d's training steps with the statistics of every process of a group
+// (bn2d/sync_batchnorm2d.h). The kernels are the single-process algorithm split where the
+// processes communicate (generators/bn2d_algorithm.h, "Synchronized batch norm").
+//
+// Each collective step runs in three phases, so that a failure anywhere fails everywhere and
+// nothing is committed unless every process succeeded:
+//   1. local: validate and run this process's kernels into scratch; an error is kept, not thrown
+//   2. agree: every process's status, call, channel count and batch size, in one all-gather of
+//      256 bytes each; every process throws the first failure's message if there is one
+//   3. exchange the statistics, run the kernels that use them, agree again, commit
+#include "bn2d/sync_batchnorm2d.h"
+
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "bn2d/device.h"
+#include "internal.h"
+#include "module_state.h"
+
+namespace bn2d {
+namespace {
+
+[[noreturn]] void fail(const std::string &msg) { throw Error("SyncBatchNorm2d: " + msg); }
+
+// One process's state of a collective call, as the others see it.
+struct Status {
+    char call[32];
+    int64_t channels;
+    int64_t count;  // values per channel in this process's batch
+    int32_t failed;
+    char message[204];
+};
+static_assert(sizeof(Status) == 256, "one small message per process");
+
+template<size_t N>
+void copy_text(char (&dst)[N], const std::string &src) {
+    std::string s = src;
+    if (s.size() >= N) s = s.substr(0, N - 4) + "...";
+    std::memset(dst, 0, N);
+    std::memcpy(dst, s.data(), s.size());
+}
+
+std::string text(const char *s, size_t n) { return std::string(s, strnlen(s, n)); }
+
+// Phase 2: every process learns every other's status. Returns the group's total count.
+int64_t agree(Communicator &comm, const char *call, int64_t C, int64_t count,
+              const std::string &error) {
+    Status mine{};
+    copy_text(mine.call, call);
+    mine.channels = C;
+    mine.count = count;
+    mine.failed = error.empty() ? 0 : 1;
+    copy_text(mine.message, error);
+    const int P = comm.size();
+    std::vector<Status> all(static_cast<size_t>(P));
+    comm.all_gather_bytes(&mine, all.data(), sizeof(Status));
+
+    const std::string here = text(mine.call, sizeof mine.call);
+    for (int r = 0; r < P; ++r) {
+        const std::string theirs = text(all[r].call, sizeof all[r].call);
+        if (theirs != here)
+            fail("the processes are in different calls: rank " + std::to_string(comm.rank()) +
+                 " in " + here + ", rank " + std::to_string(r) + " in " + theirs +
+                 " (every process of the group must make the same training calls in the same "
+                 "order)");
+    }
+    std::vector<int> failed;
+    for (int r = 0; r < P; ++r)
+        if (all[r].failed) failed.push_back(r);
+    if (!failed.empty()) {
+        const int r = failed.front();
+        std::string also;
+        for (size_t i = 1; i < failed.size(); ++i)
+            also += (i == 1 ? " (also on rank " : ", ") + std::to_string(failed[i]);
+        if (!also.empty()) also += ")";
+        fail(here + " failed on rank " + std::to_string(r) + " of " + std::to_string(P) + also +
+             ": " + text(all[r].message, sizeof all[r].message));
+    }
+    int64_t total = 0;
+    for (int r = 0; r < P; ++r) {
+        if (all[r].channels != C)
+            fail("num_features differ across the group: rank " + std::to_string(comm.rank()) +
+                 " has " + std::to_string(C) + ", rank " + std::to_string(r) + " has " +
+                 std::to_string(all[r].channels));
+        if (__builtin_add_overflow(total, all[r].count, &total))
+            fail("the group's values per channel overflow int64");
+    }
+    return total;
+}
+
+void check_memory(const Communicator &comm, Device module) {
+    const Device m = comm.memory();
+    if (m != Device::CPU && m != module)
+        fail(std::string("the ") + comm.name() + " communicator exchanges " + device_name(m) +
+             " memory but the module is on " + device_name(module) + " (use to(" +
+             device_name(m) + "))");
+}
+
+// The address a communicator reads and writes a scratch buffer at: the host copy (brought from
+// the device first when `download`) when it works on the host, else the device pointer.
+double *exchange_address(Buf &b, Device module, const Communicator &comm, bool download) {
+    if (comm.memory() == Device::CPU) {
+        if (download) detail::sync_to_host(b, module, "copying statistics to the host");
+        return static_cast<double *>(b.data());
+    }
+    device_synchronize(module);  // the kernels that wrote it, on the module's stream
+    return reinterpret_cast<double *>(detail::app_device_handle(b, module));
+}
+
+// After a host-side exchange wrote `b`: back to the module's device (a no-op on the CPU).
+void upload(Buf &b, Device module, const Communicator &comm) {
+    if (comm.memory() == Device::CPU)
+        detail::sync_to_device(b, module, "copying statistics to the device");
+}
+
+void zero(Buf &b, Device module) {
+    if (b.number_of_elements() == 0) return;
+    std::memset(b.data(), 0, b.size_in_bytes());
+    detail::sync_to_device(b, module, "clearing statistics on the device");
+}
+
+}  // namespace
+
+void BatchNorm2d::set_communicator(std::shared_ptr<Communicator> communicator) {
+    if (!communicator) fail("the communicator is null");
+    if (communicator->size() < 1 || communicator->rank() < 0 ||
+        communicator->rank() >= communicator->size())
+        fail("communicator " + communicator->name() + ": rank " +
+             std::to_string(communicator->rank()) + " of " + std::to_string(communicator->size()));
+    s_->comm = std::move(communicator);
+    s_->forward_synced = false;
+}
+
+Communicator *BatchNorm2d::communicator_ptr() const { return s_->comm.get(); }
+
+SyncBatchNorm2d::SyncBatchNorm2d(int64_t num_features, std::shared_ptr<Communicator> communicator,
+                                 const Options &options)
+    : BatchNorm2d(num_features, options) {
+    set_communicator(std::move(communicator));
+}
+
+SyncBatchNorm2d::SyncBatchNorm2d(BatchNorm2d &&module) : BatchNorm2d(std::move(module)) {}
+
+SyncBatchNorm2d SyncBatchNorm2d::convert(BatchNorm2d &&module,
+                                         std::shared_ptr<Communicator> communicator) {
+    if (!communicator) fail("the communicator is null");  // before the module is moved from
+    SyncBatchNorm2d synced(std::move(module));
+    synced.set_communicator(std::move(communicator));
+    return synced;
+}
+
+Communicator &SyncBatchNorm2d::communicator() const { return *communicator_ptr(); }
+
+void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out) {
+    State &s = *s_;
+    Communicator &comm = *s.comm;
+    const size_t C = static_cast<size_t>(s.C);
+    // 1. This process's {count, mean, M2} per channel (zeros for an empty batch: the merge
+    // skips a count of 0).
+    std::optional<ForwardPlan> plan;
+    std::string error;
+    int64_t count = 0;
+    double *partial = nullptr;
+    try {
+        plan.emplace(plan_forward(x, residual, out, true));
+        check_memory(comm, s.device);
+        const int P = comm.size();
+        if (!s.partial.data()) s.partial = s.scratch(3);
+        if (!s.gathered.data() || s.gathered.dim(2).extent() != P) s.gathered = s.scratch(3, P);
+        if (!s.merged_var.data()) {
+            s.merged_var = s.allocate();
+            detail::sync_to_device(s.merged_var, s.device, "allocating scratch on the device");
+        }
+        if (!plan->empty) {
+            count = plan->per_channel;
+            detail::run_sync_stats(plan->call(s, x), plan->hx, s.partial);
+        } else {
+            zero(s.partial, s.device);
+        }
+        partial = exchange_address(s.partial, s.device, comm, true);
+    } catch (const Error &e) {
+        error = e.what();
+    }
+    // 2.
+    const int64_t total = agree(comm, "forward", s.C, count, error);
+    if (total == 1)
+        fail("expected more than 1 value per channel when training, got 1 over the group's " +
+             std::to_string(comm.size()) + " processes");
+    if (C == 0 || total == 0) {  // nothing to normalize anywhere; the batch is still counted
+        record_forward(*plan, x, residual != nullptr, out, total);
+        return;
+    }
+    // 3. Every process merges the same values in the same order: the same statistics.
+    comm.all_gather(partial, exchange_address(s.gathered, s.device, comm, false), 3 * C);
+    upload(s.gathered, s.device, comm);
+    try {
+        const Tensor per_channel_type(nullptr, detail::per_channel_dtype(x.dtype()),
+                                      {1, s.C, 1, 1});
+        detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, s.gathered,
+                               s.running_mean, s.running_var, s.eps, plan->factor,
+                               s.saved_mean_next, s.merged_var, s.saved_invstd_next,
+                               s.running_mean_next, s.running_var_next);
+        // The normalization with the merged statistics is eval forward's.
+        if (!plan->empty)
+            detail::run_eval_forward(plan->call(s, x), plan->hx, plan->epilogue(), s.weight, s.bias,
+                                     s.saved_mean_next, s.merged_var, s.eps, plan->hy);
+    } catch (const Error &e) {
+        error = e.what();
+    }
+    agree(comm, "forward (after the exchange)", s.C, 0, error);
+    if (plan->update_running) {
+        s.commit(s.running_mean, s.running_mean_next);
+        s.commit(s.running_var, s.running_var_next);
+    }
+    std::swap(s.saved_mean, s.saved_mean_next);
+    std::swap(s.saved_invstd, s.saved_invstd_next);
+    record_forward(*plan, x, residual != nullptr, out, total);
+}
+
+void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input,
+                                const Tensor *grad_residual, BackwardMask mask) {
+    State &s = *s_;
+    Communicator &comm = *s.comm;
+    const size_t C = static_cast<size_t>(s.C);
+    // 1. This process's parameter gradients (its own, as in PyTorch) and its sums.
+    std::optional<BackwardPlan> plan;
+    std::string error;
+    int64_t count = 0;
+    double *sums = nullptr;
+    try {
+        plan.emplace(plan_backward(grad_out, grad_input, grad_residual, mask));
+        if (!s.forward_synced)
+            fail("a training backward needs the synchronized forward before it (the module "
+                 "became synchronized after its last forward): run forward() again");
+        check_memory(comm, s.device);
+        Buf &g = s.grad_sums_buffer();
+        if (plan->run) {
+            count = grad_out.numel() / s.C;
+            residual_gradient(*plan);
+            const detail::BackwardBuffers b{plan->hx, plan->incoming(), plan->relu_out(),
+                                            s.saved_mean, s.saved_invstd, s.weight, nullptr,
+                                            s.grad_weight, s.grad_bias, s.grad_weight_next,
+                                            s.grad_bias_next, g};
+            detail::run_backward(plan->call(s), true, true, s.eps, b);
+        } else {
+            zero(g, s.device);
+        }
+        sums = exchange_address(g, s.device, comm, true);
+    } catch (const Error &e) {
+        error = e.what();
+    }
+    // 2.
+    agree(comm, "backward", s.C, count, error);
+    if (C == 0) return;
+    // 3. grad_input from the group's sums.
+    Buf &g = s.grad_sums;
+    comm.all_reduce_sum(sums, 2 * C);
+    upload(g, s.device, comm);
+    try {
+        if (plan->run) {
+            const detail::BackwardBuffers b{plan->hx, plan->incoming(), plan->relu_out(),
+                                            s.saved_mean, s.saved_invstd, s.weight,
+                                            plan->hdx.raw_buffer(), nullptr, nullptr, nullptr,
+                                            nullptr, nullptr};
+            detail::run_sync_grad_input(plan->call(s), b, g,
+                                        static_cast<double>(s.forward_count));
+        }
+    } catch (const Error &e) {
+        error = e.what();
+    }
+    agree(comm, "backward (after the exchange)", s.C, 0, error);
+    if (plan->run && plan->params) {
+        s.commit(s.grad_weight, s.grad_weight_next);
+        s.commit(s.grad_bias, s.grad_bias_next);
+    }
+}
+
+}  // namespace bn2d
