@@ -6,6 +6,17 @@ include(CMakePackageConfigHelpers)
 install(DIRECTORY runtime/include/bn2d ${BN2D_GENERATED_INCLUDE_DIR}/bn2d
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS bn2d ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+# SyncBatchNorm2d's communicators, when built: bn2d::mpi, bn2d::nccl.
+set(BN2D_WITH_MPI OFF)
+set(BN2D_WITH_NCCL OFF)
+if (TARGET bn2d_mpi)
+    install(TARGETS bn2d_mpi ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+    set(BN2D_WITH_MPI ON)
+endif ()
+if (TARGET bn2d_nccl)
+    install(TARGETS bn2d_nccl ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+    set(BN2D_WITH_NCCL ON)
+endif ()
 # bn2d::halide: the algorithm and the stage schedules, header-only.
 install(FILES generators/bn2d_algorithm.h schedules/stage_schedules.h
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/bn2d/halide)

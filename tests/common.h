@@ -226,6 +226,22 @@ inline std::string dtype_not_built(DType t) {
     return std::string(dtype_name(t)) + " kernels are not in this build (BN2D_ONLY_DTYPES)";
 }
 
+// A SyncBatchNorm2d group of one process, without MPI: the collectives are copies.
+class SingleProcessGroup final : public Communicator {
+public:
+    int rank() const override { return 0; }
+    int size() const override { return 1; }
+    std::string name() const override { return "single process"; }
+    Device memory() const override { return Device::CPU; }
+    void all_gather_bytes(const void *send, void *recv, size_t bytes) override {
+        std::memcpy(recv, send, bytes);
+    }
+    void all_gather(const double *send, double *recv, size_t count) override {
+        std::memcpy(recv, send, count * sizeof(double));
+    }
+    void all_reduce_sum(double *, size_t) override {}
+};
+
 // Every output mask backward() accepts that computes something.
 inline std::vector<BackwardMask> all_masks() {
     return {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}};
@@ -238,17 +254,38 @@ inline std::string mask_name(const BackwardMask &m) {
 
 namespace bn2d::test {
 
+// The bn2d_verbose lines (one per kernel call) that `calls` prints with verbose mode on.
+template<typename Calls>
+std::vector<std::string> verbose_lines_of(Calls &&calls) {
+    set_verbose(true);
+    ::testing::internal::CaptureStderr();
+    calls();
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    set_verbose(false);
+    std::vector<std::string> lines;
+    std::istringstream in(err);
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("bn2d_verbose,", 0) == 0) lines.push_back(line);
+    return lines;
+}
+
 // Runs forward and backward with every output mask, in training and in eval mode, on `device`
 // with verbose mode on, and returns the bn2d_verbose lines printed (one per kernel call).
 // `layout`: a tests/typed_tensor.h memory layout (nchw, nhwc, padded) for every tensor.
+// With `sync`, a SyncBatchNorm2d in a group of one process, training forward and backward:
+// sync_stats, sync_merge, eval_fwd, train_bwd_params, sync_bwd_input.
 inline std::vector<std::string> verbose_lines_of_every_op(Device device,
                                                           DType dtype = DType::float32,
-                                                          const std::string &layout = "nchw") {
+                                                          const std::string &layout = "nchw",
+                                                          bool sync = false) {
     const Shape s{2, 16, 4, 5};  // 16 channels: channels_last runs the nhwc kernels
     std::mt19937 rng(7);
     Options o;
     o.dtype = dtype == DType::float64 ? DType::float64 : DType::float32;
-    BatchNorm2d bn(s.c, o);
+    std::unique_ptr<BatchNorm2d> module =
+        sync ? std::make_unique<SyncBatchNorm2d>(s.c, std::make_shared<SingleProcessGroup>(), o)
+             : std::make_unique<BatchNorm2d>(s.c, o);
+    BatchNorm2d &bn = *module;
     bn.to(device);
     TypedTensor hx(dtype, s, layout), hy(dtype, s, layout), hdy(dtype, s, layout);
     hx.randomize(rng);
@@ -257,22 +294,20 @@ inline std::vector<std::string> verbose_lines_of_every_op(Device device,
                  dy = hdy.device_buffer(device), dx = hy.device_buffer(device);
     hx.upload(x);
     hdy.upload(dy);
-    set_verbose(true);
-    ::testing::internal::CaptureStderr();
-    for (bool training : {true, false}) {
-        bn.train(training);
-        for (const BackwardMask &m : all_masks()) {
+    return verbose_lines_of([&] {
+        if (sync) {
             bn.forward(hx.device_view(x), hy.device_view(y));
-            bn.backward(hdy.device_view(dy), m.input ? hy.device_view(dx) : Tensor(), m);
+            bn.backward(hdy.device_view(dy), hy.device_view(dx));
+            return;
         }
-    }
-    const std::string err = ::testing::internal::GetCapturedStderr();
-    set_verbose(false);
-    std::vector<std::string> lines;
-    std::istringstream in(err);
-    for (std::string line; std::getline(in, line);)
-        if (line.rfind("bn2d_verbose,", 0) == 0) lines.push_back(line);
-    return lines;
+        for (bool training : {true, false}) {
+            bn.train(training);
+            for (const BackwardMask &m : all_masks()) {
+                bn.forward(hx.device_view(x), hy.device_view(y));
+                bn.backward(hdy.device_view(dy), m.input ? hy.device_view(dx) : Tensor(), m);
+            }
+        }
+    });
 }
 
 inline std::vector<std::string> split(const std::string &s, char sep) {

@@ -400,13 +400,17 @@ TEST(GpuVariants, VerboseNamesEveryKernelOfTheTable) {
             continue;
         }
         for (const std::string layout : {"nchw", "nhwc", "padded"}) {
-            const std::vector<std::string> lines = verbose_lines_of_every_op(kDevice, dtype, layout);
-            ASSERT_EQ(lines.size(), 12u);
-            for (const std::string &line : lines) {
-                const std::vector<std::string> f = split(line, ',');
-                ASSERT_EQ(f.size(), 9u) << line;
-                EXPECT_EQ(f[4].substr(0, f[4].find(':')), device_name(kDevice)) << line;
-                reached.insert(f[3]);
+            // Every op of BatchNorm2d, then SyncBatchNorm2d's (a group of one process).
+            for (bool sync : {false, true}) {
+                const std::vector<std::string> lines =
+                    verbose_lines_of_every_op(kDevice, dtype, layout, sync);
+                ASSERT_EQ(lines.size(), sync ? 5u : 12u);
+                for (const std::string &line : lines) {
+                    const std::vector<std::string> f = split(line, ',');
+                    ASSERT_EQ(f.size(), 9u) << line;
+                    EXPECT_EQ(f[4].substr(0, f[4].find(':')), device_name(kDevice)) << line;
+                    reached.insert(f[3]);
+                }
             }
         }
     }

@@ -47,6 +47,30 @@ TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
             }
         }
     }
+    // SyncBatchNorm2d's kernels (a group of one process): the per-channel merge runs on the
+    // per-channel dtype, with C as its shape.
+    for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        if (!dtype_not_built(dtype).empty()) continue;
+        for (const std::string layout : {"nchw", "nhwc", "padded"}) {
+            const std::string kernel_layout = layout == "padded" ? "strided" : layout;
+            const std::vector<std::string> lines =
+                verbose_lines_of_every_op(Device::CPU, dtype, layout, true);
+            ASSERT_EQ(lines.size(), 5u) << "sync_stats, sync_merge, eval_fwd, train_bwd_params, "
+                                           "sync_bwd_input";
+            for (const std::string &line : lines) {
+                SCOPED_TRACE(line);
+                const std::vector<std::string> f = split(line, ',');
+                ASSERT_EQ(f.size(), 9u);
+                const bool merge = f[3].rfind("sync_merge", 0) == 0;
+                const char *per_channel = dtype == DType::float64 ? "f64" : "f32";
+                EXPECT_EQ(f[3].substr(f[3].rfind('_', f[3].rfind('_') - 1)),
+                          merge ? std::string("_") + per_channel + "_nchw"
+                                : std::string("_") + dtype_short_name(dtype) + "_" + kernel_layout);
+                EXPECT_EQ(f[5], merge ? "1x16x1x1" : "2x16x4x5");
+                reached.insert(f[3]);
+            }
+        }
+    }
     for (const std::string &k : build_info().kernels)
         EXPECT_TRUE(reached.count(k)) << "kernel " << k << " of the table is never dispatched";
     EXPECT_EQ(reached.size(), build_info().kernels.size());
