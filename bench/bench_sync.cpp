@@ -17,46 +17,13 @@
 
 #include "bn2d/bn2d.h"
 #include "bn2d/mpi.h"
+#include "mpi_world.h"
 
 namespace {
 
-int world_rank() {
-    int r = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r);
-    return r;
-}
-int world_size() {
-    int p = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &p);
-    return p;
-}
-
-// Counts the bytes a process hands to MPI.
-class CountingCommunicator final : public bn2d::Communicator {
-public:
-    explicit CountingCommunicator(std::shared_ptr<bn2d::Communicator> inner)
-        : inner_(std::move(inner)) {}
-    int rank() const override { return inner_->rank(); }
-    int size() const override { return inner_->size(); }
-    std::string name() const override { return inner_->name(); }
-    bn2d::Device memory() const override { return inner_->memory(); }
-    void all_gather_bytes(const void *send, void *recv, size_t bytes) override {
-        sent += static_cast<int64_t>(bytes);
-        inner_->all_gather_bytes(send, recv, bytes);
-    }
-    void all_gather(const double *send, double *recv, size_t count) override {
-        sent += static_cast<int64_t>(count * sizeof(double));
-        inner_->all_gather(send, recv, count);
-    }
-    void all_reduce_sum(double *data, size_t count) override {
-        sent += static_cast<int64_t>(count * sizeof(double));
-        inner_->all_reduce_sum(data, count);
-    }
-    int64_t sent = 0;
-
-private:
-    std::shared_ptr<bn2d::Communicator> inner_;
-};
+using bn2d::test::CountingCommunicator;
+using bn2d::test::world_rank;
+using bn2d::test::world_size;
 
 // Per-process batches: a small batch of a ResNet stage, as data parallelism leaves them.
 struct Problem {
@@ -86,7 +53,7 @@ void BM_TrainingStep(benchmark::State &state, bool sync) {
         sync ? std::make_unique<bn2d::SyncBatchNorm2d>(p.c, counting)
              : std::make_unique<bn2d::BatchNorm2d>(p.c);
     step(*bn, t(x), t(y), t(dy), t(dx));  // warm-up: caches, page faults, thread pool
-    counting->sent = 0;
+    counting->bytes_sent = 0;
     for (auto _ : state) {
         MPI_Barrier(MPI_COMM_WORLD);
         const auto t0 = std::chrono::steady_clock::now();
@@ -97,7 +64,7 @@ void BM_TrainingStep(benchmark::State &state, bool sync) {
     }
     state.counters["processes"] = world_size();
     state.counters["sent_per_step"] =
-        static_cast<double>(counting->sent) / static_cast<double>(state.iterations());
+        static_cast<double>(counting->bytes_sent) / static_cast<double>(state.iterations());
     state.counters["tensor_bytes"] = static_cast<double>(numel * sizeof(float));
     state.SetLabel(std::to_string(p.n) + "x" + std::to_string(p.c) + "x" + std::to_string(p.h) +
                    "x" + std::to_string(p.w) + " per process");
@@ -135,6 +102,13 @@ int main(int argc, char **argv) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const int per_process = std::max(1, cores / world_size());
     bn2d::set_num_threads(per_process);
+    // Only rank 0 writes --benchmark_out (the others would truncate the same file).
+    std::vector<char *> args;
+    for (int i = 0; i < argc; ++i)
+        if (world_rank() == 0 || std::string(argv[i]).rfind("--benchmark_out", 0) != 0)
+            args.push_back(argv[i]);
+    argc = static_cast<int>(args.size());
+    argv = args.data();
     benchmark::Initialize(&argc, argv);
     register_benchmarks(9);
     if (world_rank() == 0) {
@@ -143,7 +117,7 @@ int main(int argc, char **argv) {
         benchmark::RunSpecifiedBenchmarks();
     } else {
         NullReporter null;
-        benchmark::RunSpecifiedBenchmarks(&null, &null);
+        benchmark::RunSpecifiedBenchmarks(&null);
     }
     benchmark::Shutdown();
     MPI_Finalize();

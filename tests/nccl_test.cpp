@@ -11,20 +11,11 @@
 
 #include "bn2d/nccl.h"
 #include "layout_dtype_check.h"
+#include "mpi_world.h"
 
 namespace bn2d::test {
 namespace {
 
-int world_rank() {
-    int r = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r);
-    return r;
-}
-int world_size() {
-    int p = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &p);
-    return p;
-}
 int cuda_gpus() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
@@ -68,9 +59,7 @@ TEST(Nccl, MatchesOneModuleOverTheWholeBatch) {
         total += r + 2;
     }
     const Shape g{total, 24, 9, 13}, s{rank + 2, 24, 9, 13};
-    uint32_t seed = rank == 0 ? std::random_device{}() : 0;
-    MPI_Bcast(&seed, 1, MPI_UINT32_T, 0, MPI_COMM_WORLD);
-    std::mt19937 rng(seed);
+    std::mt19937 rng(shared_seed());
     SyncBatchNorm2d bn(g.c, nccl_communicator(comm, stream));
     reference::Module ref = reference_like(bn);
     randomize_parameters(rng, bn, ref);
