@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CUDA tests and GPU benchmarks on a GPU machine, in two steps:
-#   scripts/gpu_run.sh bundle   # here: set up, build, and pack test_cuda, bn2d_bench_gpu and the
-#                               # shared libraries they need into gpu_bundle/bundle.tar.xz
+#   scripts/gpu_run.sh bundle   # here: set up, build, and pack test_cuda, bn2d_bench_gpu,
+#                               # bn2d_tune, nccl_test and the shared libraries they need into
+#                               # gpu_bundle/bundle.tar.xz
 #                               # (no Halide needed there)
 #   scripts/gpu_run.sh run      # on the GPU machine, in a copy of the tree with gpu_bundle/:
 #                               # runs the CUDA tests, the benchmarks, optionally a per-kernel
@@ -18,24 +19,26 @@ out="${OUT:-$root/out}"
 case "${1:-}" in
 bundle)
   "$root/scripts/bootstrap.sh"
-  "$root/scripts/build.sh" --target test_cuda bn2d_bench_gpu bn2d_tune
+  "$root/scripts/build.sh" --target test_cuda bn2d_bench_gpu bn2d_tune nccl_test
   build="${BN2D_BUILD_DIR:-$root/build}"
   rm -rf "$bundle" && mkdir -p "$bundle/lib"
-  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$build/tools/bn2d_tune" "$bundle/"
-  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune"
+  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$build/tools/bn2d_tune" \
+    "$build/tests/nccl_test" "$bundle/"
+  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune" "$bundle/nccl_test"
   # Non-system shared libraries the binaries need (Google Benchmark). cuDNN 9 is not packed: its
   # engine libraries are hundreds of MB, and the GPU machine has its own (found at run time); the
   # CUDA driver (libcuda) comes from the GPU machine too.
   # The tuner JIT-compiles: it takes libHalide.so along (165 MB; 45 MB packed, which makes the
   # bundle ~55 MB of the 64 MiB the device tool carries).
-  for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune"; do
+  # NCCL (nccl_test, SyncBatchNorm2d on one GPU) is the GPU machine's too, like cuDNN.
+  for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune" "$bundle/nccl_test"; do
     { ldd "$bin" | awk '/=> \// {print $3}' \
-        | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn' || true; } \
+        | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn|libnccl' || true; } \
       | xargs -r -I{} cp -L -n {} "$bundle/lib/"
   done
   # Packed: the device tool carries at most 64 MiB, the stripped binaries are ~80 MB (every
   # CPU and GPU kernel variant) and compress to ~9 MB.
-  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu bn2d_tune lib | xz -T0 -6 > "$bundle.tar.xz"
+  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu bn2d_tune nccl_test lib | xz -T0 -6 > "$bundle.tar.xz"
   rm -rf "$bundle" && mkdir -p "$bundle" && mv "$bundle.tar.xz" "$bundle/bundle.tar.xz"
   du -sh "$bundle"
   ;;
@@ -52,7 +55,13 @@ run)
     if [ -e "$d/libcudnn.so.9" ]; then cudnn_dir="$d"; break; fi
   done
   echo "cuDNN from: ${cudnn_dir:-not found}" | tee "$out/gpu.txt"
-  export LD_LIBRARY_PATH="$bundle/lib:${cudnn_dir:+$cudnn_dir:}${LD_LIBRARY_PATH:-}"
+  nccl_dir=""
+  for d in /usr/local/cuda/lib /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu \
+           $(python3 -c 'import nvidia.nccl as m; print(m.__path__[0] + "/lib")' 2>/dev/null); do
+    if [ -e "$d/libnccl.so.2" ]; then nccl_dir="$d"; break; fi
+  done
+  echo "NCCL from: ${nccl_dir:-not found}" | tee -a "$out/gpu.txt"
+  export LD_LIBRARY_PATH="$bundle/lib:${cudnn_dir:+$cudnn_dir:}${nccl_dir:+$nccl_dir:}${LD_LIBRARY_PATH:-}"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv \
     | tee -a "$out/gpu.txt" || true
   # Time limits keep a run inside a device lease: a hang is reported, not waited out.
@@ -61,6 +70,10 @@ run)
   grep -E '^\[  (FAILED|PASSED|SKIPPED) |tests? ran|Failure|Expected|Which is|error' "$out/test_cuda.log" \
     | head -60 || true
   echo "test_cuda exit status: $test_rc"
+  # SyncBatchNorm2d over NCCL with one rank (no mpirun needed).
+  timeout 120 "$bundle/nccl_test" > "$out/nccl_test.log" 2>&1 && nccl_rc=0 || nccl_rc=$?
+  grep -E '^\[  (FAILED|PASSED|SKIPPED) |Failure|error' "$out/nccl_test.log" | head -20 || true
+  echo "nccl_test exit status: $nccl_rc"
   timeout "${BN2D_BENCH_TIMEOUT:-300}" "$bundle/bn2d_bench_gpu" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 \
     --benchmark_filter="${BN2D_BENCH_FILTER:-.}" \
@@ -106,6 +119,7 @@ PY
   fi
   # Last, where a truncated log still shows it: the CUDA tests' verdict.
   echo "test_cuda exit status: $test_rc; $(grep -E '^\[  (PASSED|FAILED) ' "$out/test_cuda.log" | tr '\n' ' ')"
+  echo "nccl_test exit status: $nccl_rc"
   ;;
 *)
   echo "usage: $0 bundle|run" >&2

@@ -1,6 +1,7 @@
 // SyncBatchNorm2d over NCCL (label nccl): one rank per CUDA GPU under mpirun (MPI only carries
 // NCCL's unique id). ctest runs it with 1 and 2 ranks; a rank count with more ranks than GPUs
-// skips, saying so. With one GPU, the NCCL path runs with a single rank.
+// skips, saying so. With one GPU, the NCCL path runs with a single rank. Started without mpirun
+// (scripts/gpu_run.sh on a GPU machine without Open MPI), it is one rank and MPI is not used.
 #include <mpi.h>
 
 #include <cuda.h>
@@ -9,12 +10,35 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <random>
+
 #include "bn2d/nccl.h"
 #include "layout_dtype_check.h"
-#include "mpi_world.h"
 
 namespace bn2d::test {
 namespace {
+
+// Under mpirun (Open MPI, or a PMI launcher): MPI_COMM_WORLD; else one rank without MPI.
+bool g_mpi = false;
+bool launched_by_mpirun() {
+    return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
+           std::getenv("PMIX_RANK");
+}
+int world_rank() {
+    int r = 0;
+    if (g_mpi) MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    return r;
+}
+int world_size() {
+    int p = 1;
+    if (g_mpi) MPI_Comm_size(MPI_COMM_WORLD, &p);
+    return p;
+}
+template<typename T>
+void broadcast_from_rank0(T &v) {
+    if (g_mpi) MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, MPI_COMM_WORLD);
+}
 
 int cuda_gpus() {
     int n = 0;
@@ -49,7 +73,7 @@ TEST(Nccl, MatchesOneModuleOverTheWholeBatch) {
     use_cuda_context(context, stream);
     ncclUniqueId id;
     if (rank == 0) ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+    broadcast_from_rank0(id);
     ncclComm_t comm = nullptr;
     ASSERT_EQ(ncclCommInitRank(&comm, P, id, rank), ncclSuccess);
 
@@ -59,7 +83,9 @@ TEST(Nccl, MatchesOneModuleOverTheWholeBatch) {
         total += r + 2;
     }
     const Shape g{total, 24, 9, 13}, s{rank + 2, 24, 9, 13};
-    std::mt19937 rng(shared_seed());
+    uint32_t seed = std::random_device{}();
+    broadcast_from_rank0(seed);
+    std::mt19937 rng(seed);
     SyncBatchNorm2d bn(g.c, nccl_communicator(comm, stream));
     reference::Module ref = reference_like(bn);
     randomize_parameters(rng, bn, ref);
@@ -100,10 +126,13 @@ TEST(Nccl, MatchesOneModuleOverTheWholeBatch) {
 }  // namespace bn2d::test
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
+    bn2d::test::g_mpi = bn2d::test::launched_by_mpirun();
+    if (bn2d::test::g_mpi) MPI_Init(&argc, &argv);
     ::testing::InitGoogleTest(&argc, argv);
-    int failed = RUN_ALL_TESTS() != 0 ? 1 : 0, any = 0;
-    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    MPI_Finalize();
+    int failed = RUN_ALL_TESTS() != 0 ? 1 : 0, any = failed;
+    if (bn2d::test::g_mpi) {
+        MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        MPI_Finalize();
+    }
     return any;
 }

@@ -48,9 +48,7 @@ std::vector<float> host_output(int64_t numel, const char *call) {
     }
 }
 
-
 }  // namespace
-
 
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
     detail::init_runtime();

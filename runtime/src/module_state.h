@@ -38,6 +38,7 @@ struct StateView {
     const char *name;
     Tensor view;
 };
+
 }  // namespace detail
 
 struct BatchNorm2d::State {
@@ -161,6 +162,7 @@ struct BatchNorm2d::State {
         dst.set_device_dirty();
     }
 };
+
 // What a forward will do, decided by validating its arguments: the statistics it uses, the
 // state it updates, and the kernels' buffers (none when x has no element).
 struct BatchNorm2d::ForwardPlan {
