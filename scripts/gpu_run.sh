@@ -1,20 +1,46 @@
 #!/usr/bin/env bash
 # CUDA tests and GPU benchmarks on a GPU machine, in two steps:
 #   scripts/gpu_run.sh bundle   # here: set up, build, and pack test_cuda, bn2d_bench_gpu,
-#                               # bn2d_tune, nccl_test and the shared libraries they need into
-#                               # gpu_bundle/bundle.tar.xz
-#                               # (no Halide needed there)
+#                               # nccl_test and the shared libraries they need into
+#                               # gpu_bundle/bundle.tar.xz (~30 MB; no Halide needed there),
+#                               # and the tuner with libHalide.so into
+#                               # gpu_bundle_tuner/tuner.tar.xz (~46 MB): the device tool
+#                               # carries 64 MiB a call, so each goes in a call of its own
 #   scripts/gpu_run.sh run      # on the GPU machine, in a copy of the tree with gpu_bundle/:
-#                               # runs the CUDA tests, the benchmarks, optionally a per-kernel
-#                               # profile (BN2D_PROFILE), the tuner's CUDA mode
-#                               # (BN2D_TUNE_SECONDS, default 120), and prints the NCHW and NHWC
-#                               # tables and the tests' verdict last
+#                               # runs the CUDA tests, SyncBatchNorm2d over NCCL (one rank), the
+#                               # benchmarks, optionally a per-kernel profile (BN2D_PROFILE), the
+#                               # tuner when gpu_bundle_tuner/ came along, and prints the NCHW
+#                               # and NHWC tables and the tests' verdict last
+#   scripts/gpu_run.sh tune     # on the GPU machine, with gpu_bundle_tuner/: the tuner's CUDA
+#                               # mode alone (BN2D_TUNE_SECONDS, default 120)
 # With OUT set (the device tool's output folder), logs and JSON go there. Time limits:
 # BN2D_TEST_TIMEOUT, BN2D_BENCH_TIMEOUT (seconds); BN2D_BENCH_FILTER selects benchmarks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="$root/gpu_bundle"
+tuner_bundle="$root/gpu_bundle_tuner"
 out="${OUT:-$root/out}"
+
+# The tuner's CUDA mode (BN2D_TUNE_SECONDS, default 120; 0 skips it): CUDA knobs searched on
+# this GPU, written to $out/cuda.params with its report ($out/cuda.tune.md).
+run_tuner() {
+  mkdir -p "$out"
+  if [ -f "$tuner_bundle/tuner.tar.xz" ] && [ ! -x "$tuner_bundle/bn2d_tune" ]; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$tuner_bundle/tuner.tar.xz" "$tuner_bundle"
+  fi
+  if [ -x "$tuner_bundle/bn2d_tune" ] && [ "${BN2D_TUNE_SECONDS:-120}" != 0 ]; then
+    tune_s="${BN2D_TUNE_SECONDS:-120}"
+    LD_LIBRARY_PATH="$tuner_bundle/lib:${LD_LIBRARY_PATH:-}" timeout $((tune_s + 60)) \
+      "$tuner_bundle/bn2d_tune" --backend cuda --budget-seconds "$tune_s" \
+      --base "$root/schedules/machines/default.params" --out "$out/cuda.params" \
+      --report "$out/cuda.tune" --autoschedulers none > "$out/tune.log" 2>&1 \
+      || echo "bn2d_tune exit status: $?"
+    tr '\r' '\n' < "$out/tune.log" | grep -E "candidates \(|done in|bn2d_tune:" || true
+    python3 "$root/scripts/tune_report.py" "$out/cuda.tune.json" --markdown-out "$out/cuda.tune.md" \
+      2>/dev/null | tail -12 || true
+  fi
+}
 
 case "${1:-}" in
 bundle)
@@ -22,25 +48,29 @@ bundle)
   "$root/scripts/build.sh" --target test_cuda bn2d_bench_gpu bn2d_tune nccl_test
   build="${BN2D_BUILD_DIR:-$root/build}"
   rm -rf "$bundle" && mkdir -p "$bundle/lib"
-  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$build/tools/bn2d_tune" \
-    "$build/tests/nccl_test" "$bundle/"
-  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune" "$bundle/nccl_test"
-  # Non-system shared libraries the binaries need (Google Benchmark). cuDNN 9 is not packed: its
-  # engine libraries are hundreds of MB, and the GPU machine has its own (found at run time); the
-  # CUDA driver (libcuda) comes from the GPU machine too.
-  # The tuner JIT-compiles: it takes libHalide.so along (165 MB; 45 MB packed, which makes the
-  # bundle ~55 MB of the 64 MiB the device tool carries).
-  # NCCL (nccl_test, SyncBatchNorm2d on one GPU) is the GPU machine's too, like cuDNN.
-  for bin in "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$bundle/bn2d_tune" "$bundle/nccl_test"; do
-    { ldd "$bin" | awk '/=> \// {print $3}' \
+  rm -rf "$tuner_bundle" && mkdir -p "$tuner_bundle/lib"
+  cp "$build/tests/test_cuda" "$build/bench/gpu/bn2d_bench_gpu" "$build/tests/nccl_test" "$bundle/"
+  cp "$build/tools/bn2d_tune" "$tuner_bundle/"
+  strip "$bundle/test_cuda" "$bundle/bn2d_bench_gpu" "$tuner_bundle/bn2d_tune" "$bundle/nccl_test"
+  # Non-system shared libraries the binaries need (Google Benchmark, Open MPI's, cudart). cuDNN 9
+  # and NCCL are not packed: cuDNN's engine libraries are hundreds of MB, and the GPU machine has
+  # its own of both (found at run time); the CUDA driver (libcuda) comes from the GPU machine too.
+  # The tuner JIT-compiles: it takes libHalide.so along (165 MB, 45 MB packed).
+  copy_libs() {  # binary, destination
+    { ldd "$1" | awk '/=> \// {print $3}' \
         | grep -v -E '/lib(c|m|dl|pthread|rt|gcc_s|stdc\+\+)\.so|ld-linux|libcudnn|libnccl' || true; } \
-      | xargs -r -I{} cp -L -n {} "$bundle/lib/"
-  done
-  # Packed: the device tool carries at most 64 MiB, the stripped binaries are ~80 MB (every
-  # CPU and GPU kernel variant) and compress to ~9 MB.
-  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu bn2d_tune nccl_test lib | xz -T0 -6 > "$bundle.tar.xz"
-  rm -rf "$bundle" && mkdir -p "$bundle" && mv "$bundle.tar.xz" "$bundle/bundle.tar.xz"
-  du -sh "$bundle"
+      | xargs -r -I{} cp -L -n {} "$2/lib/"
+  }
+  for bin in test_cuda bn2d_bench_gpu nccl_test; do copy_libs "$bundle/$bin" "$bundle"; done
+  copy_libs "$tuner_bundle/bn2d_tune" "$tuner_bundle"
+  # Packed: the stripped binaries are ~80 MB each (every CPU and GPU kernel variant) and
+  # compress to ~9 MB.
+  tar -C "$bundle" -cf - test_cuda bn2d_bench_gpu nccl_test lib | xz -T0 -6 > "$bundle.tar.xz"
+  tar -C "$tuner_bundle" -cf - bn2d_tune lib | xz -T0 -6 > "$tuner_bundle.tar.xz"
+  rm -rf "$bundle" "$tuner_bundle" && mkdir -p "$bundle" "$tuner_bundle"
+  mv "$bundle.tar.xz" "$bundle/bundle.tar.xz"
+  mv "$tuner_bundle.tar.xz" "$tuner_bundle/tuner.tar.xz"
+  du -sh "$bundle" "$tuner_bundle"
   ;;
 run)
   mkdir -p "$out"
@@ -109,20 +139,20 @@ PY
       --peers "cudnn$suffix" --ours "ours_cuda$suffix" --markdown-out "$out/gpu_table_$layout.md" \
       2>/dev/null || tail -20 "$out/gpu_bench.txt"
   done
-  # The tuner's CUDA mode (BN2D_TUNE_SECONDS, default 120; 0 skips it): CUDA knobs searched on
-  # this GPU, written to $out/cuda.params with its report ($out/cuda.tune.md).
-  if [ -x "$bundle/bn2d_tune" ] && [ "${BN2D_TUNE_SECONDS:-120}" != 0 ]; then
-    tune_s="${BN2D_TUNE_SECONDS:-120}"
-    timeout $((tune_s + 60)) "$bundle/bn2d_tune" --backend cuda --budget-seconds "$tune_s"       --base "$root/schedules/machines/default.params" --out "$out/cuda.params"       --report "$out/cuda.tune" --autoschedulers none > "$out/tune.log" 2>&1       || echo "bn2d_tune exit status: $?"
-    tr '\r' '\n' < "$out/tune.log" | grep -E "candidates \(|done in|bn2d_tune:" || true
-    python3 "$root/scripts/tune_report.py" "$out/cuda.tune.json" --markdown-out "$out/cuda.tune.md"       2>/dev/null | tail -12 || true
+  if [ -f "$tuner_bundle/tuner.tar.xz" ]; then
+    run_tuner
+  else
+    echo "tuner: gpu_bundle_tuner/ not here (carry it in a call of its own: scripts/gpu_run.sh tune)"
   fi
   # Last, where a truncated log still shows it: the CUDA tests' verdict.
   echo "test_cuda exit status: $test_rc; $(grep -E '^\[  (PASSED|FAILED) ' "$out/test_cuda.log" | tr '\n' ' ')"
   echo "nccl_test exit status: $nccl_rc"
   ;;
+tune)
+  run_tuner
+  ;;
 *)
-  echo "usage: $0 bundle|run" >&2
+  echo "usage: $0 bundle|run|tune" >&2
   exit 2
   ;;
 esac

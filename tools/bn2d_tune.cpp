@@ -1074,6 +1074,10 @@ private:
 };
 
 int Tuner::run() {
+    // Without the device, Halide's runtime would abort at the first copy: say so instead.
+    if (gpu_ && !Halide::host_supports_target_device(target_))
+        throw std::runtime_error("no usable " + o_.backend + " device here (target " +
+                                 target_.to_string() + ")");
     char tmpl[] = "/tmp/bn2d_tune.XXXXXX";
     if (!mkdtemp(tmpl)) throw std::runtime_error("cannot create a temporary directory");
     work_dir_ = tmpl;
