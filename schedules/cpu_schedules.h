@@ -121,8 +121,9 @@ inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Kno
                       .rfactor(rxb, blk);
     blocks.compute_at(at);
     blocks.update().reorder(rxi, blk, c);
-    if (split_channel.defined()) blocks.update().specialize(split_channel).parallel(blk);
+    // rfactor before specialize: a specialization copies the stage's definition as it is then.
     Func lanes = blocks.update().rfactor(rxi, u);
+    if (split_channel.defined()) blocks.update().specialize(split_channel).parallel(blk);
     lanes.compute_at(blocks, blk).bound_extent(u, width).vectorize(u, k.lanes).unroll(u);
     // A steady state without the row-end guard in every copy of the loop, also inside the
     // tails of the partitioned loops around it (Halide otherwise leaves those guarded, and

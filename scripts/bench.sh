@@ -14,8 +14,13 @@ mkdir -p "$out"
 # Repetitions interleaved at random: machines are shared and noisy, and ratios are only
 # meaningful between runs that saw the same noise.
 "${BN2D_BUILD_DIR:-$root/build}/bench/bn2d_bench" --benchmark_min_time=0.1 \
-  --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+  --benchmark_repetitions=7 --benchmark_report_aggregates_only=true \
   --benchmark_enable_random_interleaving=true \
   --benchmark_out="$out/bench.json" --benchmark_out_format=json "$@"
+# Against the floor (streaming stores); the bound (ordinary stores) and ours in NHWC as columns.
 "$root/.venv/bin/python" "$root/scripts/bench_report.py" "$out/bench.json" \
+  --bound-name floor --peers onednn_nchw,onednn_nhwc,torch,torch_nhwc --columns ours_nhwc,bound \
   --markdown-out "$out/bench_table.md" --png "$out/bench_bandwidth.png"
+# Issue 17's targets (ours/floor per op) and the geometric mean of peer/ours.
+"$root/.venv/bin/python" "$root/scripts/bench_targets.py" "$out/bench.json" \
+  --markdown-out "$out/bench_targets.md"

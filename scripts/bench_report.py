@@ -74,8 +74,8 @@ def ops_of(times):
 def table(context, times, shapes, ours, bound, peers, columns=()):
     """columns: implementations shown in columns of their own, as ms and their time / ours."""
     extra_head = "".join(" {0} ms | {0}/ours |".format(c) for c in columns)
-    rows = ["| shape | op | ours ms | best peer | peer ms | bound ms | ours/bound | peer/ours |" +
-            extra_head,
+    rows = ["| shape | op | ours ms | best peer | peer ms | {0} ms | ours/{0} | peer/ours |".format(
+                bound) + extra_head,
             "|---|---|---:|---|---:|---:|---:|---:|" + "---:|---:|" * len(columns)]
     for shape in shapes:
         for op in ops_of(times):
@@ -104,12 +104,12 @@ def table(context, times, shapes, ours, bound, peers, columns=()):
         context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
         context.get("host_name", "?"), context.get("date", "?"),
         context.get("bn2d_threads", "?"))
-    legend = ("Times in ms ({}). ours/bound: how far ours is from streaming the op's bytes "
-              "(1.00x = at the bound); peer/ours > 1: ours is faster than the best peer.")
+    legend = ("Times in ms ({{}}). ours/{0}: how far ours is from streaming the op's bytes "
+              "(1.00x = at the {0}); peer/ours > 1: ours is faster than the best peer.").format(bound)
     stat = "medians" if context.get("_has_median") else "means"
     text = header + "\n\n" + legend.format(stat) + "\n\n" + "\n".join(rows) + "\n"
     if any(" *" in r for r in rows):
-        text += ("\n\\* an implementation beat the streaming bound here: the bound was measured "
+        text += ("\n\\* an implementation beat the " + bound + " here: it was measured "
                  "at a moment of lower memory bandwidth (noisy machine); rerun, or use "
                  "--benchmark_enable_random_interleaving=true with more repetitions.\n")
     return text
