@@ -217,9 +217,10 @@ StreamPool &stream_pool() {
     return pool;
 }
 
-// bound (ordinary stores) or floor (streaming stores), over the op's bytes at `bytes_per_element`
-// (a bfloat16 op moves the bytes of numel / 2 floats).
-void bench_bound(benchmark::State &state, Op op, Shape s, bool nontemporal, int bytes_per_element) {
+// bound (ordinary stores), floor (streaming stores) or floor_via_scratch (stream_floor.h), over
+// the op's bytes at `bytes_per_element` (a bfloat16 op moves the bytes of numel / 2 floats).
+void bench_bound(benchmark::State &state, Op op, Shape s, bn2d::bench::Stores stores,
+                 int bytes_per_element) {
     ShapeData &d = data_for(s);
     const bool bwd = op == Op::Bwd;
     const float *x = d.x.get(), *dy = bwd ? d.dy.get() : nullptr;
@@ -227,9 +228,9 @@ void bench_bound(benchmark::State &state, Op op, Shape s, bool nontemporal, int 
     const int64_t floats = (s.numel() * bytes_per_element + 3) / 4;
     float a = 1.0001f;
     StreamPool &pool = stream_pool();
-    for (int i = 0; i < kWarmupCalls; ++i) pool.run(x, dy, out, floats, a, 0.5f, nontemporal);
+    for (int i = 0; i < kWarmupCalls; ++i) pool.run(x, dy, out, floats, a, 0.5f, stores);
     for (auto _ : state) {
-        pool.run(x, dy, out, floats, a, 0.5f, nontemporal);
+        pool.run(x, dy, out, floats, a, 0.5f, stores);
         benchmark::ClobberMemory();
         a += 1e-7f;  // a different result every time
     }
@@ -502,9 +503,11 @@ void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
     const float *dy = two_reads ? bufs[1].get() : nullptr;
     float a = 1.0001f;
     StreamPool &pool = stream_pool();
-    for (int i = 0; i < kWarmupCalls; ++i) pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, true);
+    for (int i = 0; i < kWarmupCalls; ++i) pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f,
+                 bn2d::bench::Stores::streaming);
     for (auto _ : state) {
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, true);
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f,
+                 bn2d::bench::Stores::streaming);
         benchmark::ClobberMemory();
         a += 1e-7f;
     }
@@ -546,9 +549,11 @@ void register_all() {
             reg("ours_nhwc", bench_ours, true, DType::float32);
             reg("ours_bf16", bench_ours, false, DType::bfloat16);
             reg("ours_nhwc_bf16", bench_ours, true, DType::bfloat16);
-            reg("floor", bench_bound, true, 4);
-            reg("bound", bench_bound, false, 4);
-            reg("floor_bf16", bench_bound, true, 2);
+            using bn2d::bench::Stores;
+            reg("floor", bench_bound, Stores::streaming, 4);
+            reg("bound", bench_bound, Stores::ordinary, 4);
+            reg("floor_via_scratch", bench_bound, Stores::via_scratch, 4);
+            reg("floor_bf16", bench_bound, Stores::streaming, 2);
 #if BN2D_BENCH_ONEDNN
             reg("onednn_nchw", bench_onednn, false, false, false);
             reg("onednn_nhwc", bench_onednn, true, false, false);

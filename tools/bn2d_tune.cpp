@@ -608,7 +608,7 @@ private:
             floor_pool_.run(reinterpret_cast<const float *>(f.x.bytes.get()),
                             backward ? reinterpret_cast<const float *>(f.dy.bytes.get()) : nullptr,
                             reinterpret_cast<float *>(f.out.bytes.get()), f.floats, 1.0001f, 0.5f,
-                            true);
+                            bn2d::bench::Stores::streaming);
             return;
         }
         Callable &copy = gpu_copy(backward);
