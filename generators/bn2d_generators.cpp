@@ -53,6 +53,10 @@ public:
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
     // Type of the per-channel sums (see bn2d::Extents in bn2d_algorithm.h).
     GeneratorParam<std::string> accumulator{"accumulator", "float64"};
+    // The streaming-store build of a kernel (cmake/Bn2dKernels.cmake, STREAMING in
+    // generators/variants.cmake): tools/streaming_stores.py marks the vector stores of its
+    // tensor output non-temporal, which x86 only allows on addresses aligned to the vector.
+    GeneratorParam<bool> streaming_stores{"streaming_stores", false};
 
 protected:
     bn2d::Vars v;
@@ -152,6 +156,24 @@ protected:
         return e;
     }
 
+    // For streaming_stores: the kernel checks, before it runs, that every full vector it stores
+    // to `out` starts on a 64-byte line (the host aligned, the innermost rows and every stride
+    // a whole number of lines), so that a call that does not hold gets an error instead of a
+    // fault. The runtime calls these kernels only when it holds (runtime/src/dispatch.cpp).
+    void require_line_aligned(Tensor4Out &out, const std::string &name) {
+        if (!streaming_stores) return;
+        const int per_line = 64 / storage_type().bytes();
+        out.set_host_alignment(64);
+        for (int d = 0; d < 4; ++d) {
+            Expr stride = out.dim(d).stride(), extent = out.dim(d).extent();
+            Expr ok = extent == 1 || stride % per_line == 0 ||
+                      (stride == 1 && extent % per_line == 0);
+            this->add_requirement(ok, "streaming stores: dimension ", d, " of ", name,
+                                  " (extent ", extent, ", stride ", stride,
+                                  ") does not keep vectors on 64-byte lines");
+        }
+    }
+
     // Estimates (the seed problem) and layout constraints for every argument.
     void set_estimates(const std::vector<Tensor4 *> &tensors, const std::vector<Tensor4Out *> &outs,
                        const std::vector<Vector1 *> &vectors, const std::vector<Vector1Out *> &vouts) {
@@ -190,6 +212,11 @@ protected:
         const bn2d::Layout l = nhwc() ? bn2d::Layout::nhwc : bn2d::Layout::nchw;
         if (be == "cpu") {
             cpu_schedule(sp, kernel, l);
+            // Row chunks start at multiples of `chunk` (or end at the row's end): whole lines.
+            const int chunk = sp.get("cpu", kernel, "chunk", bn2d::knob_range(bn2d::cpu::kKnobRanges, "chunk").fallback);
+            if (streaming_stores && chunk % 64 != 0)
+                throw std::runtime_error("streaming_stores: cpu." + kernel + ".chunk = " +
+                                         std::to_string(chunk) + " must be a multiple of 64");
         } else {
             gpu_schedule(sp, be, kernel, l);
         }
@@ -233,6 +260,7 @@ public:
                       {saved_mean, saved_invstd, running_mean_out, running_var_out});
         in.set_scalar_estimates();
         factor->set_estimate(0.1);
+        require_line_aligned(*y, "y");
 
         // THE SCHEDULE
         apply_schedule(
@@ -265,6 +293,7 @@ public:
         set_estimates({in.x, in.residual}, {y},
                       {in.weight, in.bias, in.running_mean, in.running_var}, {});
         in.set_scalar_estimates();
+        require_line_aligned(*y, "y");
 
         apply_schedule(
             "eval_fwd",
@@ -377,6 +406,7 @@ public:
         set_estimates({x, grad_out, y}, outs, vectors, vouts);
         eps->set_estimate(1e-5);
         relu->set_estimate(false);
+        if (grad_input) require_line_aligned(*grad_input, "grad_input");
 
         apply_schedule(
             want.training ? "train_bwd" : "eval_bwd",

@@ -23,14 +23,23 @@
 #   float64 for f64). Layouts: nchw (W stride 1), nhwc (channels_last: C stride 1), strided
 #   (any strides; the runtime's path for every other view and for mixed layouts). The runtime
 #   falls back to strided when a layout is not listed, and names a missing dtype in its error.
+#   STREAMING <output>: also a CPU library whose vector stores to that tensor output are
+#   non-temporal (streaming stores: no read for ownership of each output line), for the
+#   BN2D_STREAMING_DTYPES, _LAYOUTS and _ISAS below: bn2d_<kernel>_<dtype>_<layout>_cpu_nt (other
+#   ISAs and dtypes keep ordinary stores; each build is a generator run per ISA). The runtime
+#   runs it when the call's tensors do not fit the last-level cache and the output's lines are
+#   aligned (bn2d::set_streaming_stores); in cache, ordinary stores are faster.
 set(all_dtypes f32 bf16 f16 f64)
 set(all_layouts nchw nhwc strided)
-bn2d_kernel(train_fwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_train_forward)
-bn2d_kernel(eval_fwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_eval_forward)
-bn2d_kernel(train_bwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train)
+set(BN2D_STREAMING_DTYPES f32 bf16)
+set(BN2D_STREAMING_LAYOUTS nchw nhwc)
+set(BN2D_STREAMING_ISAS avx512 avx2)
+bn2d_kernel(train_fwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_train_forward STREAMING y)
+bn2d_kernel(eval_fwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_eval_forward STREAMING y)
+bn2d_kernel(train_bwd        DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train STREAMING grad_input)
 bn2d_kernel(train_bwd_params DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false with_sums=true)
-bn2d_kernel(eval_bwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval)
-bn2d_kernel(eval_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false)
+bn2d_kernel(eval_bwd         DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval STREAMING grad_input)
+bn2d_kernel(eval_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_params=false STREAMING grad_input)
 bn2d_kernel(eval_bwd_params  DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=eval with_grad_input=false)
 
 # SyncBatchNorm2d (runtime/src/sync.cpp): training split where processes communicate. Its

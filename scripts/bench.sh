@@ -19,7 +19,7 @@ mkdir -p "$out"
   --benchmark_out="$out/bench.json" --benchmark_out_format=json "$@"
 # Against the floor (streaming stores); the bound (ordinary stores) and ours in NHWC as columns.
 "$root/.venv/bin/python" "$root/scripts/bench_report.py" "$out/bench.json" \
-  --bound-name floor --peers onednn_nchw,onednn_nhwc,torch,torch_nhwc --columns ours_nhwc,bound \
+  --bound-name floor --peers onednn_nchw,onednn_nhwc,torch,torch_nhwc --columns ours_nhwc,bound,floor_via_scratch \
   --markdown-out "$out/bench_table.md" --png "$out/bench_bandwidth.png"
 # Issue 17's targets (ours/floor per op) and the geometric mean of peer/ours.
 "$root/.venv/bin/python" "$root/scripts/bench_targets.py" "$out/bench.json" \

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -50,6 +51,22 @@ inline MemoryLayout memory_layout(const std::string &kind, const Shape &s) {
     l.span = l.offset + hi + 1;
     return l;
 }
+
+// A std::allocator whose blocks start on a 64-byte cache line.
+template<typename T>
+struct LineAligned {
+    using value_type = T;
+    LineAligned() = default;
+    template<typename U>
+    LineAligned(const LineAligned<U> &) {}
+    T *allocate(size_t n) {
+        void *p = ::operator new(n * sizeof(T), std::align_val_t(64));
+        return static_cast<T *>(p);
+    }
+    void deallocate(T *p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+    bool operator==(const LineAligned &) const { return true; }
+    bool operator!=(const LineAligned &) const { return false; }
+};
 
 class TypedTensor {
 public:
@@ -141,7 +158,8 @@ private:
     DType dtype_;
     Shape shape_;
     MemoryLayout layout_;
-    std::vector<uint8_t> bytes_;
+    // 64-byte aligned, as framework allocations are: the streaming-store kernels need lines.
+    std::vector<uint8_t, LineAligned<uint8_t>> bytes_;
 };
 
 }  // namespace bn2d::test

@@ -3,6 +3,8 @@
 // the op and output mask, runs it, and reports it under BN2D_VERBOSE.
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <unistd.h>
 
 #include "bn2d_kernel_table.h"
 #include "internal.h"
@@ -15,7 +17,8 @@ namespace {
 // entry points instead, after the same feature check (select_cpu_isa()).
 struct Selected {
     const KernelSet &kernels;
-    const char *isa;  // "avx512", ..., or the GPU backend's name
+    const char *isa;                        // "avx512", ..., or the GPU backend's name
+    const KernelSet *streaming = nullptr;  // the ISA's streaming-store kernels (CPU, 32-bit)
 };
 
 // large: the call's tensors need 64-bit indexing. The CPU runs the large_buffers kernels of
@@ -23,7 +26,7 @@ struct Selected {
 Selected select(Device d, bool large) {
     if (d == Device::CPU) {
         int isa = static_cast<int>(select_cpu_isa());
-        if (!large) return {kCpuIsas[isa].kernels, kCpuIsas[isa].name};
+        if (!large) return {kCpuIsas[isa].kernels, kCpuIsas[isa].name, &kCpuIsas[isa].streaming};
         constexpr int kIsaCount = sizeof(kCpuIsas) / sizeof(kCpuIsas[0]);
         while (isa < kIsaCount - 1 && !kCpuIsas[isa].has_large) ++isa;
         if (!kCpuIsas[isa].has_large)
@@ -43,16 +46,80 @@ Selected select(Device d, bool large) {
     throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
 }
 
+// The last-level cache in bytes: sysfs first (glibc's sysconf reported 10x the L3 on the EPYC
+// VM, the host's total), then sysconf, then 32 MiB.
+int64_t last_level_cache_bytes() {
+    static const int64_t bytes = [] {
+        for (const char *index : {"index3", "index2"}) {
+            std::ifstream f(std::string("/sys/devices/system/cpu/cpu0/cache/") + index + "/size");
+            int64_t v = 0;
+            char unit = 0;
+            if (f >> v) {
+                f >> unit;
+                if (unit == 'K') v <<= 10;
+                else if (unit == 'M') v <<= 20;
+                if (v > 0) return v;
+            }
+        }
+#ifdef _SC_LEVEL3_CACHE_SIZE
+        if (const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); l3 > 0) return int64_t(l3);
+#endif
+        return int64_t(32) << 20;
+    }();
+    return bytes;
+}
+
+// Whether every full vector a streaming kernel stores to `out` starts on a 64-byte line: the
+// generator's check (require_line_aligned in generators/bn2d_generators.cpp), made here first
+// so that such calls take the ordinary kernel instead of an error.
+bool line_aligned(const halide_buffer_t &out) {
+    const int per_line = 64 / out.type.bytes();
+    if (reinterpret_cast<uintptr_t>(out.host) % 64 != 0) return false;
+    for (int d = 0; d < out.dimensions; ++d) {
+        const halide_dimension_t &dim = out.dim[d];
+        if (dim.extent == 1 || dim.stride % per_line == 0) continue;
+        if (dim.stride == 1 && dim.extent % per_line == 0) continue;
+        return false;
+    }
+    return true;
+}
+
+// Whether a call writes its tensor output `out` with streaming stores: on the CPU with 32-bit
+// indexing, by the setting, when the output is line-aligned and (automatic) the `tensors`
+// tensors of out's size the call moves do not fit the last-level cache.
+bool stream(const Call &c, const halide_buffer_t *out, int tensors) {
+    if (c.device != Device::CPU || c.large || !out || !out->host) return false;
+    const StreamingStores mode = streaming_stores();
+    if (mode == StreamingStores::never || !line_aligned(*out)) return false;
+    if (mode == StreamingStores::always) return true;
+    int64_t bytes = out->type.bytes();
+    for (int d = 0; d < out->dimensions; ++d) bytes *= out->dim[d].extent;
+    return bytes * tensors > last_level_cache_bytes();
+}
+
+}  // namespace
+}  // namespace bn2d::detail
+
+int64_t bn2d::streaming_threshold_bytes() { return detail::last_level_cache_bytes(); }
+
+namespace bn2d::detail {
+namespace {
+
 // Runs kernel `k` of the selected set for the call's dtype and layout (the strided kernel when
-// the table has none for the layout); with verbose mode on, times it (device calls are
-// synchronized first) and prints one bn2d_verbose line.
+// the table has none for the layout; its streaming-store build when `streamed` and one exists);
+// with verbose mode on, times it (device calls are synchronized first) and prints one
+// bn2d_verbose line (the kernel's name ends in _nt when it streamed).
 template<typename Kernel, typename... Args>
-void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount],
-          const char *kernel_name, Args... args) {
+void call_with(const Call &c, bool streamed, const char *op,
+               Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount], const char *kernel_name,
+               Args... args) {
     const Selected s = select(c.device, c.large);
     const int dt = static_cast<int>(c.x.dtype());
     Layout layout = c.layout;
-    Kernel fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
+    Kernel fn = nullptr;
+    if (streamed && s.streaming) fn = (s.streaming->*k)[dt][static_cast<int>(layout)];
+    streamed = fn != nullptr;
+    if (!fn) fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
     if (!fn) {
         layout = Layout::strided;
         fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
@@ -61,6 +128,7 @@ void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLa
         throw Error(std::string(op) + ": no " + kernel_name + " kernel for " +
                     dtype_name(c.x.dtype()) + " " + layout_name(c.layout) +
                     " tensors in this build (generators/variants.cmake)");
+    if (c.device == Device::CPU) set_last_call_streamed(streamed);
     auto check = [&](int rc) {
         if (rc == 0) return;
         std::string what = std::string(op) + " (" + device_name(c.device) + ")";
@@ -79,13 +147,20 @@ void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLa
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const Tensor &x = c.x;
-    std::fprintf(stderr, "bn2d_verbose,exec,%s,%s_%s_%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n",
-                 op, kernel_name, dtype_short_name(x.dtype()), layout_name(layout),
-                 c.large ? "_large" : "",
-                 device_name(c.device), s.isa, (long long)x.size(0), (long long)x.size(1),
-                 (long long)x.size(2), (long long)x.size(3), layout_name(layout),
-                 dtype_short_name(x.dtype()), ms, rc == 0 ? "" : ",failed");
+    std::fprintf(stderr,
+                 "bn2d_verbose,exec,%s,%s_%s_%s%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n", op,
+                 kernel_name, dtype_short_name(x.dtype()), layout_name(layout),
+                 c.large ? "_large" : "", streamed ? "_nt" : "", device_name(c.device), s.isa,
+                 (long long)x.size(0), (long long)x.size(1), (long long)x.size(2),
+                 (long long)x.size(3), layout_name(layout), dtype_short_name(x.dtype()), ms,
+                 rc == 0 ? "" : ",failed");
     check(rc);
+}
+
+template<typename Kernel, typename... Args>
+void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount],
+          const char *kernel_name, Args... args) {
+    call_with(c, false, op, k, kernel_name, args...);
 }
 
 #define BN2D_KERNEL(name) &KernelSet::name, #name
@@ -102,9 +177,10 @@ void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &ep
                        halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
                        halide_buffer_t *running_var_out) {
     halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
-    call(c, "train_fwd", BN2D_KERNEL(train_fwd), x_buf, z, weight, bias, running_mean,
-         running_var, eps, epilogue.residual != nullptr, epilogue.relu, factor, y, saved_mean,
-         saved_invstd, running_mean_out, running_var_out);
+    const bool add = epilogue.residual != nullptr;
+    call_with(c, stream(c, y, add ? 3 : 2), "train_fwd", BN2D_KERNEL(train_fwd), x_buf, z, weight,
+              bias, running_mean, running_var, eps, add, epilogue.relu, factor, y, saved_mean,
+              saved_invstd, running_mean_out, running_var_out);
 }
 
 void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
@@ -112,8 +188,9 @@ void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epi
                       halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
                       halide_buffer_t *y) {
     halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
-    call(c, "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, z, weight, bias, running_mean, running_var,
-         eps, epilogue.residual != nullptr, epilogue.relu, y);
+    const bool add = epilogue.residual != nullptr;
+    call_with(c, stream(c, y, add ? 3 : 2), "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, z, weight,
+              bias, running_mean, running_var, eps, add, epilogue.relu, y);
 }
 
 void run_backward(const Call &c, bool training, bool want_params, double eps,
@@ -129,17 +206,22 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
         else
             call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
-    } else if (!want_params && !training) {
-        call(c, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
-             b.weight, b.grad_input);
+        return;
+    }
+    // x, grad_out and grad_input, and the forward's output when the ReLU masks grad_out.
+    const bool streamed = stream(c, b.grad_input, relu ? 4 : 3);
+    if (!want_params && !training) {
+        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean,
+                  b.stat, eps, relu, b.weight, b.grad_input);
     } else if (training) {
         // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
-        call(c, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
-             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
-             b.grad_bias);
+        call_with(c, streamed, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat,
+                  eps, relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input,
+                  b.grad_weight, b.grad_bias);
     } else {
-        call(c, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
-             b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight, b.grad_bias);
+        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps,
+                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
+                  b.grad_bias);
     }
 }
 

@@ -79,6 +79,7 @@ void sync_to_host(HalideBuffer &b, Device d, const char *what);
 // The best compiled ISA variant this CPU supports under the cap; records it as the last used.
 CpuIsa select_cpu_isa();
 void init_settings_from_environment();
+void set_last_call_streamed(bool streamed);
 
 // ---- kernel dispatch (dispatch.cpp) ----
 // Each picks the kernel of the variant table for the device (and, on the CPU, the ISA), runs

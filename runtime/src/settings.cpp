@@ -17,6 +17,8 @@ constexpr int kIsaCount = static_cast<int>(sizeof(detail::kCpuIsas) / sizeof(det
 std::atomic<int> g_max_isa{0};  // index into kCpuIsas: 0 = best
 std::atomic<bool> g_verbose{false};
 thread_local int g_last_isa = kIsaCount - 1;
+std::atomic<int> g_streaming{static_cast<int>(StreamingStores::automatic)};
+thread_local bool g_last_streamed = false;
 
 // Halide's CPU feature check, as its multitarget wrapper makes it: one 64-bit word per 64
 // features.
@@ -54,6 +56,15 @@ void init_settings_from_environment() {
             g_max_isa = found;
         }
     }
+    if (const char *env = std::getenv("BN2D_STREAMING_STORES"); env && *env) {
+        const std::string v = env;
+        if (v == "auto") g_streaming = static_cast<int>(StreamingStores::automatic);
+        else if (v == "always") g_streaming = static_cast<int>(StreamingStores::always);
+        else if (v == "never") g_streaming = static_cast<int>(StreamingStores::never);
+        else
+            std::fprintf(stderr, "bn2d: ignoring BN2D_STREAMING_STORES=%s (expected auto, always "
+                                 "or never)\n", env);
+    }
     if (const char *env = std::getenv("BN2D_VERBOSE"); env && *env && std::string(env) != "0") {
         g_verbose = true;
         const BuildInfo &b = build_info();
@@ -80,7 +91,24 @@ CpuIsa select_cpu_isa() {
     return static_cast<CpuIsa>(isa);
 }
 
+void set_last_call_streamed(bool streamed) { g_last_streamed = streamed; }
+
 }  // namespace detail
+
+void set_streaming_stores(StreamingStores mode) {
+    detail::init_runtime();
+    if (mode != StreamingStores::automatic && mode != StreamingStores::always &&
+        mode != StreamingStores::never)
+        throw Error("set_streaming_stores: unknown mode " + std::to_string(static_cast<int>(mode)));
+    g_streaming = static_cast<int>(mode);
+}
+
+StreamingStores streaming_stores() {
+    detail::init_runtime();
+    return static_cast<StreamingStores>(g_streaming.load(std::memory_order_relaxed));
+}
+
+bool last_call_streamed() { return g_last_streamed; }
 
 const char *isa_name(CpuIsa isa) {
     const int i = static_cast<int>(isa);
@@ -161,6 +189,10 @@ const BuildInfo &build_info() {
         b.opencl_target = detail::kOpenclTarget;
 #endif
         for (const char *k : detail::kKernelNames) b.kernels.push_back(k);
+        for (const char *k : detail::kStreamingKernelNames)
+            if (*k) b.streaming_kernels.push_back(k);
+        for (const char *isa : detail::kStreamingIsaNames)
+            if (*isa) b.streaming_isas.push_back(isa);
         return b;
     }();
     return info;

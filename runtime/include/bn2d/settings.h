@@ -1,6 +1,7 @@
 // Process-wide run-time settings: CPU ISA cap, threads, verbose mode, and what was built.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,29 @@ int num_threads();
 void set_verbose(bool on);
 bool verbose();
 
+// ---- streaming stores (CPU) ----
+// A store to a cache line that is not in cache first reads the line (read for ownership): an
+// output written to DRAM with ordinary stores costs 1.5x its bytes. The kernels marked
+// STREAMING in generators/variants.cmake (forward's y, backward's grad_input; float32 and
+// bfloat16, NCHW and NHWC) also exist with non-temporal stores to that output, which write
+// whole lines without reading them but bypass the cache, so they lose when the output would
+// have stayed there.
+//   automatic (default): stream when the call's tensors do not fit the last-level cache
+//   always:              stream whenever a streaming kernel can run (tests, measurements)
+//   never:               ordinary stores only
+// Either way a call streams only when its output is line-aligned: the data 64-byte aligned and
+// every row a whole number of 64-byte lines (as PyTorch's and aligned_alloc'd tensors are for
+// widths that are multiples of 16 float32 values). Environment: BN2D_STREAMING_STORES=
+// auto|always|never, read at the first call.
+enum class StreamingStores { automatic, always, never };
+void set_streaming_stores(StreamingStores mode);
+StreamingStores streaming_stores();
+// Whether this thread's last CPU kernel call wrote its tensor output with streaming stores.
+bool last_call_streamed();
+// automatic streams a call when the bytes of its tensors exceed this: the last-level cache
+// (sysfs, else sysconf, else 32 MiB).
+int64_t streaming_threshold_bytes();
+
 // ---- what was built ----
 struct BuildInfo {
     std::string halide_version;
@@ -43,6 +67,8 @@ struct BuildInfo {
     std::string cpu_targets;       // Halide targets of the CPU libraries, best first
     std::string cuda_target, opencl_target;  // empty when built without GPU support
     std::vector<std::string> kernels;         // <kernel>_<dtype>_<layout>, from the variant table
+    std::vector<std::string> streaming_kernels;  // those also built with streaming stores,
+    std::vector<std::string> streaming_isas;     // for these CPU ISAs
 };
 const BuildInfo &build_info();
 
