@@ -1,7 +1,8 @@
 // Streaming stores (bn2d::set_streaming_stores; the _nt kernels of generators/variants.cmake):
 // they run exactly when the output's lines are aligned, match the float64 reference, give the
 // ordinary kernels' results bit for bit, and leave every other call to the ordinary kernels.
-#include <cstdlib>
+#include <algorithm>
+#include <cstring>
 
 #include "layout_dtype_check.h"
 

@@ -3,8 +3,6 @@
 // the op and output mask, runs it, and reports it under BN2D_VERBOSE.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <unistd.h>
 
 #include "bn2d_kernel_table.h"
 #include "internal.h"
@@ -46,29 +44,6 @@ Selected select(Device d, bool large) {
     throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
 }
 
-// The last-level cache in bytes: sysfs first (glibc's sysconf reported 10x the L3 on the EPYC
-// VM, the host's total), then sysconf, then 32 MiB.
-int64_t last_level_cache_bytes() {
-    static const int64_t bytes = [] {
-        for (const char *index : {"index3", "index2"}) {
-            std::ifstream f(std::string("/sys/devices/system/cpu/cpu0/cache/") + index + "/size");
-            int64_t v = 0;
-            char unit = 0;
-            if (f >> v) {
-                f >> unit;
-                if (unit == 'K') v <<= 10;
-                else if (unit == 'M') v <<= 20;
-                if (v > 0) return v;
-            }
-        }
-#ifdef _SC_LEVEL3_CACHE_SIZE
-        if (const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); l3 > 0) return int64_t(l3);
-#endif
-        return int64_t(32) << 20;
-    }();
-    return bytes;
-}
-
 // Whether every full vector a streaming kernel stores to `out` starts on a 64-byte line: the
 // generator's check (require_line_aligned in generators/bn2d_generators.cpp), made here first
 // so that such calls take the ordinary kernel instead of an error.
@@ -94,16 +69,8 @@ bool stream(const Call &c, const halide_buffer_t *out, int tensors) {
     if (mode == StreamingStores::always) return true;
     int64_t bytes = out->type.bytes();
     for (int d = 0; d < out->dimensions; ++d) bytes *= out->dim[d].extent;
-    return bytes * tensors > last_level_cache_bytes();
+    return bytes * tensors > streaming_threshold_bytes();
 }
-
-}  // namespace
-}  // namespace bn2d::detail
-
-int64_t bn2d::streaming_threshold_bytes() { return detail::last_level_cache_bytes(); }
-
-namespace bn2d::detail {
-namespace {
 
 // Runs kernel `k` of the selected set for the call's dtype and layout (the strided kernel when
 // the table has none for the layout; its streaming-store build when `streamed` and one exists);

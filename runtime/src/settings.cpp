@@ -4,6 +4,9 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <string>
+#include <unistd.h>
 
 #include "bn2d_kernel_table.h"
 #include "internal.h"
@@ -28,6 +31,29 @@ bool cpu_has(const halide_target_feature_t *features) {
     for (const halide_target_feature_t *f = features; *f != halide_target_feature_end; ++f)
         words[*f / 64] |= uint64_t(1) << (*f % 64);
     return halide_default_can_use_target_features(kWords, words) != 0;
+}
+
+// The last-level cache in bytes: sysfs first (glibc's sysconf reported 10x the L3 on the EPYC
+// VM, the host's total), then sysconf, then 32 MiB.
+int64_t last_level_cache_bytes() {
+    static const int64_t bytes = [] {
+        for (const char *index : {"index3", "index2"}) {
+            std::ifstream f(std::string("/sys/devices/system/cpu/cpu0/cache/") + index + "/size");
+            int64_t v = 0;
+            char unit = 0;
+            if (f >> v) {
+                f >> unit;
+                if (unit == 'K') v <<= 10;
+                else if (unit == 'M') v <<= 20;
+                if (v > 0) return v;
+            }
+        }
+#ifdef _SC_LEVEL3_CACHE_SIZE
+        if (const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); l3 > 0) return int64_t(l3);
+#endif
+        return int64_t(32) << 20;
+    }();
+    return bytes;
 }
 
 std::string isa_names() {
@@ -109,6 +135,8 @@ StreamingStores streaming_stores() {
 }
 
 bool last_call_streamed() { return g_last_streamed; }
+
+int64_t streaming_threshold_bytes() { return last_level_cache_bytes(); }
 
 const char *isa_name(CpuIsa isa) {
     const int i = static_cast<int>(isa);
