@@ -270,7 +270,8 @@ public:
         apply_schedule(
             "train_fwd",
             [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
-                bn2d::cpu::schedule_train_forward(p, kernel, l, v, sp, get_target());
+                bn2d::cpu::schedule_train_forward(p, kernel, l, v, sp, get_target(),
+                                                  {ImageParam(*in.x)});
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
                 bn2d::Layout l) { bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
@@ -415,7 +416,9 @@ public:
         apply_schedule(
             want.training ? "train_bwd" : "eval_bwd",
             [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
-                bn2d::cpu::schedule_backward(p, kernel, l, v, sp, get_target());
+                bn2d::cpu::schedule_backward(
+                    p, kernel, l, v, sp, get_target(),
+                    {ImageParam(*x), ImageParam(*grad_out), ImageParam(*y)});
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
                 bn2d::Layout l) { bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp, x->dim(0).extent());

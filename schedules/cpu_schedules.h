@@ -11,10 +11,10 @@
 //  * Pointwise kernels (eval forward, eval grad_input): one task per batch item when there are
 //    enough, else row chunks of all (h, c, n) cut into tasks of `grain` elements, so even
 //    C = 3, N = 1 keeps every core busy.
-// Measured on a 2-core Zen 4 VM (README): on DRAM-bound shapes eval at 0.96-1.03x the
-// streaming bound, training forward 1.32-1.62x, backward 1.32-1.61x. Known weak spot: 7x7
-// planes, where the per-row cost of the rfactored reduction dominates 49-float rows; NHWC
-// (below) is the layout for them.
+//  * Pipelined groups (training forward): a task runs several channel groups in a row, and
+//    each output pass prefetches the next group, so DRAM reads overlap the streaming writes.
+// Measured on a 2-core Zen 4 VM against the floor (README, Performance (CPU)). Known weak
+// spot: 7x7 planes, where the per-row cost of the rfactored reduction dominates 49-float rows.
 //
 // NHWC (channels_last) tensors get schedules of their own: C is innermost in memory, so every
 // loop vectorizes over channels. The statistics are a parallel pass over blocks of rows, each
@@ -50,6 +50,7 @@ inline const std::vector<KnobRange> kKnobRanges = {
     {"min_channels", 8, {1, 2, 4, 8, 16, 32}},
     {"min_batch", 8, {1, 2, 4, 8, 16, 32, 64}},
     {"block_rows", 0, {0, 16, 32, 64, 128, 256, 512, 1024}},
+    {"pipelined_groups", 4, {1, 2, 4, 8, 16}},
 };
 inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
 
@@ -57,6 +58,9 @@ inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
 // NCHW statistics or gradient sums fused per channel group (train_*, eval_bwd) read
 // accumulators, chunk, grain and min_channels; NCHW pointwise loops (eval_fwd, eval_bwd_input)
 // chunk, grain and min_batch; NHWC loops grain, and their sums accumulators and block_rows.
+// Not searched: pipelined_groups (the per-channel kernels' prefetch of the next group). The
+// tuner measures JIT-compiled kernels, which have ordinary stores, and the prefetch pays only
+// beside streaming stores (schedule_per_channel); set it from the benchmark.
 inline std::vector<std::string> searched_knobs(const std::string &kernel) {
     const bool nhwc = kernel.size() > 5 && kernel.substr(kernel.size() - 5) == "_nhwc";
     const std::string op = nhwc ? kernel.substr(0, kernel.size() - 5) : kernel;
@@ -77,6 +81,8 @@ struct Knobs {
     int min_channels;  // below this many channels, parallelize inside channels too
     int min_batch;     // pointwise kernels: from this many batch items, one task per item
     int block_rows;    // NHWC: rows (pixels) per block of partial sums; 0: grain / C
+    int pipelined_groups;  // NCHW per-channel kernels: channel groups per parallel task, each
+                           // prefetching the next group's inputs; 1: no prefetch
 };
 
 inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Target &t) {
@@ -91,10 +97,12 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
     k.min_channels = get("min_channels");
     k.min_batch = get("min_batch");
     k.block_rows = get("block_rows");
+    k.pipelined_groups = get("pipelined_groups");
     if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1 ||
-        k.block_rows < 0)
+        k.block_rows < 0 || k.pipelined_groups < 1)
         throw std::runtime_error("cpu." + kernel + ": need lanes >= 1, accumulators >= 1, " +
-                                 "chunk >= lanes, grain >= 1, block_rows >= 0");
+                                 "chunk >= lanes, grain >= 1, block_rows >= 0, " +
+                                 "pipelined_groups >= 1");
     return k;
 }
 
@@ -154,31 +162,77 @@ inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
 // tiny tasks). With fewer than `min_channels` channels (C = 3 on a 1080p image) the channels
 // cannot keep the cores busy: the sums' W blocks and the output's rows run in parallel inside
 // each channel (nested parallelism).
+//
+// Pipelining: a task runs `pipelined_groups` consecutive groups, and the output pass of each
+// prefetches, line for line as it writes, the `prefetched` inputs of the next group. Without
+// it a core alternates a read-only phase (the sums, from DRAM) with a write-only one (the
+// output, from cache to DRAM with streaming stores), and one core cannot keep DRAM busy that
+// way (bench/stream_floor.h, floor_via_scratch); with it the output pass reads the next group
+// from DRAM while it writes, and the sums then read from cache.
+// The groups of a task are a ShiftInwards split too: when the groups do not divide evenly, the
+// last task repeats a few of the groups before it (the same values written again).
 inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Func> &side_outputs,
-                                 const std::vector<Func> &per_channel_funcs, const Vars &v,
+                                 const std::vector<Func> &per_channel_funcs,
+                                 const std::vector<Halide::ImageParam> &prefetched, const Vars &v,
                                  const Knobs &k) {
     Halide::OutputImageParam ob = out.output_buffer();
     Expr W = ob.dim(0).extent(), C = ob.dim(2).extent();
     Expr few_channels = C < k.min_channels;
     Expr channels_per_task = channel_group(s, C, k);
-    Var co("co"), ci("ci"), wo("wo"), wi("wi"), row("row"), rows("rows");
-    out.reorder(v.w, v.h, v.n, v.c)
-        .split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
-        .parallel(co);
-    out.specialize(few_channels)
-        .split(v.w, wo, wi, Halide::min(W, k.chunk), TailStrategy::ShiftInwards)
-        .vectorize(wi, k.lanes, TailStrategy::GuardWithIf)
+    // Rows that are not whole lines do not prefetch (below): their tasks stay one group each,
+    // which also spares them the repeated groups of the ShiftInwards split.
+    const bool pipelined = k.pipelined_groups > 1 && !prefetched.empty();
+    const int per_line = std::max(1, 64 / ob.type().bytes());
+    Expr whole_line_rows = W % per_line == 0 && Halide::min(W, k.chunk) % per_line == 0;
+    Expr groups = (C + channels_per_task - 1) / channels_per_task;
+    Expr groups_per_task =
+        pipelined ? Halide::select(whole_line_rows, Halide::min(groups, k.pipelined_groups), 1)
+                  : Expr(1);
+    Var co("co"), ci("ci"), task("task"), group("group"), wo("wo"), wi("wi"), row("row"),
+        rows("rows"), line("line"), lane("lane");
+    auto split_channels = [&](Func f) -> Func & {
+        return f.split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
+            .split(co, task, group, groups_per_task, TailStrategy::ShiftInwards)
+            .parallel(task);
+    };
+    // One prefetch per 64-byte line of the output, of the place `channels_per_task` channels
+    // further on. Halide's prefetch() shifts a loop variable that appears in the addresses;
+    // the channel reaches them only through the splits' lets, so the shift is taken along the
+    // row: for a W-contiguous input, the element `channels_per_task * stride(c)` further along
+    // w is that place (a strided input whose W stride is not 1 prefetches its current line
+    // instead). Prefetches do not fault, so the last group's, past the end of the tensor, need
+    // no guard. Only rows of whole lines prefetch (every row of a streaming-store call, and the
+    // planes of the common shapes): RoundUp then splits them exactly, and every prefetch is
+    // one line at a constant offset. A tail strategy that handles other rows moves the shifted
+    // box (ShiftInwards clamps it back into the current row) or makes Halide compute the
+    // extent of each shifted box (GuardWithIf: ~20 instructions per line).
+    auto vectorize_and_prefetch = [&](Halide::Stage stage, const Var &w, Expr row) {
+        if (pipelined) {
+            Halide::Stage whole_lines = stage.specialize(row % per_line == 0);
+            whole_lines.split(w, line, lane, per_line, TailStrategy::RoundUp)
+                .vectorize(lane, std::min(k.lanes, per_line));
+            for (const Halide::ImageParam &in : prefetched) {
+                Expr ahead = Halide::select(in.dim(0).stride() == 1,
+                                            channels_per_task * in.dim(2).stride() / per_line, 0);
+                whole_lines.prefetch(in, line, line, ahead,
+                                     Halide::PrefetchBoundStrategy::NonFaulting);
+            }
+        }
+        stage.vectorize(w, k.lanes, TailStrategy::GuardWithIf);
+    };
+    out.reorder(v.w, v.h, v.n, v.c);
+    split_channels(out);
+    Halide::Stage few = out.specialize(few_channels);
+    Expr row_chunk = Halide::min(W, k.chunk);
+    few.split(v.w, wo, wi, row_chunk, TailStrategy::ShiftInwards)
         .fuse(wo, v.h, row)
         .fuse(row, v.n, rows)
         .parallel(rows);
-    out.vectorize(v.w, k.lanes, TailStrategy::GuardWithIf);
-    schedule_channel_sums(s, LoopLevel(out, co), k, few_channels);
-    for (Func f : per_channel_funcs) f.compute_at(out, co);
-    for (Func f : side_outputs) {
-        f.split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards)
-            .parallel(co)
-            .compute_with(out, co);
-    }
+    vectorize_and_prefetch(few, wi, row_chunk);
+    vectorize_and_prefetch(out, v.w, W);
+    schedule_channel_sums(s, LoopLevel(out, group), k, few_channels);
+    for (Func f : per_channel_funcs) f.compute_at(out, group);
+    for (Func f : side_outputs) split_channels(f).compute_with(out, group);
 }
 
 // Per-channel outputs only (parameter gradients without grad_input, partial statistics);
@@ -287,8 +341,10 @@ inline void compute_per_channel(const std::vector<Func> &funcs, const Vars &v, c
     }
 }
 
+// `prefetched`: the tensor inputs the per-channel NCHW schedule prefetches a group ahead.
 inline void schedule_train_forward(TrainForward &p, const std::string &kernel, Layout layout,
-                                   const Vars &v, const ScheduleParams &sp, const Target &t) {
+                                   const Vars &v, const ScheduleParams &sp, const Target &t,
+                                   const std::vector<Halide::ImageParam> &prefetched = {}) {
     Knobs k = knobs(sp, kernel, t);
     if (layout == Layout::nhwc) {
         schedule_channel_sums_nhwc(p.stats.s, p.y.output_buffer().dim(2).extent(), k);
@@ -301,7 +357,7 @@ inline void schedule_train_forward(TrainForward &p, const std::string &kernel, L
     // The shift once per channel (inlined it was recomputed for every vector of the sums).
     schedule_per_channel(p.y, p.stats.s,
                          {p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out},
-                         {p.stats.shift, p.mean, p.scale}, v, k);
+                         {p.stats.shift, p.mean, p.scale}, prefetched, v, k);
 }
 
 inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Layout layout,
@@ -316,7 +372,8 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Lay
 }
 
 inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout,
-                              const Vars &v, const ScheduleParams &sp, const Target &t) {
+                              const Vars &v, const ScheduleParams &sp, const Target &t,
+                              const std::vector<Halide::ImageParam> &prefetched = {}) {
     Knobs k = knobs(sp, kernel, t);
     if (!p.training) p.invstd.compute_root();  // sqrt once per channel, not per element
     std::vector<Func> params;
@@ -354,7 +411,7 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     // specializing that loop covers them, except in the few-channel specialization, which is
     // taken first and so keeps the load (from grad_out's lines).
     if (p.grad_input.defined() && reduce) {
-        schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, v, k);
+        schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, prefetched, v, k);
         if (relu.defined()) p.grad_input.specialize(relu);
     } else if (p.grad_input.defined()) {
         schedule_pointwise(p.grad_input, p.coefficients, v, k);
