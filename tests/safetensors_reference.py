@@ -17,8 +17,11 @@ import numpy as np
 import safetensors
 from safetensors import TensorSpec
 
+# Every dtype the loader converts (runtime/src/checkpoint.cpp) that numpy has: a corrupt file
+# whose flipped byte turns "F32" into "U32" (or "F64" into "U64") is still a valid file.
 NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-         "I32": np.int32, "U8": np.uint8}
+         "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32,
+         "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
 SPEC_NAME = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
              "I64": "int64", "I32": "int32", "U8": "uint8"}
 
