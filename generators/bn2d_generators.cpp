@@ -197,6 +197,14 @@ protected:
         return "cpu";
     }
 
+    // The CPU schedule's accumulator width for a kernel (lanes * accumulators): the partial
+    // sums an algorithm that interleaves them (bn2d::Extents::row_lanes) keeps per row.
+    int cpu_accumulator_width(const std::string &kernel) const {
+        const bn2d::cpu::Knobs k =
+            bn2d::cpu::knobs(ScheduleParams::load(schedule_file), kernel, this->get_target());
+        return k.lanes * k.accumulators;
+    }
+
     // THE SCHEDULE: the CPU or GPU schedule of `op` for this layout with this machine's
     // parameters. The whole machine file is checked first (unknown keys), then the keys of this
     // schedule kernel that its schedule did not read: either fails the build, naming the file,
@@ -329,6 +337,10 @@ public:
     // grad_input from every process's, given as `sums` over `count` values per channel.
     GeneratorParam<bool> with_sums{"with_sums", false};
     GeneratorParam<bool> global_sums{"global_sums", false};
+    // Gradient sums in two levels, each row in float32 and the rows in float64 (bn2d::grad_sums),
+    // where they apply: CPU kernels of NCHW and strided float32 and 16-bit tensors. false: every
+    // value added in `accumulator` (the GPU kernels' and NHWC kernels' way).
+    GeneratorParam<bool> float32_rows{"float32_rows", true};
 
     Tensor4 *x, *grad_out;
     // The forward's output, read when relu is on (bn2d::ReluGrad); else the runtime passes
@@ -388,8 +400,12 @@ public:
         }
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
+        bn2d::Extents e = extents_of(*x);
+        if (float32_rows && backend() == "cpu" && !nhwc() &&
+            e.compute == Float(32) && e.acc == Float(64))
+            e.row_lanes = cpu_accumulator_width(want.training ? "train_bwd" : "eval_bwd");
         bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight,
-                                          gw_in, gb_in, extents_of(*x), v, {*y, *relu});
+                                          gw_in, gb_in, e, v, {*y, *relu});
         if (grad_input) *grad_input = p.grad_input;
         if (grad_weight) *grad_weight = p.grad_weight;
         if (grad_bias) *grad_bias = p.grad_bias;

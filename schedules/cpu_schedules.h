@@ -114,8 +114,48 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
 // blocks in memory: a load and a store of every accumulator per vector of x, measured 47% of
 // training forward's time on 32x64x112x112). The blocks run in parallel where `split_channel`
 // holds (few channels: the parallelism has to come from inside a channel).
+// Two-level sums (ChannelSums::rows): a row's U float32 partial sums are computed where the
+// row is added, in vector registers (U / lanes vectors per sum), and added into U float64
+// lanes that stay in registers across the rows; the lanes are reduced once per block of rows.
+// The rows of a channel are cut into blocks of about `chunk` values, an rfactor whose blocks
+// run in parallel where `split_channel` holds.
+inline void schedule_row_sums(ChannelSums &s, const LoopLevel &at, const Knobs &k,
+                              Expr split_channel) {
+    Var lane("lane"), blk("blk"), c(s.sums.args()[0].name()), u(s.rows.args()[0].name());
+    RVar rho("rho"), rhi("rhi");
+    const int U = s.row_lanes, wide_lanes = std::max(1, k.lanes / 2);  // float64 per vector
+    // Blocks of about `chunk` values, balanced: the last block's rows past the end are computed
+    // (and dropped), fewer than one per block.
+    Expr blocks_per_channel = Halide::cast<int>(Halide::min(
+        (Halide::cast<int64_t>(s.H) * s.W + k.chunk - 1) / k.chunk, Halide::cast<int64_t>(s.H)));
+    Expr rows_per_block = Halide::max(1, (s.H + blocks_per_channel - 1) / blocks_per_channel);
+    s.sums.compute_at(at);
+    Func blocks = s.sums.update()
+                      .split(s.r.y, rho, rhi, rows_per_block, TailStrategy::GuardWithIf)
+                      .rfactor(rho, blk);
+    blocks.compute_at(at);
+    blocks.update().reorder(s.r.x, rhi, s.r.z, blk, c);
+    // The lanes per block (their storage U values at constant indices, kept in registers as
+    // in schedule_channel_sums), reduced across the lanes once per block.
+    Func lanes = blocks.update().rfactor(s.r.x, lane);
+    if (split_channel.defined()) blocks.update().specialize(split_channel).parallel(blk);
+    lanes.compute_at(blocks, blk).bound_extent(lane, U).vectorize(lane, wide_lanes).unroll(lane);
+    lanes.update().reorder(lane, rhi, s.r.z).vectorize(lane, wide_lanes).unroll(lane);
+    // One row per computation (Halide cannot prove it through the guarded split of the rows).
+    Var h(s.rows.args()[1].name());
+    s.rows.compute_at(lanes, rhi)
+        .bound_extent(h, 1)
+        .bound_extent(u, U)
+        .vectorize(u, k.lanes)
+        .unroll(u);
+    s.rows.update(0).reorder(u, s.row_groups.x).vectorize(u, k.lanes).unroll(u);
+    // The tail: whole vectors, then one predicated vector (GuardWithIf on an RVar).
+    s.rows.update(1).vectorize(s.row_tail.x, k.lanes, TailStrategy::GuardWithIf);
+}
+
 inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Knobs &k,
                                   Expr split_channel) {
+    if (s.two_level()) return schedule_row_sums(s, at, k, split_channel);
     Var u("u"), blk("blk"), c(s.sums.args()[0].name());
     RVar rxo("rxo"), rxi("rxi"), rxb("rxb"), rxv("rxv");
     const int width = k.lanes * k.accumulators;
@@ -148,7 +188,7 @@ inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Kno
 // group has the same bounds.
 inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
     // In 64 bits: a channel holds 2^31 values or more in large_buffers kernels.
-    Expr per_channel = Halide::cast<int64_t>(s.r.x.extent()) * s.r.y.extent() * s.r.z.extent();
+    Expr per_channel = Halide::cast<int64_t>(s.W) * s.H * s.N;
     Expr group = k.grain / Halide::max(per_channel, 1);
     return Halide::cast<int>(Halide::clamp(group, 1, Halide::cast<int64_t>(C)));
 }
@@ -183,7 +223,9 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
     // which also spares them the repeated groups of the ShiftInwards split.
     const bool pipelined = k.pipelined_groups > 1 && !prefetched.empty();
     const int per_line = std::max(1, 64 / ob.type().bytes());
-    Expr whole_line_rows = W % per_line == 0 && Halide::min(W, k.chunk) % per_line == 0;
+    // The few-channel schedule's row chunks (below).
+    Expr row_chunk = Halide::min(W, k.chunk);
+    Expr whole_line_rows = W % per_line == 0 && row_chunk % per_line == 0;
     Expr groups = (C + channels_per_task - 1) / channels_per_task;
     Expr groups_per_task =
         pipelined ? Halide::select(whole_line_rows, Halide::min(groups, k.pipelined_groups), 1)
@@ -223,7 +265,6 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
     out.reorder(v.w, v.h, v.n, v.c);
     split_channels(out);
     Halide::Stage few = out.specialize(few_channels);
-    Expr row_chunk = Halide::min(W, k.chunk);
     few.split(v.w, wo, wi, row_chunk, TailStrategy::ShiftInwards)
         .fuse(wo, v.h, row)
         .fuse(row, v.n, rows)
@@ -291,6 +332,8 @@ inline Expr nhwc_block_rows(Expr C, const Knobs &k) {
 // the blocks. Partial sums are in the accumulator type, like the NCHW rfactor's lanes.
 inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k,
                                        Expr specialize_on = Expr()) {
+    if (s.two_level())
+        throw std::logic_error("cpu NHWC sums: one level only (Extents::row_lanes = 0)");
     Var c(s.sums.args()[0].name()), blk("blk"), nn("nn"), task("task"), co("co"), ci("ci"),
         cv("cv"), cl("cl");
     RVar rxo("rxo"), rxi("rxi");

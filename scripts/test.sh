@@ -8,7 +8,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BN2D_BUILD_DIR:-$root/build}"
 cd "$build"
 rc=0
-"$root/.venv/bin/ctest" --output-on-failure "$@" || rc=$?
+# One test per core by default (the suite's tests are single-process or say how many they
+# need); arguments after it (-j 1, -R, -L ...) override.
+"$root/.venv/bin/ctest" --output-on-failure -j "$(nproc)" "$@" || rc=$?
 # ctest shows only a count of skipped tests; say why they were skipped, once per reason.
 log="$build/Testing/Temporary/LastTest.log"
 if [[ -f "$log" ]] && grep -q ": Skipped$" "$log"; then

@@ -79,8 +79,20 @@ set(cpu_kernels train_fwd eval_bwd_nhwc)
 set(out "${WORK_DIR}/cpu.params")
 set(args ${common} --backend cpu --kernels train_fwd,eval_bwd_nhwc --autoschedulers Li2018
          --out "${out}" --report "${WORK_DIR}/cpu.tune")
-execute_process(COMMAND timeout -s INT 12 "${TUNER_EXE}" ${args}
-                RESULT_VARIABLE rc OUTPUT_VARIABLE log ERROR_VARIABLE log)
+# Interrupted once the journal holds a measured candidate (a fixed delay raced the first
+# candidate's compile on a slow machine: 0 measured, nothing to resume), at most after 25 s.
+execute_process(
+    COMMAND ${CMAKE_COMMAND} -E env "JOURNAL=${out}.journal" bash -c [[
+        set -m  # job control: a background job of a plain script ignores SIGINT
+        "$@" & pid=$!
+        for i in $(seq 250); do
+            grep -q '^eval ' "$JOURNAL" 2>/dev/null && break
+            kill -0 $pid 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -INT $pid 2>/dev/null
+        wait $pid]] tuner "${TUNER_EXE}" ${args}
+    RESULT_VARIABLE rc OUTPUT_VARIABLE log ERROR_VARIABLE log)
 if (rc EQUAL 0)
     message(FATAL_ERROR "cpu: the first run was to be interrupted, but it finished:\n${log}")
 endif ()
