@@ -11,6 +11,7 @@
 // elements (w extent H*W, h extent 1); the algorithm does not care.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 
 #include "Halide.h"
@@ -112,6 +113,12 @@ struct ChannelSums {
     RDom row_groups, row_tail;
 
     bool two_level() const { return row_lanes > 0; }
+    // For the schedules that place one level only (GPU, NHWC, stages in a user's pipeline).
+    void require_one_level(const char *schedule) const {
+        if (two_level())
+            throw std::logic_error(std::string(schedule) +
+                                   ": one-level sums only (Extents::row_lanes = 0)");
+    }
 };
 
 inline ChannelSums channel_sums(const std::string &stage, Func a, Func b, const Extents &e,

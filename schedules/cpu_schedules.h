@@ -200,8 +200,8 @@ inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
 // `per_channel_funcs` are per-channel intermediates computed in that loop.
 // Groups hold at least `grain` elements (2048 channels of 7x7x32 would otherwise be 2048
 // tiny tasks). With fewer than `min_channels` channels (C = 3 on a 1080p image) the channels
-// cannot keep the cores busy: the sums' W blocks and the output's rows run in parallel inside
-// each channel (nested parallelism).
+// cannot keep the cores busy: the sums' blocks (of W, or of rows in two-level sums) and the
+// output's rows run in parallel inside each channel (nested parallelism).
 //
 // Pipelining: a task runs `pipelined_groups` consecutive groups, and the output pass of each
 // prefetches, line for line as it writes, the `prefetched` inputs of the next group. Without
@@ -332,8 +332,7 @@ inline Expr nhwc_block_rows(Expr C, const Knobs &k) {
 // the blocks. Partial sums are in the accumulator type, like the NCHW rfactor's lanes.
 inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k,
                                        Expr specialize_on = Expr()) {
-    if (s.two_level())
-        throw std::logic_error("cpu NHWC sums: one level only (Extents::row_lanes = 0)");
+    s.require_one_level("cpu NHWC sums");
     Var c(s.sums.args()[0].name()), blk("blk"), nn("nn"), task("task"), co("co"), ci("ci"),
         cv("cv"), cl("cl");
     RVar rxo("rxo"), rxi("rxi");

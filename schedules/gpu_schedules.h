@@ -154,7 +154,7 @@ inline void schedule_sums_tree(const std::function<Stage()> &stage, ChannelSums 
 }
 
 inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k) {
-    if (s.two_level()) throw std::logic_error("one-level sums only (Extents::row_lanes = 0)");
+    s.require_one_level("gpu sums");
     const Expr row = s.r.x.extent();
     const Expr huge = row >= kHugeRow, long_row = row >= long_row_length(k);
     schedule_sums_tree([&] { return s.sums.update().specialize(huge); }, s, v, k, "huge",
@@ -206,7 +206,7 @@ inline void schedule_per_channel(const std::vector<Func> &outs, const Vars &v, c
 
 // ---- NHWC ---------------------------------------------------------------------------------
 inline void schedule_channel_sums_nhwc(ChannelSums &s, const Vars &v, const Knobs &k) {
-    if (s.two_level()) throw std::logic_error("one-level sums only (Extents::row_lanes = 0)");
+    s.require_one_level("gpu NHWC sums");
     Var blk("blk"), nn("nn"), co("co"), ci("ci"), vbo("vbo");
     RVar rxo("rxo"), rxi("rxi"), rxio("rxio"), rxii("rxii"), bo("bo"), bi("bi");
     // 1. Blocks of per_thread * rows * 8 rows x tile_w channels; each thread sums its channel

@@ -44,7 +44,7 @@ inline void place_output(Halide::Func out, const Vars &v, const Placement &where
 // Per-channel sums as a stage of their own: W lanes through an rfactor (one vector of partial
 // sums per channel, reduced once at the end), channels in parallel.
 inline void schedule_sums(ChannelSums &s, const Placement &where) {
-    if (s.two_level()) throw std::logic_error("one-level sums only (Extents::row_lanes = 0)");
+    s.require_one_level("stage sums");
     Halide::Var c(s.sums.args()[0].name()), lane("lane");
     Halide::RVar rxo("rxo"), rxi("rxi");
     s.sums.compute_root();
