@@ -636,6 +636,7 @@ int main(int argc, char **argv) {
 
     benchmark::AddCustomContext("bn2d_threads", std::to_string(g_threads));
     benchmark::AddCustomContext("bn2d_num_threads", std::to_string(bn2d::num_threads()));
+    // The ISA the benchmark's calls run: the cap as this CPU meets it.
     benchmark::AddCustomContext("bn2d_max_cpu_isa", bn2d::isa_name(bn2d::max_cpu_isa()));
     bn2d::bench::add_build_context();
 #if BN2D_BENCH_ONEDNN

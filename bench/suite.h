@@ -40,6 +40,7 @@ inline void add_build_context() {
     benchmark::AddCustomContext("bn2d_halide_version", b.halide_version);
     benchmark::AddCustomContext("bn2d_schedule_machine", b.schedule_machine);
     benchmark::AddCustomContext("bn2d_cpu_targets", b.cpu_targets);
+    benchmark::AddCustomContext("bn2d_cpu_isa_best", b.cpu_isa_best);
     if (!b.cuda_target.empty()) benchmark::AddCustomContext("bn2d_cuda_target", b.cuda_target);
     std::string kernels;
     for (const std::string &k : b.kernels) kernels += (kernels.empty() ? "" : " ") + k;

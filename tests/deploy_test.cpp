@@ -328,7 +328,14 @@ TEST_F(CheckpointErrors, MissingKeyWrongShapeWrongDtypeUnexpectedKey) {
     bn.load_state_dict(good);
 
     expect_rejected(scratch.path("does_not_exist.safetensors"), "cannot open");
-    expect_rejected(scratch.dir().string(), "load_safetensors");  // a directory
+    expect_rejected(scratch.dir().string(), "is a directory, not a safetensors file");
+    expect_rejected("/dev/null", "not a regular file");
+    try {
+        read_safetensors_header(scratch.dir().string());
+        ADD_FAILURE() << "read the header of a directory";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("is a directory"));
+    }
 }
 
 // A checkpoint without num_batches_tracked (PyTorch < 0.4.1) loads it as 0, as libtorch does.
@@ -557,6 +564,23 @@ TEST(Fold, ErrorsLeaveTheTensorsUntouched) {
     rejected(weight, Tensor(w.data() + 3, {C}), false, "overlap");
     rejected(Tensor(w.data(), {C}), bias, false, "at least 2 dimensions");
     rejected(Tensor::on_device(1, {C, 2, 3, 3}, Device::Cuda), bias, false, "host tensors");
+    // The module is const: its own storage, as the convolution's weight or bias, is refused and
+    // left as it was (views of weight() and running_mean() reshaped as a [4, 1] weight).
+    const StateDict before = bn.state_dict();
+    for (const auto &[name, view] : {std::pair{"weight()", bn.weight()},
+                                     std::pair{"running_mean()", bn.running_mean()},
+                                     std::pair{"bias_grad()", bn.bias_grad()}}) {
+        SCOPED_TRACE(name);
+        const Tensor as_weight(view.data_ptr(), view.dtype(), {C, 1});
+        rejected(as_weight, bias, false, std::string("conv_weight overlaps the module's ") + name);
+        rejected(weight, view, false, std::string("conv_bias overlaps the module's ") + name);
+        const StateDict after = bn.state_dict();
+        EXPECT_EQ(after.weight, before.weight);
+        EXPECT_EQ(after.bias, before.bias);
+        EXPECT_EQ(after.running_mean, before.running_mean);
+        EXPECT_EQ(after.running_var, before.running_var);
+        EXPECT_EQ(to_vector(bn.bias_grad()), std::vector<float>(C, 0.0f));
+    }
     BatchNorm2d untracked(C, 1e-5, 0.1, true, false);
     untracked.eval();
     try {

@@ -288,6 +288,105 @@ TEST_F(Errors, NumFeaturesNegative) {
     EXPECT_THROW(BatchNorm2d(-1, Options{}), Error);
 }
 
+// An enum value cast from an integer outside the enum is refused where it enters (the module's
+// options, a tensor), with the value, not reported later as "?".
+TEST_F(Errors, EnumValuesOutsideTheirEnum) {
+    Options o;
+    o.dtype = static_cast<DType>(7);
+    try {
+        BatchNorm2d bad(3, o);
+        ADD_FAILURE() << "constructed a module of dtype 7";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("BatchNorm2d: unknown dtype 7"));
+    }
+    try {
+        Tensor t(x.data(), static_cast<DType>(-1), {s.n, s.c, s.h, s.w});
+        ADD_FAILURE() << "made a tensor of dtype -1";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("Tensor: unknown dtype -1"));
+    }
+    try {
+        Tensor t(x.data(), {s.n, s.c, s.h, s.w}, static_cast<Device>(5));
+        ADD_FAILURE() << "made a tensor on device 5";
+    } catch (const Error &e) {
+        EXPECT_THAT(e.what(), HasSubstr("Tensor: unknown device 5"));
+    }
+}
+
+// A SyncBatchNorm2d group whose rank and size say what the test asks, and whose collectives
+// throw when told to (as an application's communicator may).
+class ScriptedGroup final : public Communicator {
+public:
+    int rank_ = 0, size_ = 1;
+    bool collectives_fail = false;
+    int rank() const override { return rank_; }
+    int size() const override { return size_; }
+    std::string name() const override { return "scripted"; }
+    Device memory() const override { return Device::CPU; }
+    void all_gather_bytes(const void *send, void *recv, size_t bytes) override {
+        std::memcpy(recv, send, bytes);
+    }
+    void all_gather(const double *send, double *recv, size_t count) override {
+        if (collectives_fail) throw std::runtime_error("LocalGroup: all_gather failed");
+        std::memcpy(recv, send, count * sizeof(double));
+    }
+    void all_reduce_sum(double *, size_t) override {
+        if (collectives_fail) throw std::runtime_error("LocalGroup: all_reduce failed");
+    }
+};
+
+// Each communicator error says what is inconsistent and in which call, and changes nothing.
+TEST_F(Errors, CommunicatorErrorsSayWhatAndWhere) {
+    auto group = std::make_shared<ScriptedGroup>();
+    auto expect_error = [&](auto &&call, const std::string &what) {
+        try {
+            call();
+            ADD_FAILURE() << "no error, expected: " << what;
+        } catch (const Error &e) {
+            EXPECT_THAT(e.what(), HasSubstr(what));
+        }
+    };
+    group->rank_ = 1;
+    expect_error([&] { SyncBatchNorm2d(3, group); },
+                 "SyncBatchNorm2d: constructor: the scripted communicator reports rank 1, not "
+                 "below its size 1");
+    group->rank_ = 0;
+    group->size_ = 0;
+    expect_error([&] { SyncBatchNorm2d(3, group); }, "reports size 0 (a group has at least 1");
+    group->size_ = 1;
+    group->rank_ = -2;
+    expect_error([&] { SyncBatchNorm2d(3, group); }, "reports rank -2 (ranks start at 0)");
+
+    // convert refuses before it takes the module: the module is still whole.
+    const StateDict state = bn.state_dict();
+    expect_error([&] { SyncBatchNorm2d::convert(std::move(bn), group); },
+                 "SyncBatchNorm2d: convert: the scripted communicator reports rank -2");
+    EXPECT_TRUE(same_state(bn.state_dict(), state));
+    EXPECT_NO_THROW(bn.forward(view(x, s), view(y, s)));
+
+    // A collective that throws, and a group that changed after construction: named with the
+    // call, the state as it was.
+    group->rank_ = 0;
+    SyncBatchNorm2d synced(3, group);
+    synced.forward(view(x, s), view(y, s));
+    const StateDict synced_state = synced.state_dict();
+    group->collectives_fail = true;
+    expect_error([&] { synced.forward(view(x2, s), view(y, s)); },
+                 "SyncBatchNorm2d: forward: the scripted communicator's all_gather (every "
+                 "process's count, mean and M2) failed on rank 0 of 1: LocalGroup: all_gather "
+                 "failed");
+    EXPECT_TRUE(same_state(synced.state_dict(), synced_state));
+    expect_error([&] { synced.backward(view(dy, s), view(dx, s)); },
+                 "SyncBatchNorm2d: backward: the scripted communicator's all_reduce_sum (the "
+                 "gradient sums) failed on rank 0 of 1: LocalGroup: all_reduce failed");
+    EXPECT_EQ(to_vector(synced.weight_grad()), std::vector<float>(3, 0.0f));
+    group->collectives_fail = false;
+    group->size_ = 0;
+    expect_error([&] { synced.forward(view(x2, s), view(y, s)); },
+                 "SyncBatchNorm2d: forward: the scripted communicator reports size 0");
+    EXPECT_TRUE(same_state(synced.state_dict(), synced_state));
+}
+
 // Sizes near 2^62: the element count, the memory span and N*H*W overflow int64. Each is an
 // error before any memory is touched (the views are over a small buffer). Before the checks,
 // [2^62, 4, 4, 1] had numel() 0 (2^66 wrapped) and was counted as an empty training batch.
@@ -490,22 +589,19 @@ TEST(LoadStateDict, PresenceMustMatchOptions) {
     EXPECT_NO_THROW(plain.load_state_dict(StateDict{}));
 }
 
-TEST_F(Errors, IsaTheCpuLacks) {
+// A value that is no CpuIsa (a cast from an integer) is refused, and the cap stays as it was.
+TEST_F(Errors, IsaValueOutsideTheTable) {
     const CpuIsa before = max_cpu_isa();
-    for (CpuIsa isa : compiled_cpu_isas()) {
-        if (cpu_supports(isa))
-            continue;
+    for (int bad : {-1, static_cast<int>(compiled_cpu_isas().size()), 99}) {
         try {
-            set_max_cpu_isa(isa);
-            ADD_FAILURE() << "accepted " << isa_name(isa);
+            set_max_cpu_isa(static_cast<CpuIsa>(bad));
+            ADD_FAILURE() << "accepted CpuIsa " << bad;
         } catch (const Error &e) {
-            EXPECT_THAT(e.what(), HasSubstr(isa_name(isa)));
-            EXPECT_THAT(e.what(), HasSubstr("cannot run"));
+            EXPECT_THAT(e.what(), HasSubstr("unknown CPU ISA " + std::to_string(bad)));
+            EXPECT_THAT(e.what(), HasSubstr(isa_name(compiled_cpu_isas().front())));
         }
         EXPECT_EQ(max_cpu_isa(), before);
-        return;
     }
-    GTEST_SKIP() << "this CPU runs every compiled ISA variant";
 }
 
 TEST_F(Errors, UnknownIsaName) {

@@ -1,7 +1,15 @@
-// Every compiled CPU ISA variant runs and matches the reference, not only the one this CPU
+// Every compiled CPU ISA variant that this CPU runs matches the reference, not only the one it
 // picks by default: every kernel of the table (training and eval forward, affine and plain;
-// backward in both modes with each output mask) under set_max_cpu_isa(isa).
+// backward in both modes with each output mask) under set_max_cpu_isa(isa). ISAs the CPU lacks
+// skip with the reason; the cap's own rules, and the detection against the CPU's features, are
+// tested on whatever CPU runs this (tests/CMakeLists.txt also runs it on emulated CPUs).
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
 #include <tuple>
 
 #include "common.h"
@@ -77,19 +85,98 @@ INSTANTIATE_TEST_SUITE_P(Cpu, IsaVariant,
                                     (std::get<1>(info.param) ? "_affine" : "_plain");
                          });
 
-// With no cap, the best variant this CPU supports runs.
-TEST(Isa, DefaultIsTheBestSupported) {
-    if (std::getenv("BN2D_MAX_CPU_ISA"))
-        GTEST_SKIP() << "capped from the environment (BN2D_MAX_CPU_ISA)";
-    for (CpuIsa isa : compiled_cpu_isas()) {
-        if (!cpu_supports(isa))
-            continue;
-        BatchNorm2d bn(2);
-        std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, y(8);
-        bn.forward(Tensor::nchw(x.data(), 2, 2, 1, 2), Tensor::nchw(y.data(), 2, 2, 1, 2));
-        EXPECT_EQ(last_cpu_isa_used(), isa) << "ran " << isa_name(last_cpu_isa_used());
-        return;
+// The ISA a cap means: the best at or below it that this CPU supports (the last runs anywhere).
+CpuIsa best_at_or_below(CpuIsa cap) {
+    const std::vector<CpuIsa> isas = compiled_cpu_isas();
+    size_t i = static_cast<size_t>(cap);
+    while (i + 1 < isas.size() && !cpu_supports(isas[i])) ++i;
+    return isas[i];
+}
+
+CpuIsa isa_of_one_forward() {
+    BatchNorm2d bn(2);
+    std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, y(8);
+    bn.forward(Tensor::nchw(x.data(), 2, 2, 1, 2), Tensor::nchw(y.data(), 2, 2, 1, 2));
+    return last_cpu_isa_used();
+}
+
+// With no cap, the best variant this CPU supports runs; BN2D_MAX_CPU_ISA caps it as
+// set_max_cpu_isa() does (a name above what the CPU runs means the best it runs).
+TEST(Isa, DefaultIsTheBestSupportedUnderTheEnvironmentsCap) {
+    const char *env = std::getenv("BN2D_MAX_CPU_ISA");
+    const CpuIsa expected = env ? best_at_or_below(isa_from_name(env)) : best_cpu_isa();
+    EXPECT_TRUE(cpu_supports(expected));
+    EXPECT_EQ(max_cpu_isa(), expected) << "reports " << isa_name(max_cpu_isa());
+    EXPECT_EQ(isa_of_one_forward(), expected) << "ran " << isa_name(last_cpu_isa_used());
+}
+
+// The cap is a cap: every compiled ISA is accepted, calls then run the best at or below it that
+// this CPU supports, and max_cpu_isa() says which. On a CPU without AVX-512 a cap of avx512
+// means avx2; what max_cpu_isa() returns is always accepted back.
+TEST(Isa, CapMeansTheBestSupportedAtOrBelowIt) {
+    const CpuIsa saved = max_cpu_isa();
+    for (CpuIsa cap : compiled_cpu_isas()) {
+        SCOPED_TRACE(std::string("cap ") + isa_name(cap));
+        const CpuIsa expected = best_at_or_below(cap);
+        ASSERT_NO_THROW(set_max_cpu_isa(cap));
+        EXPECT_EQ(max_cpu_isa(), expected) << "reports " << isa_name(max_cpu_isa());
+        EXPECT_TRUE(cpu_supports(max_cpu_isa()));
+        EXPECT_EQ(isa_of_one_forward(), expected) << "ran " << isa_name(last_cpu_isa_used());
+        ASSERT_NO_THROW(set_max_cpu_isa(max_cpu_isa()));
+        EXPECT_EQ(max_cpu_isa(), expected);
     }
+    ASSERT_NO_THROW(set_max_cpu_isa(saved));
+    EXPECT_EQ(max_cpu_isa(), saved);
+}
+
+// The CPU features each ISA of generators/variants.cmake needs, as /proc/cpuinfo names them
+// (Halide's feature check reads cpuid; this reads what the kernel says).
+const std::map<std::string, std::vector<std::string>> kIsaCpuinfoFlags = {
+    {"avx512", {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"}},
+    {"avx2", {"avx2", "fma", "f16c", "avx", "sse4_1"}},
+    {"sse41", {"sse4_1"}},
+    {"baseline", {}},
+};
+
+std::set<std::string> cpuinfo_flags() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("flags", 0) != 0) continue;
+        std::istringstream words(line.substr(line.find(':') + 1));
+        return {std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+    }
+    return {};
+}
+
+// The ISA detection against an independent account of the CPU: /proc/cpuinfo's flags, or, on
+// an emulated CPU (qemu-user shows the host's /proc/cpuinfo), BN2D_TEST_EXPECT_BEST_ISA, which
+// the emulated-CPU tests set to what the emulated model has.
+TEST(Isa, DetectionMatchesTheCpu) {
+    std::string expected;
+    if (const char *env = std::getenv("BN2D_TEST_EXPECT_BEST_ISA")) {
+        expected = env;
+    } else {
+        const std::set<std::string> flags = cpuinfo_flags();
+        ASSERT_FALSE(flags.empty()) << "no flags line in /proc/cpuinfo";
+        for (CpuIsa isa : compiled_cpu_isas()) {
+            const auto needs = kIsaCpuinfoFlags.find(isa_name(isa));
+            ASSERT_NE(needs, kIsaCpuinfoFlags.end())
+                << "ISA " << isa_name(isa) << " of the table: add its cpuinfo flags to this test";
+            if (std::all_of(needs->second.begin(), needs->second.end(),
+                            [&](const std::string &f) { return flags.count(f) > 0; })) {
+                expected = isa_name(isa);
+                break;
+            }
+        }
+    }
+    EXPECT_EQ(isa_name(best_cpu_isa()), expected);
+    // Every ISA above the best is reported missing, and the best and the last run.
+    for (CpuIsa isa : compiled_cpu_isas()) {
+        if (isa == best_cpu_isa()) break;
+        EXPECT_FALSE(cpu_supports(isa)) << isa_name(isa);
+    }
+    EXPECT_TRUE(cpu_supports(best_cpu_isa()));
+    EXPECT_TRUE(cpu_supports(compiled_cpu_isas().back()));
 }
 
 // The variants agree with each other closely (each is within float32 rounding of float64).

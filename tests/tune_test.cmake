@@ -1,8 +1,9 @@
 # ctest script: the tuner (tools/bn2d_tune.cpp) on a tiny budget, interrupted and resumed, then
 # the kernel libraries' generator building kernels from the file it wrote.
 #   1. CPU: a run killed with SIGINT after a few seconds, then the same command again: it resumes
-#      from the journal (candidates replayed, budget counted from the first run) and finishes
-#      within the budget (+10%), writing a machine file with a header and tuned keys.
+#      from the journal (candidates replayed, budget counted from the first run), starts no
+#      candidate it expects to end past the budget (its own accounting; the wall clock is only
+#      reported) and writes a machine file with a header and tuned keys.
 #   2. OpenCL (PoCL) when BACKENDS has opencl: the GPU knobs, the same path as CUDA.
 #   3. The generator (bn2d_generators, as the build runs it) compiles every tuned kernel with
 #      that file on an AOT target of its backend: the file passes the build's key checks.
@@ -34,17 +35,22 @@ function(check_output backend out kernels)
     endif ()
 endfunction()
 
-# Elapsed seconds of the last run, from the tuner's own count ("done in N s of B s").
+# The budget as the tuner accounts for it: it started no search candidate that it expected to
+# end past the budget. The wall-clock time is reported, not asserted: the fixed phases (the
+# defaults' compile, the final run) take what the machine takes, and a slow or loaded machine
+# must not fail the test.
 function(check_budget backend log)
+    if (NOT log MATCHES "budget: ([0-9]+) search candidates started, ([0-9]+) expected to end past the budget")
+        message(FATAL_ERROR "${backend}: no budget accounting from the tuner:\n${log}")
+    endif ()
+    if (NOT CMAKE_MATCH_2 EQUAL 0)
+        message(FATAL_ERROR "${backend}: the tuner started ${CMAKE_MATCH_2} search candidates it "
+                            "expected to end past the ${budget} s budget:\n${log}")
+    endif ()
     if (NOT log MATCHES "done in ([0-9]+) s of ${budget} s")
         message(FATAL_ERROR "${backend}: the tuner did not finish:\n${log}")
     endif ()
-    if (CMAKE_MATCH_1 GREATER budget)
-        math(EXPR limit "${budget} * 11 / 10")
-        if (CMAKE_MATCH_1 GREATER limit)
-            message(FATAL_ERROR "${backend}: ${CMAKE_MATCH_1} s for a ${budget} s budget")
-        endif ()
-    endif ()
+    message(STATUS "${backend}: done in ${CMAKE_MATCH_1} s (wall clock) of a ${budget} s budget")
 endfunction()
 
 # generate(<backend> <params file> <kernel> <target>): the build's generator with that file.

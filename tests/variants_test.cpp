@@ -17,6 +17,8 @@ TEST(Variants, TableListsKernelsAndIsas) {
     // One ISA per CPU target, best first, and the last one runs on any x86-64 CPU.
     EXPECT_EQ(split(info.cpu_targets, ' ').size(), compiled_cpu_isas().size());
     EXPECT_TRUE(cpu_supports(compiled_cpu_isas().back()));
+    EXPECT_EQ(info.cpu_isa_best, isa_name(best_cpu_isa()));
+    EXPECT_TRUE(cpu_supports(isa_from_name(info.cpu_isa_best)));
 }
 
 TEST(Variants, VerboseNamesEveryKernelOfTheTable) {

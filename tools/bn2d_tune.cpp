@@ -191,8 +191,11 @@ Options parse_options(int argc, char **argv, const std::string &source_dir) {
     return o;
 }
 
-// "AMD EPYC" with 2 cores -> amd-epyc-2core.
-std::string cpu_machine_name() {
+// The machine a CPU tuning is for: the CPU model, its microarchitecture as Halide tunes for it
+// (the target's tune_<arch>, else its best ISA feature) and the core count, e.g. "AMD EPYC" on
+// Zen 4 with 2 cores -> amd-epyc-znver4-2core. Two CPUs of one model name (a cloud VM's "AMD
+// EPYC" is Zen 3 on one host, Zen 4 on another) must not share a file tuned for one of them.
+std::string cpu_machine_name(const Target &target) {
     std::ifstream in("/proc/cpuinfo");
     std::string line, model = "cpu";
     while (std::getline(in, line)) {
@@ -201,8 +204,18 @@ std::string cpu_machine_name() {
             break;
         }
     }
+    std::string arch;
+    std::istringstream features(target.to_string());
+    for (std::string f; std::getline(features, f, '-');)
+        if (f.rfind("tune_", 0) == 0) arch = f.substr(5);
+    if (arch.empty()) {
+        arch = target.has_feature(Target::AVX512) ? "avx512"
+               : target.has_feature(Target::AVX2) ? "avx2"
+               : target.has_feature(Target::SSE41) ? "sse41"
+                                                   : "x86-64";
+    }
     std::string name;
-    for (char ch : model) {
+    for (char ch : model + " " + arch) {
         if (std::isalnum(static_cast<unsigned char>(ch))) {
             name += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
         } else if (!name.empty() && name.back() != '-') {
@@ -814,6 +827,10 @@ private:
             note_trace(kr, it->second);
             return it->second;
         }
+        if (!precompiled) {  // a search candidate: did the plan start it within the budget?
+            ++searched_;
+            if (elapsed() + eval_cost(kr) > o_.budget_seconds) ++searched_past_budget_;
+        }
         const auto t0 = Clock::now();
         Eval e;
         Compiled compiled;
@@ -1052,6 +1069,9 @@ private:
     std::map<std::string, Eval> journal_;
     std::ofstream journal_out_;
     double prior_elapsed_ = 0;
+    // The budget's own accounting (tests check it; wall-clock time is only reported): search
+    // candidates started in this run, and those whose expected end was past the budget.
+    int searched_ = 0, searched_past_budget_ = 0;
     Clock::time_point start_ = Clock::now(), last_print_{};
     bool tty_ = isatty(2);
 
@@ -1177,6 +1197,7 @@ int Tuner::run() {
 
     // Phase 3: default, tuned and baselines measured interleaved, in one run.
     std::fprintf(stderr, "final measurement (%d reps, interleaved)...\n", final_reps);
+    const double final_start = elapsed();
     for (KernelRun &kr : runs) {
         Result r;
         r.kernel = kr.spec.name;
@@ -1223,9 +1244,16 @@ int Tuner::run() {
         }
         results_.push_back(std::move(r));
     }
+    const double final_seconds = elapsed() - final_start;
     write_outputs(baselines);
     std::remove((work_dir_ + "/candidate.params").c_str());
     rmdir(work_dir_.c_str());
+    // What the tuner decided is its to keep; how long the machine took for the fixed phases (the
+    // defaults' compile, the final run) is not, so it is reported, not promised.
+    std::fprintf(stderr,
+                 "budget: %d search candidates started, %d expected to end past the budget; "
+                 "final run %.0f s (reserved %.0f s)\n",
+                 searched_, searched_past_budget_, final_seconds, reserve);
     std::fprintf(stderr, "done in %.0f s of %.0f s: %s\n", elapsed(), o_.budget_seconds,
                  o_.out.c_str());
     return 0;
@@ -1367,7 +1395,7 @@ int main(int argc, char **argv) {
         if (o.backend == "opencl" &&
             std::find(o.dtypes.begin(), o.dtypes.end(), "f16") != o.dtypes.end())
             target = target.with_feature(Target::CLHalf);
-        if (o.machine.empty()) o.machine = o.backend == "cpu" ? cpu_machine_name() : o.backend + "-gpu";
+        if (o.machine.empty()) o.machine = o.backend == "cpu" ? cpu_machine_name(target) : o.backend + "-gpu";
         if (o.out.empty()) {  // the tree's machine file, and its report beside the others
             o.out = std::string(BN2D_SOURCE_DIR) + "/schedules/machines/" + o.machine + ".params";
             if (o.report.empty())

@@ -57,6 +57,7 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_
     if (num_features > INT32_MAX) fail("num_features too large");
     check_eps(o.eps);
     check_momentum(o.momentum);
+    detail::check_enums("BatchNorm2d", o.dtype, Device::CPU);
     s_->C = num_features;
     s_->dtype = o.dtype;
     s_->storage_dtype = detail::per_channel_dtype(o.dtype);

@@ -374,6 +374,11 @@ Header parse_header(std::ifstream &f) {
 }
 
 std::ifstream open_for_reading(const std::string &path) {
+    // A directory opens as an ifstream on Linux and then reads as garbage: say what it is.
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) throw Error(std::string("cannot open: ") + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) throw Error("is a directory, not a safetensors file");
+    if (!S_ISREG(st.st_mode)) throw Error("not a regular file (a device, pipe or socket)");
     std::ifstream f(path, std::ios::binary);
     if (!f) throw Error(std::string("cannot open: ") + std::strerror(errno));
     return f;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bn2d/errors.h"
@@ -82,6 +83,17 @@ void fold_into_conv(const BatchNorm2d &bn, const Tensor &conv_weight, const Tens
              dtype_name(conv_weight.dtype()));
     if (detail::overlaps(conv_weight, conv_bias))
         fail("conv_weight and conv_bias overlap in memory");
+    // Both are written; the module is read (and const): they must not be its storage.
+    const std::pair<const char *, Tensor> module_storage[] = {
+        {"weight()", bn.weight()},           {"bias()", bn.bias()},
+        {"running_mean()", bn.running_mean()}, {"running_var()", bn.running_var()},
+        {"weight_grad()", bn.weight_grad()}, {"bias_grad()", bn.bias_grad()}};
+    for (const auto &[name, view] : module_storage)
+        for (const auto &[conv_name, conv] : {std::pair{"conv_weight", &conv_weight},
+                                               std::pair{"conv_bias", &conv_bias}})
+            if (view.defined() && detail::overlaps(*conv, view))
+                fail(std::string(conv_name) + " overlaps the module's " + name +
+                     " in memory; folding writes the convolution, which must not alias the module");
 
     const StateDict state = bn.state_dict();  // host copies, also of a module on a GPU
     std::vector<double> scale(C), bias(C);

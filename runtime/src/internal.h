@@ -28,6 +28,8 @@ const char *layout_name(Layout l);
 halide_type_t element_type(DType t);
 // The type of per-channel values for a dtype: float64 for float64, else float32.
 DType per_channel_dtype(DType t);
+// Throws Error("<where>: unknown dtype N ...") for a DType or Device value outside its enum.
+void check_enums(const char *where, DType dtype, Device device);
 
 // The offsets in elements from data() of the lowest and highest element a view reaches (0, 0
 // when empty). Throws Error when a size product or the span in bytes overflows int64.

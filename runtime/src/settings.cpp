@@ -17,7 +17,7 @@ namespace {
 constexpr int kIsaCount = static_cast<int>(sizeof(detail::kCpuIsas) / sizeof(detail::kCpuIsas[0]));
 
 // Read on every kernel call, possibly from several threads.
-std::atomic<int> g_max_isa{0};  // index into kCpuIsas: 0 = best
+std::atomic<int> g_max_isa{-1};  // index into kCpuIsas of the ISA calls use; -1: not yet known
 std::atomic<bool> g_verbose{false};
 thread_local int g_last_isa = kIsaCount - 1;
 std::atomic<int> g_streaming{static_cast<int>(StreamingStores::automatic)};
@@ -56,6 +56,28 @@ int64_t last_level_cache_bytes() {
     return bytes;
 }
 
+// Whether this CPU runs each ISA of the table, checked once.
+const std::array<bool, kIsaCount> &supported_isas() {
+    static const auto supported = [] {
+        std::array<bool, kIsaCount> s{};
+        for (int i = 0; i < kIsaCount; ++i) s[i] = cpu_has(detail::kCpuIsas[i].features);
+        return s;
+    }();
+    return supported;
+}
+
+// The ISA a cap means: the best at or below it that this CPU runs (the last runs anywhere).
+int effective_isa(int cap) {
+    while (cap < kIsaCount - 1 && !supported_isas()[cap]) ++cap;
+    return cap;
+}
+
+// The ISA calls use: set by set_max_cpu_isa() or BN2D_MAX_CPU_ISA, else the best this CPU runs.
+int current_isa() {
+    const int isa = g_max_isa.load(std::memory_order_relaxed);
+    return isa >= 0 ? isa : effective_isa(0);
+}
+
 std::string isa_names() {
     std::string s;
     for (const auto &e : detail::kCpuIsas) s += (s.empty() ? "" : ", ") + std::string(e.name);
@@ -68,19 +90,16 @@ namespace detail {
 
 void init_settings_from_environment() {
     if (const char *env = std::getenv("BN2D_MAX_CPU_ISA"); env && *env) {
-        // An unknown or unsupported name must not make every call fail: warn once, ignore it.
+        // A cap, as ONEDNN_MAX_CPU_ISA: above what this CPU runs means the best it runs. An
+        // unknown name must not make every call fail: warn once, ignore it.
         int found = -1;
         for (int i = 0; i < kIsaCount; ++i)
             if (std::string(env) == kCpuIsas[i].name) found = i;
-        if (found < 0) {
+        if (found < 0)
             std::fprintf(stderr, "bn2d: ignoring BN2D_MAX_CPU_ISA=%s (expected one of %s)\n", env,
                          isa_names().c_str());
-        } else if (!cpu_has(kCpuIsas[found].features)) {
-            std::fprintf(stderr, "bn2d: ignoring BN2D_MAX_CPU_ISA=%s (this CPU cannot run it)\n",
-                         env);
-        } else {
-            g_max_isa = found;
-        }
+        else
+            g_max_isa = effective_isa(found);
     }
     if (const char *env = std::getenv("BN2D_STREAMING_STORES"); env && *env) {
         const std::string v = env;
@@ -95,9 +114,10 @@ void init_settings_from_environment() {
         g_verbose = true;
         const BuildInfo &b = build_info();
         std::fprintf(stderr,
-                     "bn2d_verbose,info,halide %s,schedule %s,cpu %s,cuda %s,opencl %s\n"
+                     "bn2d_verbose,info,halide %s,schedule %s,cpu %s,cpu isa %s,cuda %s,opencl %s\n"
                      "bn2d_verbose,info,format: exec,op,kernel,backend:isa,NxCxHxW,layout,dtype,ms\n",
                      b.halide_version.c_str(), b.schedule_machine.c_str(), b.cpu_targets.c_str(),
+                     isa_name(static_cast<CpuIsa>(current_isa())),
                      b.cuda_target.empty() ? "-" : b.cuda_target.c_str(),
                      b.opencl_target.empty() ? "-" : b.opencl_target.c_str());
     }
@@ -105,14 +125,7 @@ void init_settings_from_environment() {
 
 CpuIsa select_cpu_isa() {
     init_runtime();
-    // Feature checks are cached: each ISA is checked once.
-    static const auto supported = [] {
-        std::array<bool, kIsaCount> s{};
-        for (int i = 0; i < kIsaCount; ++i) s[i] = cpu_has(kCpuIsas[i].features);
-        return s;
-    }();
-    int isa = g_max_isa.load(std::memory_order_relaxed);
-    while (isa < kIsaCount - 1 && !supported[isa]) ++isa;  // the last one runs anywhere
+    const int isa = current_isa();
     g_last_isa = isa;
     return static_cast<CpuIsa>(isa);
 }
@@ -157,20 +170,23 @@ std::vector<CpuIsa> compiled_cpu_isas() {
 
 bool cpu_supports(CpuIsa isa) {
     const int i = static_cast<int>(isa);
-    return i >= 0 && i < kIsaCount && cpu_has(detail::kCpuIsas[i].features);
+    return i >= 0 && i < kIsaCount && supported_isas()[i];
 }
 
-void set_max_cpu_isa(CpuIsa isa) {
+CpuIsa best_cpu_isa() { return static_cast<CpuIsa>(effective_isa(0)); }
+
+void set_max_cpu_isa(CpuIsa cap) {
     detail::init_runtime();
-    if (!cpu_supports(isa))
-        throw Error(std::string("set_max_cpu_isa: this CPU cannot run the ") + isa_name(isa) +
-                    " variant");
-    g_max_isa = static_cast<int>(isa);
+    const int i = static_cast<int>(cap);
+    if (i < 0 || i >= kIsaCount)
+        throw Error("set_max_cpu_isa: unknown CPU ISA " + std::to_string(i) + " (expected one of " +
+                    isa_names() + ")");
+    g_max_isa = effective_isa(i);
 }
 
 CpuIsa max_cpu_isa() {
     detail::init_runtime();
-    return static_cast<CpuIsa>(g_max_isa.load());
+    return static_cast<CpuIsa>(current_isa());
 }
 
 CpuIsa last_cpu_isa_used() { return static_cast<CpuIsa>(g_last_isa); }
@@ -212,6 +228,7 @@ const BuildInfo &build_info() {
         b.schedule_machine = detail::kScheduleMachine;
         b.schedule_file = detail::kScheduleFile;
         b.cpu_targets = detail::kCpuTargets;
+        b.cpu_isa_best = isa_name(best_cpu_isa());
 #if BN2D_HAVE_GPU
         b.cuda_target = detail::kCudaTarget;
         b.opencl_target = detail::kOpenclTarget;

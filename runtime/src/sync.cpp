@@ -43,6 +43,32 @@ void copy_text(char (&dst)[N], const std::string &src) {
 
 std::string text(const char *s, size_t n) { return std::string(s, strnlen(s, n)); }
 
+// What is wrong with a communicator's rank and size ("" when nothing), for the error of the call
+// that met it.
+std::string group_error(const Communicator &comm) {
+    const int rank = comm.rank(), size = comm.size();
+    std::string what;
+    if (size < 1) what = "size " + std::to_string(size) + " (a group has at least 1 process)";
+    else if (rank < 0) what = "rank " + std::to_string(rank) + " (ranks start at 0)";
+    else if (rank >= size)
+        what = "rank " + std::to_string(rank) + ", not below its size " + std::to_string(size) +
+               " (ranks are 0 .. size - 1)";
+    return what.empty() ? "" : "the " + comm.name() + " communicator reports " + what;
+}
+
+// A collective of the application's communicator, its failure named with the call and the step
+// (the communicator's own message alone does not say which of ours it was in).
+template<typename F>
+void collective(const Communicator &comm, const char *call, const char *step, F &&f) {
+    try {
+        f();
+    } catch (const std::exception &e) {
+        fail(std::string(call) + ": the " + comm.name() + " communicator's " + step +
+             " failed on rank " + std::to_string(comm.rank()) + " of " +
+             std::to_string(comm.size()) + ": " + e.what());
+    }
+}
+
 // Phase 2: every process learns every other's status. Returns the group's total count.
 int64_t agree(Communicator &comm, const char *call, int64_t C, int64_t count,
               const std::string &error) {
@@ -54,7 +80,8 @@ int64_t agree(Communicator &comm, const char *call, int64_t C, int64_t count,
     copy_text(mine.message, error);
     const int P = comm.size();
     std::vector<Status> all(static_cast<size_t>(P));
-    comm.all_gather_bytes(&mine, all.data(), sizeof(Status));
+    collective(comm, call, "all_gather_bytes (every process's status)",
+               [&] { comm.all_gather_bytes(&mine, all.data(), sizeof(Status)); });
 
     const std::string here = text(mine.call, sizeof mine.call);
     for (int r = 0; r < P; ++r) {
@@ -120,14 +147,15 @@ void zero(Buf &b, Device module) {
     detail::sync_to_device(b, module, "clearing statistics on the device");
 }
 
+void check_communicator(const char *call, const Communicator *comm) {
+    if (!comm) fail(std::string(call) + ": the communicator is null");
+    if (const std::string e = group_error(*comm); !e.empty()) fail(std::string(call) + ": " + e);
+}
+
 }  // namespace
 
 void BatchNorm2d::set_communicator(std::shared_ptr<Communicator> communicator) {
-    if (!communicator) fail("the communicator is null");
-    if (communicator->size() < 1 || communicator->rank() < 0 ||
-        communicator->rank() >= communicator->size())
-        fail("communicator " + communicator->name() + ": rank " +
-             std::to_string(communicator->rank()) + " of " + std::to_string(communicator->size()));
+    check_communicator("constructor", communicator.get());
     s_->comm = std::move(communicator);
     s_->forward_synced = false;
 }
@@ -144,7 +172,7 @@ SyncBatchNorm2d::SyncBatchNorm2d(BatchNorm2d &&module) : BatchNorm2d(std::move(m
 
 SyncBatchNorm2d SyncBatchNorm2d::convert(BatchNorm2d &&module,
                                          std::shared_ptr<Communicator> communicator) {
-    if (!communicator) fail("the communicator is null");  // before the module is moved from
+    check_communicator("convert", communicator.get());  // before the module is moved from
     SyncBatchNorm2d synced(std::move(module));
     synced.set_communicator(std::move(communicator));
     return synced;
@@ -155,6 +183,7 @@ Communicator &SyncBatchNorm2d::communicator() const { return *communicator_ptr()
 void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out) {
     State &s = *s_;
     Communicator &comm = *s.comm;
+    check_communicator("forward", &comm);  // its rank and size may have changed since
     const size_t C = static_cast<size_t>(s.C);
     // 1. This process's {count, mean, M2} per channel (zeros for an empty batch: the merge
     // skips a count of 0).
@@ -192,7 +221,9 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
         return;
     }
     // 3. Every process merges the same values in the same order: the same statistics.
-    comm.all_gather(partial, exchange_address(s.gathered, s.device, comm, false), 3 * C);
+    double *gathered = exchange_address(s.gathered, s.device, comm, false);
+    collective(comm, "forward", "all_gather (every process's count, mean and M2)",
+               [&] { comm.all_gather(partial, gathered, 3 * C); });
     upload(s.gathered, s.device, comm);
     try {
         const Tensor per_channel_type(nullptr, detail::per_channel_dtype(x.dtype()),
@@ -222,6 +253,7 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
                                 const Tensor *grad_residual, BackwardMask mask) {
     State &s = *s_;
     Communicator &comm = *s.comm;
+    check_communicator("backward", &comm);
     const size_t C = static_cast<size_t>(s.C);
     // 1. This process's parameter gradients (its own, as in PyTorch) and its sums.
     std::optional<BackwardPlan> plan;
@@ -255,7 +287,8 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
     if (C == 0) return;
     // 3. grad_input from the group's sums.
     Buf &g = s.grad_sums;
-    comm.all_reduce_sum(sums, 2 * C);
+    collective(comm, "backward", "all_reduce_sum (the gradient sums)",
+               [&] { comm.all_reduce_sum(sums, 2 * C); });
     upload(g, s.device, comm);
     try {
         if (plan->run) {

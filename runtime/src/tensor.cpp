@@ -113,6 +113,7 @@ void check_rank(const std::vector<int64_t> &sizes, const std::vector<int64_t> &s
 
 Tensor::Tensor(float *data, std::vector<int64_t> sizes, std::vector<int64_t> strides, Device device)
     : data_(data), sizes_(std::move(sizes)), strides_(std::move(strides)), device_(device) {
+    detail::check_enums("Tensor", DType::float32, device);
     check_rank(sizes_, strides_);
 }
 
@@ -120,6 +121,7 @@ Tensor::Tensor(void *data, DType dtype, std::vector<int64_t> sizes, std::vector<
                Device device)
     : data_(data), sizes_(std::move(sizes)), strides_(std::move(strides)), device_(device),
       dtype_(dtype) {
+    detail::check_enums("Tensor", dtype, device);
     if (strides_.empty()) strides_ = contiguous_strides(sizes_);
     check_rank(sizes_, strides_);
 }
@@ -164,6 +166,18 @@ int64_t Tensor::numel() const {
 std::string Tensor::shape_string() const { return shape_of(sizes_); }
 
 namespace detail {
+
+// An enum value cast from an integer that names none of its members is refused where it enters
+// (a module or a tensor), not reported later as "?".
+void check_enums(const char *where, DType dtype, Device device) {
+    if (static_cast<unsigned>(dtype) > static_cast<unsigned>(DType::float64))
+        throw Error(std::string(where) + ": unknown dtype " +
+                    std::to_string(static_cast<int>(dtype)) +
+                    " (DType::float32, bfloat16, float16 or float64)");
+    if (static_cast<unsigned>(device) > static_cast<unsigned>(Device::OpenCL))
+        throw Error(std::string(where) + ": unknown device " +
+                    std::to_string(static_cast<int>(device)) + " (Device::CPU, Cuda or OpenCL)");
+}
 
 ElementSpan element_span(const Tensor &t) {
     ElementSpan span;

@@ -13,12 +13,19 @@ namespace bn2d {
 // CpuIsa lists the ISA variants compiled into every CPU kernel library, best first. The best
 // one this CPU supports runs, unless capped by set_max_cpu_isa() or the environment
 // (BN2D_MAX_CPU_ISA=<name>, read at the first call).
+//
+// The cap is a cap, as ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY: calls run the best ISA at or
+// below it that this CPU supports, so a cap above the CPU's best (avx512 on an AVX2-only CPU)
+// is accepted and means that best. max_cpu_isa() reports the ISA calls will use, never more
+// than the CPU runs, and set_max_cpu_isa(max_cpu_isa()) always restores it. To know whether an
+// exact ISA can run, ask cpu_supports().
 const char *isa_name(CpuIsa isa);
 CpuIsa isa_from_name(const std::string &name);  // throws Error on an unknown name
 std::vector<CpuIsa> compiled_cpu_isas();        // all variants, best first
 bool cpu_supports(CpuIsa isa);                  // this CPU can run the variant
-void set_max_cpu_isa(CpuIsa isa);               // throws Error if this CPU cannot run it
-CpuIsa max_cpu_isa();
+CpuIsa best_cpu_isa();                          // the best variant this CPU can run
+void set_max_cpu_isa(CpuIsa cap);  // throws Error only on a value that is no CpuIsa
+CpuIsa max_cpu_isa();              // the variant calls use now (the cap as this CPU meets it)
 CpuIsa last_cpu_isa_used();  // the variant that ran on this thread's last CPU call
 
 // ---- threads ----
@@ -65,6 +72,7 @@ struct BuildInfo {
     std::string schedule_machine;  // schedules/machines/<machine>.params
     std::string schedule_file;
     std::string cpu_targets;       // Halide targets of the CPU libraries, best first
+    std::string cpu_isa_best;      // the best of them this CPU runs (calls use it unless capped)
     std::string cuda_target, opencl_target;  // empty when built without GPU support
     std::vector<std::string> kernels;         // <kernel>_<dtype>_<layout>, from the variant table
     std::vector<std::string> streaming_kernels;  // those also built with streaming stores,
