@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +23,8 @@
 #include <optional>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "bn2d/errors.h"
 #include "internal.h"
 
@@ -32,177 +33,34 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 
-// ---- A JSON reader for the header: objects, arrays, strings, numbers, true/false/null. ------
+// ---- The header's JSON: nlohmann::json (Debian's nlohmann-json3-dev), in file order ---------
 
-struct Json {
-    enum class Kind { Object, Array, String, Number, Literal } kind = Kind::Literal;
-    std::string text;  // String: the decoded value; Number and Literal: the token
-    std::vector<std::pair<std::string, Json>> members;  // Object, in file order
-    std::vector<Json> items;                            // Array
-};
+using Json = nlohmann::ordered_json;
 
-class JsonReader {
-public:
-    explicit JsonReader(const std::string &s) : s_(s) {}
-
-    Json document() {
-        Json v = value(0);
-        skip_space();
-        if (pos_ != s_.size()) fail("unexpected characters after the header object");
-        return v;
+// Parses the header, refusing what the format's reference reader refuses beyond JSON itself: a
+// key twice in one object, and nesting deeper than any header needs (a hostile file must not
+// exhaust the stack).
+Json parse_json(const std::string &text) {
+    std::vector<std::set<std::string>> keys;  // of each open object
+    auto check = [&](int depth, Json::parse_event_t event, Json &parsed) {
+        if (depth > 32) throw Error("header JSON: nested too deeply");
+        if (event == Json::parse_event_t::object_start) keys.emplace_back();
+        if (event == Json::parse_event_t::object_end) keys.pop_back();
+        if (event == Json::parse_event_t::key && !keys.back().insert(parsed.get<std::string>()).second)
+            throw Error("key \"" + parsed.get<std::string>() + "\" appears twice");
+        return true;
+    };
+    try {
+        return Json::parse(text, check);
+    } catch (const Json::exception &e) {
+        throw Error(std::string("header JSON: ") + e.what());
     }
-
-private:
-    [[noreturn]] void fail(const std::string &why) const {
-        throw Error("header JSON at byte " + std::to_string(pos_) + ": " + why);
-    }
-    void skip_space() {
-        while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' ||
-                                    s_[pos_] == '\r'))
-            ++pos_;
-    }
-    char peek() {
-        skip_space();
-        if (pos_ >= s_.size()) fail("ends early");
-        return s_[pos_];
-    }
-    void expect(char c) {
-        if (peek() != c) fail(std::string("expected '") + c + "'");
-        ++pos_;
-    }
-
-    Json value(int depth) {
-        if (depth > 32) fail("nested too deeply");
-        const char c = peek();
-        Json v;
-        if (c == '{') {
-            v.kind = Json::Kind::Object;
-            ++pos_;
-            if (peek() == '}') { ++pos_; return v; }
-            while (true) {
-                if (peek() != '"') fail("expected a string key");
-                std::string key = string();
-                expect(':');
-                v.members.emplace_back(std::move(key), value(depth + 1));
-                if (peek() == ',') { ++pos_; continue; }
-                expect('}');
-                return v;
-            }
-        }
-        if (c == '[') {
-            v.kind = Json::Kind::Array;
-            ++pos_;
-            if (peek() == ']') { ++pos_; return v; }
-            while (true) {
-                v.items.push_back(value(depth + 1));
-                if (peek() == ',') { ++pos_; continue; }
-                expect(']');
-                return v;
-            }
-        }
-        if (c == '"') {
-            v.kind = Json::Kind::String;
-            v.text = string();
-            return v;
-        }
-        const size_t start = pos_;
-        while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
-                                    s_[pos_] == '-' || s_[pos_] == '+' || s_[pos_] == '.'))
-            ++pos_;
-        v.text = s_.substr(start, pos_ - start);
-        if (v.text.empty()) fail(std::string("unexpected character '") + c + "'");
-        v.kind = (v.text == "true" || v.text == "false" || v.text == "null") ? Json::Kind::Literal
-                                                                             : Json::Kind::Number;
-        return v;
-    }
-
-    unsigned hex4() {
-        if (pos_ + 4 > s_.size()) fail("truncated \\u escape");
-        unsigned u = 0;
-        for (int i = 0; i < 4; ++i) {
-            const char h = s_[pos_++];
-            u <<= 4;
-            if (h >= '0' && h <= '9') u |= unsigned(h - '0');
-            else if (h >= 'a' && h <= 'f') u |= unsigned(h - 'a' + 10);
-            else if (h >= 'A' && h <= 'F') u |= unsigned(h - 'A' + 10);
-            else fail("bad \\u escape");
-        }
-        return u;
-    }
-
-    static void append_utf8(std::string &out, unsigned cp) {
-        if (cp < 0x80) {
-            out += char(cp);
-        } else if (cp < 0x800) {
-            out += char(0xc0 | (cp >> 6));
-            out += char(0x80 | (cp & 0x3f));
-        } else if (cp < 0x10000) {
-            out += char(0xe0 | (cp >> 12));
-            out += char(0x80 | ((cp >> 6) & 0x3f));
-            out += char(0x80 | (cp & 0x3f));
-        } else {
-            out += char(0xf0 | (cp >> 18));
-            out += char(0x80 | ((cp >> 12) & 0x3f));
-            out += char(0x80 | ((cp >> 6) & 0x3f));
-            out += char(0x80 | (cp & 0x3f));
-        }
-    }
-
-    std::string string() {
-        expect('"');
-        std::string out;
-        while (true) {
-            if (pos_ >= s_.size()) fail("unterminated string");
-            const char c = s_[pos_++];
-            if (c == '"') return out;
-            if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
-            if (c != '\\') { out += c; continue; }
-            if (pos_ >= s_.size()) fail("unterminated string");
-            const char e = s_[pos_++];
-            switch (e) {
-                case '"': out += '"'; break;
-                case '\\': out += '\\'; break;
-                case '/': out += '/'; break;
-                case 'b': out += '\b'; break;
-                case 'f': out += '\f'; break;
-                case 'n': out += '\n'; break;
-                case 'r': out += '\r'; break;
-                case 't': out += '\t'; break;
-                case 'u': {
-                    unsigned cp = hex4();
-                    if (cp >= 0xd800 && cp < 0xdc00) {  // a surrogate pair
-                        if (pos_ + 2 > s_.size() || s_[pos_] != '\\' || s_[pos_ + 1] != 'u')
-                            fail("unpaired surrogate");
-                        pos_ += 2;
-                        const unsigned lo = hex4();
-                        if (lo < 0xdc00 || lo >= 0xe000) fail("unpaired surrogate");
-                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                    } else if (cp >= 0xdc00 && cp < 0xe000) {
-                        fail("unpaired surrogate");
-                    }
-                    append_utf8(out, cp);
-                    break;
-                }
-                default: fail(std::string("bad escape \\") + e);
-            }
-        }
-    }
-
-    const std::string &s_;
-    size_t pos_ = 0;
-};
+}
 
 uint64_t json_uint(const Json &v, const std::string &what) {
-    if (v.kind != Json::Kind::Number || v.text.empty() ||
-        !std::all_of(v.text.begin(), v.text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-        (v.text.size() > 1 && v.text[0] == '0'))  // JSON has no leading zeros
-        throw Error(what + " must be a non-negative integer, got " +
-                    (v.kind == Json::Kind::String ? '"' + v.text + '"' : v.text));
-    uint64_t n = 0;
-    for (char c : v.text)
-        if (__builtin_mul_overflow(n, uint64_t(10), &n) || __builtin_add_overflow(n, uint64_t(c - '0'), &n))
-            throw Error(what + " does not fit in 64 bits: " + v.text);
-    return n;
+    if (!v.is_number_unsigned())
+        throw Error(what + " must be a non-negative integer, got " + v.dump());
+    return v.get<uint64_t>();
 }
 
 // Whether s is well-formed UTF-8 (the format requires it of the header): no overlong forms, no
@@ -293,44 +151,42 @@ Header parse_header(std::ifstream &f) {
     if (text.empty() || text[0] != '{') throw Error("the header is not a JSON object");
     if (!valid_utf8(text)) throw Error("the header is not valid UTF-8");
 
-    Json doc = JsonReader(text).document();
-    if (doc.kind != Json::Kind::Object) throw Error("the header is not a JSON object");
+    const Json doc = parse_json(text);
+    if (!doc.is_object()) throw Error("the header is not a JSON object");
     Header h;
     h.data_start = 8 + n;
     const uint64_t data_bytes = file_size - h.data_start;
-    std::set<std::string> seen;
-    for (const auto &[name, v] : doc.members) {
-        if (!seen.insert(name).second) throw Error("key \"" + name + "\" appears twice");
+    for (const auto &[name, v] : doc.items()) {
         if (name == "__metadata__") {
-            if (v.kind != Json::Kind::Object) throw Error("__metadata__ is not an object");
-            for (const auto &[k, m] : v.members)
-                if (m.kind != Json::Kind::String)
+            if (!v.is_object()) throw Error("__metadata__ is not an object");
+            for (const auto &[k, m] : v.items())
+                if (!m.is_string())
                     throw Error("__metadata__ value of \"" + k + "\" is not a string");
             continue;
         }
         const std::string where = "tensor \"" + name + "\": ";
-        if (v.kind != Json::Kind::Object) throw Error(where + "not an object");
+        if (!v.is_object()) throw Error(where + "not an object");
         SafetensorsEntry e;
         e.name = name;
         bool has_dtype = false, has_shape = false, has_offsets = false;
-        for (const auto &[field, fv] : v.members) {
+        for (const auto &[field, fv] : v.items()) {
             if (field == "dtype") {
-                if (fv.kind != Json::Kind::String) throw Error(where + "dtype is not a string");
-                e.dtype = fv.text;
+                if (!fv.is_string()) throw Error(where + "dtype is not a string");
+                e.dtype = fv.get<std::string>();
                 has_dtype = true;
             } else if (field == "shape") {
-                if (fv.kind != Json::Kind::Array) throw Error(where + "shape is not an array");
-                for (const Json &d : fv.items) {
+                if (!fv.is_array()) throw Error(where + "shape is not an array");
+                for (const Json &d : fv) {
                     const uint64_t s = json_uint(d, where + "shape entry");
                     if (s > uint64_t(INT64_MAX)) throw Error(where + "shape entry too large");
                     e.shape.push_back(static_cast<int64_t>(s));
                 }
                 has_shape = true;
             } else if (field == "data_offsets") {
-                if (fv.kind != Json::Kind::Array || fv.items.size() != 2)
+                if (!fv.is_array() || fv.size() != 2)
                     throw Error(where + "data_offsets is not [begin, end]");
-                e.begin = json_uint(fv.items[0], where + "data_offsets[0]");
-                e.end = json_uint(fv.items[1], where + "data_offsets[1]");
+                e.begin = json_uint(fv[0], where + "data_offsets[0]");
+                e.end = json_uint(fv[1], where + "data_offsets[1]");
                 has_offsets = true;
             } else {
                 throw Error(where + "unknown field \"" + field + "\"");
