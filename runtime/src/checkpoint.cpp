@@ -50,6 +50,10 @@ Json parse_json(const std::string &text) {
             throw Error("key \"" + parsed.get<std::string>() + "\" appears twice");
         return true;
     };
+    // nlohmann's reader takes a NUL byte for the end of its input (and would ignore the rest);
+    // JSON text has none outside strings, where it would be an unescaped control character.
+    if (text.find('\0') != std::string::npos)
+        throw Error("header JSON: a NUL byte at byte " + std::to_string(text.find('\0')));
     try {
         return Json::parse(text, check);
     } catch (const Json::exception &e) {
