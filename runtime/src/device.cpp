@@ -46,8 +46,9 @@ DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtyp
     impl_->buf = detail::HalideBuffer(detail::element_type(dtype),
                                       static_cast<int>(std::max<int64_t>(n, 1)));
     if (device != Device::CPU) {
-        detail::check_halide(impl_->buf.device_malloc(detail::device_interface(device)),
-                             (std::string("allocating on ") + device_name(device)).c_str());
+        detail::halide_call(std::string("allocating on ") + device_name(device), [&](void *uc) {
+            return impl_->buf.device_malloc(detail::device_interface(device), uc);
+        });
     }
 }
 DeviceBuffer::~DeviceBuffer() = default;
@@ -132,23 +133,10 @@ const Availability &availability(Device d) {
     return it->second;
 }
 
-void *g_cu_context = nullptr;
-void *g_cu_stream = nullptr;
-#if BN2D_HAVE_GPU
-halide_cuda_acquire_context_t g_default_acquire = nullptr;
-halide_cuda_release_context_t g_default_release = nullptr;
-halide_cuda_get_stream_t g_default_stream = nullptr;
-
-int app_acquire(void *, void **ctx, bool) {
-    *ctx = g_cu_context;
-    return 0;
-}
-int app_release(void *) { return 0; }
-int app_stream(void *, void *, void **stream) {
-    *stream = g_cu_stream;
-    return 0;
-}
-#endif
+// use_cuda_context: this thread's choice, read by every Halide call the thread makes
+// (detail::HalideCall), as PyTorch's current stream is per thread.
+thread_local void *t_cu_context = nullptr;
+thread_local void *t_cu_stream = nullptr;
 }  // namespace
 
 bool device_available(Device d) { return availability(d).ok; }
@@ -156,27 +144,9 @@ std::string device_unavailable_reason(Device d) { return availability(d).reason;
 
 void use_cuda_context(void *cu_context, void *cu_stream) {
 #if BN2D_HAVE_GPU
-    detail::init_runtime();
-    static std::once_flag once;
-    std::call_once(once, [] {
-        g_default_acquire = halide_set_cuda_acquire_context(nullptr);
-        halide_set_cuda_acquire_context(g_default_acquire);
-        g_default_release = halide_set_cuda_release_context(nullptr);
-        halide_set_cuda_release_context(g_default_release);
-        g_default_stream = halide_set_cuda_get_stream(nullptr);
-        halide_set_cuda_get_stream(g_default_stream);
-    });
-    g_cu_context = cu_context;
-    g_cu_stream = cu_stream;
-    if (cu_context) {
-        halide_set_cuda_acquire_context(app_acquire);
-        halide_set_cuda_release_context(app_release);
-        halide_set_cuda_get_stream(app_stream);
-    } else {
-        halide_set_cuda_acquire_context(g_default_acquire);
-        halide_set_cuda_release_context(g_default_release);
-        halide_set_cuda_get_stream(g_default_stream);
-    }
+    detail::init_runtime();  // installs the hooks that read it
+    t_cu_context = cu_context;
+    t_cu_stream = cu_context ? cu_stream : nullptr;
 #else
     (void)cu_context;
     (void)cu_stream;
@@ -184,11 +154,19 @@ void use_cuda_context(void *cu_context, void *cu_stream) {
 #endif
 }
 
+namespace detail {
+void thread_cuda_context(void **cu_context, void **cu_stream) {
+    *cu_context = t_cu_context;
+    *cu_stream = t_cu_stream;
+}
+}  // namespace detail
+
 void device_synchronize(Device d) {
     if (d == Device::CPU) return;
     detail::init_runtime();
-    detail::check_halide(halide_device_sync_global(nullptr, detail::device_interface(d)),
-                         "device_synchronize");
+    detail::halide_call("device_synchronize", [&](void *uc) {
+        return halide_device_sync_global(uc, detail::device_interface(d));
+    });
 }
 
 }  // namespace bn2d

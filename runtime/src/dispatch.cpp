@@ -96,21 +96,22 @@ void call_with(const Call &c, bool streamed, const char *op,
                     dtype_name(c.x.dtype()) + " " + layout_name(c.layout) +
                     " tensors in this build (generators/variants.cmake)");
     if (c.device == Device::CPU) set_last_call_streamed(streamed);
+    HalideCall call;  // the kernel's user_context: its error message, its CUDA stream
     auto check = [&](int rc) {
         if (rc == 0) return;
         std::string what = std::string(op) + " (" + device_name(c.device) + ")";
         if (c.device == Device::OpenCL && c.x.dtype() == DType::float16)
             what += ": float16 kernels need the OpenCL device's cl_khr_fp16 extension";
-        check_halide(rc, what);
+        call.check(rc, what);
     };
     if (!verbose()) {
-        check(fn(args...));
+        check(fn(call.user_context(), args...));
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    int rc = fn(args...);
+    int rc = fn(call.user_context(), args...);
     if (rc == 0 && c.device != Device::CPU)
-        rc = halide_device_sync_global(nullptr, device_interface(c.device));
+        rc = halide_device_sync_global(call.user_context(), device_interface(c.device));
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const Tensor &x = c.x;

@@ -3,6 +3,8 @@
 #include <climits>
 #include <cstdlib>
 #include <mutex>
+#include <cstdio>
+#include <unordered_set>
 
 #include "HalideRuntimeCuda.h"
 #include "HalideRuntimeOpenCL.h"
@@ -11,21 +13,67 @@
 namespace bn2d::detail {
 namespace {
 
-// Halide's default handler aborts the process. Ours keeps the message for the calling thread;
-// check_halide() turns it into an exception when the kernel returns its error code.
-// A kernel error raised inside a parallel task is reported on a worker thread, so the last
-// message is also kept process-wide as a fallback for the calling thread.
-thread_local std::string g_last_halide_error;
-std::mutex g_any_error_mutex;
-std::string g_any_halide_error;
+// Halide's default handler aborts the process. Ours hands the message to the HalideCall whose
+// user_context came with it (from whichever thread reported it). Halide calls made without one
+// return no code anybody could check (a buffer's destructor freeing device memory), and an
+// application's own pipelines sharing this runtime pass user_contexts of their own: their
+// messages go to stderr.
 
-void capture_error(void *, const char *msg) {
+// The live HalideCalls: the handler checks a user_context is one of ours before using it.
+std::mutex g_calls_mutex;
+std::unordered_set<const void *> g_calls;
+
+std::string trimmed(const char *msg) {
     std::string m = msg ? msg : "";
     while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-    g_last_halide_error = m;
-    std::lock_guard<std::mutex> lock(g_any_error_mutex);
-    g_any_halide_error = m;
+    return m;
 }
+
+void capture_error(void *user_context, const char *msg) {
+    if (HalideCall *call = HalideCall::from(user_context)) call->record_error(trimmed(msg));
+    else std::fprintf(stderr, "bn2d: Halide error outside a bn2d call: %s\n", trimmed(msg).c_str());
+}
+
+#if BN2D_HAVE_GPU
+// CUDA: each call runs in the context and stream its thread chose (use_cuda_context), else in
+// Halide's own (the defaults, kept when the hooks are installed).
+halide_cuda_acquire_context_t g_default_acquire = nullptr;
+halide_cuda_release_context_t g_default_release = nullptr;
+halide_cuda_get_stream_t g_default_stream = nullptr;
+
+void app_cuda_context(void *user_context, void **cu_context, void **cu_stream) {
+    if (const HalideCall *call = HalideCall::from(user_context)) {
+        *cu_context = call->cu_context;
+        *cu_stream = call->cu_stream;
+    } else {
+        thread_cuda_context(cu_context, cu_stream);
+    }
+}
+int acquire_context(void *user_context, void **ctx, bool create) {
+    void *app_ctx, *app_stream;
+    app_cuda_context(user_context, &app_ctx, &app_stream);
+    if (!app_ctx) return g_default_acquire(user_context, ctx, create);
+    *ctx = app_ctx;
+    return 0;
+}
+int release_context(void *user_context) {
+    void *app_ctx, *app_stream;
+    app_cuda_context(user_context, &app_ctx, &app_stream);
+    return app_ctx ? 0 : g_default_release(user_context);
+}
+int get_stream(void *user_context, void *ctx, void **stream) {
+    void *app_ctx, *app_stream;
+    app_cuda_context(user_context, &app_ctx, &app_stream);
+    if (!app_ctx) return g_default_stream(user_context, ctx, stream);
+    *stream = app_stream;
+    return 0;
+}
+void install_cuda_hooks() {
+    g_default_acquire = halide_set_cuda_acquire_context(acquire_context);
+    g_default_release = halide_set_cuda_release_context(release_context);
+    g_default_stream = halide_set_cuda_get_stream(get_stream);
+}
+#endif
 
 // Halide buffers hold extents and strides in 32 bits, with large_buffers kernels too: a
 // tensor whose single dimension reaches 2^31 (a stride of 2^31 elements: one image or plane
@@ -43,17 +91,42 @@ void init_runtime() {
     static std::once_flag once;
     std::call_once(once, [] {
         halide_set_error_handler(capture_error);
+#if BN2D_HAVE_GPU
+        install_cuda_hooks();
+#endif
         init_settings_from_environment();
     });
 }
 
-void check_halide(int rc, const std::string &what) {
+HalideCall::HalideCall() {
+    init_runtime();
+    thread_cuda_context(&cu_context, &cu_stream);
+    std::lock_guard<std::mutex> lock(g_calls_mutex);
+    g_calls.insert(this);
+}
+
+HalideCall::~HalideCall() {
+    std::lock_guard<std::mutex> lock(g_calls_mutex);
+    g_calls.erase(this);
+}
+
+HalideCall *HalideCall::from(void *user_context) {
+    if (!user_context) return nullptr;
+    std::lock_guard<std::mutex> lock(g_calls_mutex);
+    return g_calls.count(user_context) ? static_cast<HalideCall *>(user_context) : nullptr;
+}
+
+void HalideCall::record_error(const std::string &message) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (error_.empty()) error_ = message;
+}
+
+void HalideCall::check(int rc, const std::string &what) {
     if (rc == 0) return;
-    std::string msg = g_last_halide_error;
-    g_last_halide_error.clear();
-    if (msg.empty()) {
-        std::lock_guard<std::mutex> lock(g_any_error_mutex);
-        msg = g_any_halide_error;
+    std::string msg;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        msg = error_;
     }
     if (msg.empty()) msg = "Halide error code " + std::to_string(rc);
     throw Error(what + ": " + msg);
@@ -164,8 +237,9 @@ HalideBuffer tensor_buffer(const Tensor &t, Layout layout, bool fuse) {
                    dims);
     if (t.device() != Device::CPU) {
         // A device tensor: wrap the caller's pointer, zero copy; detached with the buffer.
-        check_halide(b.device_wrap_native(device_interface(t.device()), t.device_handle()),
-                     "wrapping a device pointer");
+        halide_call("wrapping a device pointer", [&](void *uc) {
+            return b.device_wrap_native(device_interface(t.device()), t.device_handle(), uc);
+        });
     }
     return b;
 }
@@ -197,14 +271,14 @@ uint64_t app_device_handle(HalideBuffer &b, Device d) {
 void sync_to_device(HalideBuffer &b, Device d, const char *what) {
     if (d == Device::CPU || b.number_of_elements() == 0) return;
     b.set_host_dirty();
-    check_halide(b.copy_to_device(device_interface(d)), what);
+    halide_call(what, [&](void *uc) { return b.copy_to_device(device_interface(d), uc); });
 }
 
 void sync_to_host(HalideBuffer &b, Device d, const char *what) {
     if (d == Device::CPU || b.number_of_elements() == 0) return;
     b.set_host_dirty(false);
     b.set_device_dirty();
-    check_halide(b.copy_to_host(), what);
+    halide_call(what, [&](void *uc) { return b.copy_to_host(uc); });
 }
 
 }  // namespace bn2d::detail

@@ -1,6 +1,7 @@
 // Internals of the module: Halide buffers over Tensors, error capture, kernel dispatch.
 #pragma once
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -48,10 +49,46 @@ bool self_overlaps(const Tensor &t);
 bool overlaps(const Tensor &a, const Tensor &b);
 
 // ---- Halide glue (halide_glue.cpp) ----
-// Installs the error handler once and reads the environment (BN2D_MAX_CPU_ISA, BN2D_VERBOSE).
+// Installs the error handler and the CUDA context hooks once, and reads the environment
+// (BN2D_MAX_CPU_ISA, BN2D_VERBOSE, ...).
 void init_runtime();
-// Throws Error("<what>: <Halide's message>") if rc is a Halide error code.
-void check_halide(int rc, const std::string &what);
+
+// One call into Halide (a kernel, a copy, an allocation), passed as its user_context: the
+// kernels are built with Halide's user_context feature, and Halide hands the pointer to the
+// error handler, also from the worker threads of a parallel kernel, and to the CUDA context and
+// stream hooks. So an error reaches the call that raised it, whatever thread reported it, and a
+// call runs in the CUDA context and stream its thread chose (bn2d::use_cuda_context), with no
+// process-wide state in between.
+class HalideCall {
+public:
+    HalideCall();
+    ~HalideCall();
+    HalideCall(const HalideCall &) = delete;
+    HalideCall &operator=(const HalideCall &) = delete;
+    void *user_context() { return this; }
+    // Throws Error("<what>: <Halide's message for this call>") if rc is a Halide error code.
+    void check(int rc, const std::string &what);
+    // The error handler's side: keeps the first message of this call.
+    void record_error(const std::string &message);
+    // The calling thread's CUDA context and stream when the call was made (null: Halide's own).
+    void *cu_context = nullptr, *cu_stream = nullptr;
+    // Whether `user_context` is a live HalideCall (an application's pipelines may share this
+    // Halide runtime and pass pointers of their own).
+    static HalideCall *from(void *user_context);
+
+private:
+    std::mutex mutex_;
+    std::string error_;
+};
+// Runs f(user_context) as one HalideCall and checks its result:
+//   halide_call("copying to the device", [&](void *uc) { return b.copy_to_device(iface, uc); });
+template<typename F>
+void halide_call(const std::string &what, F &&f) {
+    HalideCall call;
+    call.check(f(call.user_context()), what);
+}
+// This thread's CUDA context and stream for calls it makes (bn2d::use_cuda_context).
+void thread_cuda_context(void **cu_context, void **cu_stream);
 // The Halide device interface of a device; nullptr for the CPU. Throws if not compiled in.
 const halide_device_interface_t *device_interface(Device d);
 

@@ -156,8 +156,9 @@ struct BatchNorm2d::State {
             return;
         }
         src.set_device_dirty();
-        detail::check_halide(halide_buffer_copy(nullptr, src.raw_buffer(), iface(), dst.raw_buffer()),
-                             "committing module state on the device");
+        detail::halide_call("committing module state on the device", [&](void *uc) {
+            return halide_buffer_copy(uc, src.raw_buffer(), iface(), dst.raw_buffer());
+        });
         dst.set_host_dirty(false);
         dst.set_device_dirty();
     }

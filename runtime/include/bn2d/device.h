@@ -14,8 +14,10 @@ namespace bn2d {
 bool device_available(Device device);
 // Why device_available() is false ("" if it is true).
 std::string device_unavailable_reason(Device device);
-// Run CUDA kernels in the application's context and stream (CUcontext, CUstream), so an app
-// that already uses CUDA, or PyTorch, can call us on its stream. nullptr restores Halide's own.
+// Run this thread's CUDA calls in the application's context and stream (CUcontext, CUstream),
+// so an app that already uses CUDA, or PyTorch, can call us on its stream. Per thread, as
+// PyTorch's current stream: each call carries its thread's choice to Halide (its user_context),
+// so threads with different streams do not meet. nullptr restores Halide's own context.
 void use_cuda_context(void *cu_context, void *cu_stream);
 // Wait until queued device work is done.
 void device_synchronize(Device device);
