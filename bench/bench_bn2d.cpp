@@ -101,9 +101,9 @@ void fill_random(float *p, int64_t n, uint64_t seed, float offset) {
 }
 
 struct ShapeData {
-    Buffer x, dy, y, dx;  // inputs x, dy; outputs y, dx (float32)
+    Buffer x, dy, y, dx;      // inputs x, dy; outputs y, dx (float32)
     Buffer xh, dyh, yh, dxh;  // the same as bfloat16 (made on first use)
-    Buffer z, dz, t;  // fused ops: the residual, its gradient, an unfused intermediate
+    Buffer z, dz, t;          // fused ops: the residual, its gradient, an unfused intermediate
     uint16_t *h(const Buffer &b) const { return reinterpret_cast<uint16_t *>(b.get()); }
 };
 
@@ -158,7 +158,8 @@ std::vector<int64_t> strides_of(const Shape &s, bool nhwc) {
 
 // ---- fused batchnorm + ReLU and batchnorm + add + ReLU (training) ------------------------------
 enum class Fused { FwdRelu, FwdAddRelu, BwdRelu, BwdAddRelu };
-constexpr Fused kFusedOps[] = {Fused::FwdRelu, Fused::FwdAddRelu, Fused::BwdRelu, Fused::BwdAddRelu};
+constexpr Fused kFusedOps[] = {Fused::FwdRelu, Fused::FwdAddRelu, Fused::BwdRelu,
+                               Fused::BwdAddRelu};
 const char *fused_name(Fused f) {
     switch (f) {
     case Fused::FwdRelu: return "train_fwd_relu";
@@ -329,10 +330,12 @@ void bench_onednn(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16,
     const float eps = 1e-5f;
     const auto fwd_train_pd = batch_normalization_forward::primitive_desc(
         batch_normalization_forward::desc(prop_kind::forward_training, md, eps, flags), eng);
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, xp)},              {DNNL_ARG_DST, mem(md, yp)},
-        {DNNL_ARG_MEAN, mem(cd, mean.data())},    {DNNL_ARG_VARIANCE, mem(cd, var.data())},
-        {DNNL_ARG_SCALE, mem(cd, scale.data())},  {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, mem(md, xp)},
+                                            {DNNL_ARG_DST, mem(md, yp)},
+                                            {DNNL_ARG_MEAN, mem(cd, mean.data())},
+                                            {DNNL_ARG_VARIANCE, mem(cd, var.data())},
+                                            {DNNL_ARG_SCALE, mem(cd, scale.data())},
+                                            {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
     memory workspace;
     if (relu) {
         workspace = memory(fwd_train_pd.workspace_desc(), eng);
@@ -420,8 +423,8 @@ void bench_torch(benchmark::State &state, Op op, Shape s, bool nhwc, bool bf16) 
     }
     auto call = [&] {
         if (op == Op::Bwd) {
-            auto g = at::native_batch_norm_backward(dy, x, w, rm, rv, save_mean, save_invstd,
-                                                    true, 1e-5, {true, true, true});
+            auto g = at::native_batch_norm_backward(dy, x, w, rm, rv, save_mean, save_invstd, true,
+                                                    1e-5, {true, true, true});
             benchmark::DoNotOptimize(std::get<0>(g).data_ptr());
         } else if (use_out) {
             at::native_batch_norm_out(y, out_mean, out_invstd, x, w, b, rm, rv, training, 0.1,
@@ -503,11 +506,10 @@ void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
     const float *dy = two_reads ? bufs[1].get() : nullptr;
     float a = 1.0001f;
     StreamPool &pool = stream_pool();
-    for (int i = 0; i < kWarmupCalls; ++i) pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f,
-                 bn2d::bench::Stores::streaming);
+    for (int i = 0; i < kWarmupCalls; ++i)
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, bn2d::bench::Stores::streaming);
     for (auto _ : state) {
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f,
-                 bn2d::bench::Stores::streaming);
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, bn2d::bench::Stores::streaming);
         benchmark::ClobberMemory();
         a += 1e-7f;
     }
@@ -539,10 +541,9 @@ void register_all() {
         for (Op op : bn2d::bench::kOps) {
             const std::string tail = "/" + s.name();
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
-                register_guarded(std::string(op_name(op)) + "/" + impl + tail,
-                                 [fn, op, s, extra...](benchmark::State &state) {
-                                     fn(state, op, s, extra...);
-                                 });
+                register_guarded(
+                    std::string(op_name(op)) + "/" + impl + tail,
+                    [fn, op, s, extra...](benchmark::State &state) { fn(state, op, s, extra...); });
             };
             using bn2d::DType;
             reg("ours", bench_ours, false, DType::float32);
@@ -569,10 +570,9 @@ void register_all() {
     for (const Shape &s : bn2d::bench::suite_shapes())
         for (Fused f : kFusedOps) {
             auto reg = [&](const std::string &impl, auto fn, auto... extra) {
-                register_guarded(std::string(fused_name(f)) + "/" + impl + "/" + s.name(),
-                                 [fn, s, extra...](benchmark::State &state) {
-                                     fn(state, s, extra...);
-                                 });
+                register_guarded(
+                    std::string(fused_name(f)) + "/" + impl + "/" + s.name(),
+                    [fn, s, extra...](benchmark::State &state) { fn(state, s, extra...); });
             };
             auto ours = [f](benchmark::State &st, const Shape &sh, bool nhwc, bool fused) {
                 bench_fused_ours(st, f, sh, nhwc, fused);
@@ -580,7 +580,8 @@ void register_all() {
             reg("ours", ours, false, true);
             reg("ours_nhwc", ours, true, true);
             reg("ours_unfused", ours, false, false);
-            reg("floor", [f](benchmark::State &st, const Shape &sh) { bench_fused_floor(st, f, sh); });
+            reg("floor",
+                [f](benchmark::State &st, const Shape &sh) { bench_fused_floor(st, f, sh); });
 #if BN2D_BENCH_ONEDNN
             if (!has_residual(f)) {
                 const Op op = is_backward(f) ? Op::Bwd : Op::TrainFwd;

@@ -46,7 +46,9 @@ void BM_TrainingStep(benchmark::State &state, bool sync) {
     std::normal_distribution<float> d(1.0f, 2.0f);
     for (float &v : x) v = d(rng);
     for (float &v : dy) v = d(rng);
-    auto t = [&](std::vector<float> &v) { return bn2d::Tensor::nchw(v.data(), p.n, p.c, p.h, p.w); };
+    auto t = [&](std::vector<float> &v) {
+        return bn2d::Tensor::nchw(v.data(), p.n, p.c, p.h, p.w);
+    };
 
     auto counting = std::make_shared<CountingCommunicator>(bn2d::mpi_communicator(MPI_COMM_WORLD));
     std::unique_ptr<bn2d::BatchNorm2d> bn =
@@ -78,8 +80,8 @@ void register_benchmarks(int repetitions) {
         for (int problem = 0; problem < 3; ++problem)
             for (bool sync : {false, true})
                 benchmark::RegisterBenchmark(
-                    (std::string(sync ? "sync" : "single_process") + "/rep:" +
-                     std::to_string(rep)).c_str(),
+                    (std::string(sync ? "sync" : "single_process") + "/rep:" + std::to_string(rep))
+                        .c_str(),
                     BM_TrainingStep, sync)
                     ->Arg(problem)
                     ->UseManualTime()

@@ -30,8 +30,10 @@ int main(int argc, char **argv) {
 
         // One module per process, all in the group of MPI_COMM_WORLD.
         bn2d::SyncBatchNorm2d bn(C, bn2d::mpi_communicator(MPI_COMM_WORLD));
-        bn.forward(bn2d::Tensor::nchw(x.data(), N, C, H, W), bn2d::Tensor::nchw(y.data(), N, C, H, W));
-        bn.backward(bn2d::Tensor::nchw(dy.data(), N, C, H, W), bn2d::Tensor::nchw(dx.data(), N, C, H, W));
+        bn.forward(bn2d::Tensor::nchw(x.data(), N, C, H, W),
+                   bn2d::Tensor::nchw(y.data(), N, C, H, W));
+        bn.backward(bn2d::Tensor::nchw(dy.data(), N, C, H, W),
+                    bn2d::Tensor::nchw(dx.data(), N, C, H, W));
 
         // Channel 0 of the output over the whole group: sums of y and y^2, and the count.
         double local[3] = {0, 0, 0}, group[3];
@@ -48,13 +50,14 @@ int main(int argc, char **argv) {
         MPI_Allreduce(mine, hi, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         if (rank == 0) {
             const double mean = group[0] / group[2], var = group[1] / group[2] - mean * mean;
-            std::printf("%s over %d processes (%lld images in all)\n", bn.to_string().c_str(),
-                        size, static_cast<long long>(size * (size + 1) / 2));
+            std::printf("%s over %d processes (%lld images in all)\n", bn.to_string().c_str(), size,
+                        static_cast<long long>(size * (size + 1) / 2));
             std::printf("channel 0 of the output over the group: mean %.1e, variance %.4f\n", mean,
                         var);
-            std::printf("running_mean[0] %.6f, running_var[0] %.6f: %s on every process\n",
-                        mine[0], mine[1], lo[0] == hi[0] && lo[1] == hi[1] ? "the same" : "NOT the same");
-            if (std::abs(mean) > 1e-4 || std::abs(var - 1.0) > 1e-3 || lo[0] != hi[0] || lo[1] != hi[1])
+            std::printf("running_mean[0] %.6f, running_var[0] %.6f: %s on every process\n", mine[0],
+                        mine[1], lo[0] == hi[0] && lo[1] == hi[1] ? "the same" : "NOT the same");
+            if (std::abs(mean) > 1e-4 || std::abs(var - 1.0) > 1e-3 || lo[0] != hi[0] ||
+                lo[1] != hi[1])
                 rc = 1;
         }
     } catch (const bn2d::Error &e) {

@@ -90,8 +90,9 @@ struct Extents {
         Expr bits = Halide::reinterpret(Halide::UInt(32), Halide::cast(Halide::Float(32), f));
         Expr rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
         Expr is_nan = (bits & 0x7fffffff) > 0x7f800000;
-        return Halide::cast(Halide::UInt(16),
-                            Halide::select(is_nan, Halide::cast(Halide::UInt(32), 0x7fc0), rounded));
+        return Halide::cast(
+            Halide::UInt(16),
+            Halide::select(is_nan, Halide::cast(Halide::UInt(32), 0x7fc0), rounded));
     }
 };
 
@@ -130,8 +131,8 @@ inline ChannelSums channel_sums(const std::string &stage, Func a, Func b, const 
     sums(v.c) = Tuple(Halide::cast(e.acc, 0), Halide::cast(e.acc, 0));
     if (!out.two_level()) {
         const RDom &r = out.r = RDom(0, e.W, 0, e.H, 0, e.N, name + "_r");
-        sums(v.c) = Tuple(sums(v.c)[0] + a(r.x, r.y, v.c, r.z),
-                          sums(v.c)[1] + b(r.x, r.y, v.c, r.z));
+        sums(v.c) =
+            Tuple(sums(v.c)[0] + a(r.x, r.y, v.c, r.z), sums(v.c)[1] + b(r.x, r.y, v.c, r.z));
         return out;
     }
     const int U = e.row_lanes;
@@ -194,9 +195,9 @@ inline BatchStats batch_stats(Func x, const Extents &e, const Vars &v) {
     Expr exponent_mask = e.acc.bits() == 64 ? Halide::Expr(uint64_t(0x7ff0000000000000ull))
                                             : Halide::Expr(uint32_t(0x7f800000u));
     Expr bits = Halide::reinterpret(bits_type, first);
-    st.shift(v.c) = Halide::reinterpret(
-        e.acc, Halide::select((bits & exponent_mask) != exponent_mask, bits,
-                              Halide::cast(bits_type, 0)));
+    st.shift(v.c) =
+        Halide::reinterpret(e.acc, Halide::select((bits & exponent_mask) != exponent_mask, bits,
+                                                  Halide::cast(bits_type, 0)));
     Func centered = e.func("centered"), centered_sq = e.func("centered_sq");
     centered(v.w, v.h, v.c, v.n) = e.wide(x(v.w, v.h, v.c, v.n)) - st.shift(v.c);
     centered_sq(v.w, v.h, v.c, v.n) = centered(v.w, v.h, v.c, v.n) * centered(v.w, v.h, v.c, v.n);
@@ -241,9 +242,7 @@ inline Expr running_update(Expr running, Expr batch, Expr factor) {
 }
 
 // M: the number of values the variance is over, in var's type.
-inline Expr unbiased(Expr var, Expr M) {
-    return var * (M / (M - Halide::cast(var.type(), 1)));
-}
+inline Expr unbiased(Expr var, Expr M) { return var * (M / (M - Halide::cast(var.type(), 1))); }
 
 // Backward reductions, per channel: {sum(dy), sum(dy * (x - mean))}. grad_bias is the first,
 // grad_weight the second times invstd. Shared by the training and eval backward, which differ
@@ -300,8 +299,8 @@ inline GradInputCoefficients train_grad_coefficients(Expr invstd, Expr weight, E
 // assume no NaN, which may fold a float comparison or a float select.
 inline Expr select_float(Expr condition, Expr a, Expr b) {
     const Halide::Type u = Halide::UInt(a.type().bits());
-    return Halide::reinterpret(a.type(), Halide::select(condition, Halide::reinterpret(u, a),
-                                                        Halide::reinterpret(u, b)));
+    return Halide::reinterpret(
+        a.type(), Halide::select(condition, Halide::reinterpret(u, a), Halide::reinterpret(u, b)));
 }
 // f <= 0 (either zero, or negative and not NaN); false for NaN.
 inline Expr not_positive(Expr f) {
@@ -324,8 +323,8 @@ struct Epilogue {
 };
 
 // y in the compute type, then the epilogue: + z when added, then the ReLU when on.
-inline Expr apply_epilogue(Expr y, const Epilogue &ep, const Expr &w, const Expr &h,
-                           const Expr &c, const Expr &n, const Extents &e) {
+inline Expr apply_epilogue(Expr y, const Epilogue &ep, const Expr &w, const Expr &h, const Expr &c,
+                           const Expr &n, const Extents &e) {
     if (ep.residual.defined()) {
         Expr with_z = y + e.in(ep.residual(w, h, c, n));
         y = ep.add_residual.defined() ? select_float(ep.add_residual, with_z, y) : with_z;
@@ -394,17 +393,17 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
                                   const Vars &v, const Epilogue &epilogue = {}) {
     TrainForward p;
     p.stats = batch_stats(x, e, v);
-    StatisticsOutputs o = statistics_outputs(p.stats.mean, p.stats.var, e.count_acc(),
-                                             running_mean, running_var, eps, factor, e, v);
+    StatisticsOutputs o = statistics_outputs(p.stats.mean, p.stats.var, e.count_acc(), running_mean,
+                                             running_var, eps, factor, e, v);
     p.scale = e.func("scale");
     p.scale(v.c) = e.in(o.invstd(v.c) * Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
     p.mean = o.mean;
 
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = e.out(apply_epilogue(
-        normalize(e.in(x(v.w, v.h, v.c, v.n)), p.mean(v.c), p.scale(v.c),
-                  bias_or_zero(bias, v.c, e)),
-        epilogue, v.w, v.h, v.c, v.n, e));
+    p.y(v.w, v.h, v.c, v.n) =
+        e.out(apply_epilogue(normalize(e.in(x(v.w, v.h, v.c, v.n)), p.mean(v.c), p.scale(v.c),
+                                       bias_or_zero(bias, v.c, e)),
+                             epilogue, v.w, v.h, v.c, v.n, e));
     p.saved_mean = e.func("saved_mean");
     p.saved_mean(v.c) = p.mean(v.c);
     p.saved_invstd = o.saved_invstd;
@@ -419,18 +418,18 @@ struct EvalForward {
     Func y;
 };
 
-inline EvalForward eval_forward(Func x, Func weight, Func bias, Func running_mean,
-                                Func running_var, Expr eps, const Extents &e, const Vars &v,
+inline EvalForward eval_forward(Func x, Func weight, Func bias, Func running_mean, Func running_var,
+                                Expr eps, const Extents &e, const Vars &v,
                                 const Epilogue &epilogue = {}) {
     EvalForward p;
     p.scale = e.func("scale");
     p.scale(v.c) = e.in(inverse_std(e.wide(running_var(v.c)), eps) *
                         Halide::cast(e.acc, weight_or_one(weight, v.c, e)));
     p.y = e.func("y");
-    p.y(v.w, v.h, v.c, v.n) = e.out(apply_epilogue(
-        normalize(e.in(x(v.w, v.h, v.c, v.n)), e.in(running_mean(v.c)), p.scale(v.c),
-                  bias_or_zero(bias, v.c, e)),
-        epilogue, v.w, v.h, v.c, v.n, e));
+    p.y(v.w, v.h, v.c, v.n) =
+        e.out(apply_epilogue(normalize(e.in(x(v.w, v.h, v.c, v.n)), e.in(running_mean(v.c)),
+                                       p.scale(v.c), bias_or_zero(bias, v.c, e)),
+                             epilogue, v.w, v.h, v.c, v.n, e));
     return p;
 }
 
@@ -453,11 +452,11 @@ struct BackwardRequest {
 
 struct Backward {
     bool training;
-    Expr relu;         // the ReLU switch when the gradient passes a ReLU, for schedules to
-                       // specialize on; undefined otherwise
-    Func invstd;       // per channel, accumulator type; from running_var in eval mode
-    ChannelSums sums;  // {sum(dy), sum(dy * (x - mean))}; undefined when not needed
-    Func coefficients; // per channel: {shift, proj, scale} of grad_input (training), scale (eval)
+    Expr relu;          // the ReLU switch when the gradient passes a ReLU, for schedules to
+                        // specialize on; undefined otherwise
+    Func invstd;        // per channel, accumulator type; from running_var in eval mode
+    ChannelSums sums;   // {sum(dy), sum(dy * (x - mean))}; undefined when not needed
+    Func coefficients;  // per channel: {shift, proj, scale} of grad_input (training), scale (eval)
     Func grad_input, grad_weight, grad_bias;
     bool synchronized = false;  // sums are the given global ones (no reduction here)
     // BackwardRequest::sums_out: local_sums(c, field) = sum(dy), sum(dy * (x - mean)) for
@@ -496,17 +495,17 @@ inline Backward backward(const BackwardRequest &want, Func x, Func dy, Func mean
     }
     if (want.sums_out) {
         p.local_sums = e.func("local_sums");
-        p.local_sums(v.c, p.field) = Halide::cast(
-            Halide::Float(64),
-            Halide::select(p.field == 0, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1]));
+        p.local_sums(v.c, p.field) =
+            Halide::cast(Halide::Float(64),
+                         Halide::select(p.field == 0, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1]));
     }
     if (want.grad_input) {
         Expr w = Halide::cast(e.acc, weight_or_one(weight, v.c, e));
         Expr x_ = e.in(x(v.w, v.h, v.c, v.n)), dy_ = e.in(dy(v.w, v.h, v.c, v.n));
         p.grad_input = e.func("grad_input");
         if (want.training) {
-            GradInputCoefficients k = train_grad_coefficients(
-                p.invstd(v.c), w, p.sums.sums(v.c)[0], p.sums.sums(v.c)[1], M, e);
+            GradInputCoefficients k = train_grad_coefficients(p.invstd(v.c), w, p.sums.sums(v.c)[0],
+                                                              p.sums.sums(v.c)[1], M, e);
             p.coefficients = e.func("grad_input_coefficients");
             p.coefficients(v.c) = Tuple(k.shift, k.proj, k.scale);
             Expr shift = p.coefficients(v.c)[0], proj = p.coefficients(v.c)[1];
@@ -571,10 +570,10 @@ inline PartialStats partial_stats(Func x, const Extents &e, const Vars &v) {
 // The partial statistics of `ranks` processes merged per channel, in rank order.
 // gathered(c, field, r): process r's partial(c, field).
 struct MergedStats {
-    Func merged;    // merged(c) = {count, mean, M2}, float64
-    RDom r;         // over the processes
-    Func mean, var; // accumulator type; var biased
-    Expr count;     // values per channel over all processes, float64
+    Func merged;     // merged(c) = {count, mean, M2}, float64
+    RDom r;          // over the processes
+    Func mean, var;  // accumulator type; var biased
+    Expr count;      // values per channel over all processes, float64
 };
 
 inline MergedStats merge_stats(Func gathered, Expr ranks, const Extents &e, const Vars &v) {
@@ -590,8 +589,8 @@ inline MergedStats merge_stats(Func gathered, Expr ranks, const Extents &e, cons
     Expr n = n_a + n_b, delta = mean_b - mean_a;
     // An empty batch (n_b = 0) adds nothing, and the first non-empty one is taken as it is
     // (its mean and M2 pass through exactly, NaN and Inf included).
-    Expr mean = Halide::select(n_b == zero, mean_a, n_a == zero, mean_b,
-                               mean_a + delta * (n_b / n));
+    Expr mean =
+        Halide::select(n_b == zero, mean_a, n_a == zero, mean_b, mean_a + delta * (n_b / n));
     Expr m2 = Halide::select(n_b == zero, m2_a, n_a == zero, m2_b,
                              m2_a + m2_b + delta * delta * (n_a * (n_b / n)));
     m.merged(v.c) = Tuple(n, mean, m2);

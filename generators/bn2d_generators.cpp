@@ -29,11 +29,11 @@ using bn2d::ScheduleParams;
 
 // The schedule kernels a machine file may name (schedules/schedule_params.h). NHWC kernels
 // have schedules (and knobs) of their own; the strided layout uses the NCHW schedules.
-const bn2d::ScheduleVocabulary kVocabulary{
-    {"train_fwd", "eval_fwd", "train_bwd", "eval_bwd", "train_fwd_nhwc", "eval_fwd_nhwc",
-     "train_bwd_nhwc", "eval_bwd_nhwc"},
-    bn2d::cpu::kKnobs,
-    bn2d::gpu::kKnobs};
+const bn2d::ScheduleVocabulary kVocabulary{{"train_fwd", "eval_fwd", "train_bwd", "eval_bwd",
+                                            "train_fwd_nhwc", "eval_fwd_nhwc", "train_bwd_nhwc",
+                                            "eval_bwd_nhwc"},
+                                           bn2d::cpu::kKnobs,
+                                           bn2d::gpu::kKnobs};
 
 // Seed problem (20x100x35x45) as estimates, for the autoschedulers and the autotuner.
 constexpr int kEstN = 20, kEstC = 100, kEstH = 35, kEstW = 45;
@@ -75,9 +75,12 @@ protected:
     Type accumulator_type() const {
         const std::string a = accumulator;
         Type t;
-        if (a == "float32") t = Float(32);
-        else if (a == "float64") t = Float(64);
-        else throw std::runtime_error("accumulator must be float32 or float64, got '" + a + "'");
+        if (a == "float32")
+            t = Float(32);
+        else if (a == "float64")
+            t = Float(64);
+        else
+            throw std::runtime_error("accumulator must be float32 or float64, got '" + a + "'");
         return t.bits() < compute_type().bits() ? compute_type() : t;  // never below compute
     }
 
@@ -143,13 +146,13 @@ protected:
         }
     };
     ForwardInputs forward_inputs() {
-        return {tensor_in("x"),          tensor_in("residual"),       vector_in("weight"),
-                vector_in("bias"),       vector_in("running_mean"),   vector_in("running_var"),
-                scalar_in("eps"),        flag_in("add_residual"),     flag_in("relu")};
+        return {tensor_in("x"),    tensor_in("residual"),     vector_in("weight"),
+                vector_in("bias"), vector_in("running_mean"), vector_in("running_var"),
+                scalar_in("eps"),  flag_in("add_residual"),   flag_in("relu")};
     }
 
     bn2d::Extents extents_of(Tensor4 &x) const {
-        bn2d::Extents e{x.dim(0).extent(), x.dim(1).extent(), x.dim(2).extent(),
+        bn2d::Extents e{x.dim(0).extent(), x.dim(1).extent(),  x.dim(2).extent(),
                         x.dim(3).extent(), accumulator_type(), ""};
         e.element = element_type();
         e.compute = compute_type();
@@ -166,17 +169,18 @@ protected:
         out.set_host_alignment(64);
         for (int d = 0; d < 4; ++d) {
             Expr stride = out.dim(d).stride(), extent = out.dim(d).extent();
-            Expr ok = extent == 1 || stride % per_line == 0 ||
-                      (stride == 1 && extent % per_line == 0);
-            this->add_requirement(ok, "streaming stores: dimension ", d, " of ", name,
-                                  " (extent ", extent, ", stride ", stride,
+            Expr ok =
+                extent == 1 || stride % per_line == 0 || (stride == 1 && extent % per_line == 0);
+            this->add_requirement(ok, "streaming stores: dimension ", d, " of ", name, " (extent ",
+                                  extent, ", stride ", stride,
                                   ") does not keep vectors on 64-byte lines");
         }
     }
 
     // Estimates (the seed problem) and layout constraints for every argument.
     void set_estimates(const std::vector<Tensor4 *> &tensors, const std::vector<Tensor4Out *> &outs,
-                       const std::vector<Vector1 *> &vectors, const std::vector<Vector1Out *> &vouts) {
+                       const std::vector<Vector1 *> &vectors,
+                       const std::vector<Vector1Out *> &vouts) {
         for (Tensor4 *t : tensors) {
             t->set_estimates({{0, kEstW}, {0, kEstH}, {0, kEstC}, {0, kEstN}});
             constrain(*t);
@@ -193,7 +197,8 @@ protected:
         const Target t = this->get_target();
         if (t.has_feature(Target::CUDA)) return "cuda";
         if (t.has_feature(Target::OpenCL)) return "opencl";
-        if (t.has_gpu_feature()) throw std::runtime_error("no schedule for this GPU API: " + t.to_string());
+        if (t.has_gpu_feature())
+            throw std::runtime_error("no schedule for this GPU API: " + t.to_string());
         return "cpu";
     }
 
@@ -223,8 +228,9 @@ protected:
             // Row chunks start at multiples of `chunk` (or end at the row's end): whole lines.
             // Read only in streaming builds, so the unread-key check stays as it was elsewhere.
             if (streaming_stores) {
-                const int chunk = sp.get("cpu", kernel, "chunk",
-                                         bn2d::knob_range(bn2d::cpu::kKnobRanges, "chunk").fallback);
+                const int chunk =
+                    sp.get("cpu", kernel, "chunk",
+                           bn2d::knob_range(bn2d::cpu::kKnobRanges, "chunk").fallback);
                 if (chunk % 64 != 0)
                     throw std::runtime_error("streaming_stores: cpu." + kernel + ".chunk = " +
                                              std::to_string(chunk) + " must be a multiple of 64");
@@ -282,7 +288,8 @@ public:
                                                   {ImageParam(*in.x)});
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
+                bn2d::Layout l) {
+                bn2d::gpu::schedule_train_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
             });
     }
 };
@@ -314,7 +321,8 @@ public:
                 bn2d::cpu::schedule_eval_forward(p, kernel, l, v, sp, get_target());
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_eval_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
+                bn2d::Layout l) {
+                bn2d::gpu::schedule_eval_forward(p, be, kernel, l, v, sp, in.x->dim(0).extent());
             });
     }
 };
@@ -346,7 +354,7 @@ public:
     // The forward's output, read when relu is on (bn2d::ReluGrad); else the runtime passes
     // grad_out, whose cache lines the kernel reads anyway.
     Tensor4 *y;
-    Vector1 *mean, *stat;  // stat: saved invstd (train) or running_var (eval)
+    Vector1 *mean, *stat;         // stat: saved invstd (train) or running_var (eval)
     GeneratorInput<double> *eps;  // used in eval mode only
     GeneratorInput<bool> *relu;
     Vector1 *weight;
@@ -401,11 +409,11 @@ public:
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
         bn2d::Extents e = extents_of(*x);
-        if (float32_rows && backend() == "cpu" && !nhwc() &&
-            e.compute == Float(32) && e.acc == Float(64))
+        if (float32_rows && backend() == "cpu" && !nhwc() && e.compute == Float(32) &&
+            e.acc == Float(64))
             e.row_lanes = cpu_accumulator_width(want.training ? "train_bwd" : "eval_bwd");
-        bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight,
-                                          gw_in, gb_in, e, v, {*y, *relu});
+        bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight, gw_in,
+                                          gb_in, e, v, {*y, *relu});
         if (grad_input) *grad_input = p.grad_input;
         if (grad_weight) *grad_weight = p.grad_weight;
         if (grad_bias) *grad_bias = p.grad_bias;
@@ -437,7 +445,8 @@ public:
                     {ImageParam(*x), ImageParam(*grad_out), ImageParam(*y)});
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp, x->dim(0).extent());
+                bn2d::Layout l) {
+                bn2d::gpu::schedule_backward(p, be, kernel, l, v, sp, x->dim(0).extent());
             });
     }
 };
@@ -468,8 +477,7 @@ public:
                 bn2d::cpu::schedule_partial_stats(p, kernel, l, v, sp, get_target());
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
-                bn2d::Layout l) { bn2d::gpu::schedule_partial_stats(p, be, kernel, l, v, sp);
-            });
+                bn2d::Layout l) { bn2d::gpu::schedule_partial_stats(p, be, kernel, l, v, sp); });
     }
 };
 
@@ -501,9 +509,8 @@ public:
         bn2d::Extents e{Expr(), Expr(), C, Expr(), accumulator_type(), ""};
         e.element = element_type();
         e.compute = compute_type();
-        bn2d::SyncStatistics p =
-            bn2d::sync_statistics(*gathered, gathered->dim(2).extent(), *running_mean,
-                                  *running_var, *eps, *factor, e, v);
+        bn2d::SyncStatistics p = bn2d::sync_statistics(
+            *gathered, gathered->dim(2).extent(), *running_mean, *running_var, *eps, *factor, e, v);
         *mean = p.o.mean;
         *var = p.var;
         *saved_invstd = p.o.saved_invstd;

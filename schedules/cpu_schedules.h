@@ -74,13 +74,13 @@ inline std::vector<std::string> searched_knobs(const std::string &kernel) {
 }
 
 struct Knobs {
-    int lanes;         // vector width in floats
-    int accumulators;  // independent accumulator vectors per reduction
-    int chunk;         // W elements per row chunk in pointwise kernels
-    int grain;         // minimum elements per parallel task (amortizes task overhead)
-    int min_channels;  // below this many channels, parallelize inside channels too
-    int min_batch;     // pointwise kernels: from this many batch items, one task per item
-    int block_rows;    // NHWC: rows (pixels) per block of partial sums; 0: grain / C
+    int lanes;             // vector width in floats
+    int accumulators;      // independent accumulator vectors per reduction
+    int chunk;             // W elements per row chunk in pointwise kernels
+    int grain;             // minimum elements per parallel task (amortizes task overhead)
+    int min_channels;      // below this many channels, parallelize inside channels too
+    int min_batch;         // pointwise kernels: from this many batch items, one task per item
+    int block_rows;        // NHWC: rows (pixels) per block of partial sums; 0: grain / C
     int pipelined_groups;  // NCHW per-channel kernels: channel groups per parallel task, each
                            // prefetching the next group's inputs; 1: no prefetch
 };
@@ -98,8 +98,8 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
     k.min_batch = get("min_batch");
     k.block_rows = get("block_rows");
     k.pipelined_groups = get("pipelined_groups");
-    if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1 ||
-        k.block_rows < 0 || k.pipelined_groups < 1)
+    if (k.lanes < 1 || k.accumulators < 1 || k.chunk < k.lanes || k.grain < 1 || k.block_rows < 0 ||
+        k.pipelined_groups < 1)
         throw std::runtime_error("cpu." + kernel + ": need lanes >= 1, accumulators >= 1, " +
                                  "chunk >= lanes, grain >= 1, block_rows >= 0, " +
                                  "pipelined_groups >= 1");
@@ -413,8 +413,8 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Lay
     schedule_pointwise(p.y, p.scale, v, k);
 }
 
-inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout,
-                              const Vars &v, const ScheduleParams &sp, const Target &t,
+inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout, const Vars &v,
+                              const ScheduleParams &sp, const Target &t,
                               const std::vector<Halide::ImageParam> &prefetched = {}) {
     Knobs k = knobs(sp, kernel, t);
     if (!p.training) p.invstd.compute_root();  // sqrt once per channel, not per element
@@ -427,8 +427,8 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     // one loop) on AVX2 and up without large_buffers (the ISAs of current CPUs and the 32-bit
     // indexing nearly every call uses). Elsewhere the loop loads the mask argument, which is
     // grad_out's own cache lines when the ReLU is off.
-    const bool specialize = p.training && t.natural_vector_size<float>() >= 8 &&
-                            !t.has_feature(Target::LargeBuffers);
+    const bool specialize =
+        p.training && t.natural_vector_size<float>() >= 8 && !t.has_feature(Target::LargeBuffers);
     const Expr relu = specialize ? p.relu : Expr();
     if (p.local_sums.defined()) {
         p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);

@@ -55,15 +55,16 @@ inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
 inline std::vector<std::string> searched_knobs(const std::string &) { return kKnobs; }
 
 struct Knobs {
-    int threads;      // threads per block along long rows (reductions and elementwise)
-    int tile_w;       // tile width along short rows, and channels per block in NHWC
-    int rows;         // rows per block: reductions (R), short-row elementwise tiles
-    int channel_tile; // threads per block for per-channel outputs
-    int per_thread;   // unrolled elements per thread along a row (U), at stride `threads`
+    int threads;       // threads per block along long rows (reductions and elementwise)
+    int tile_w;        // tile width along short rows, and channels per block in NHWC
+    int rows;          // rows per block: reductions (R), short-row elementwise tiles
+    int channel_tile;  // threads per block for per-channel outputs
+    int per_thread;    // unrolled elements per thread along a row (U), at stride `threads`
 };
 
 // `backend` is cuda or opencl (different hardware, tuned apart; gpu.* is their shared default).
-inline Knobs knobs(const ScheduleParams &sp, const std::string &backend, const std::string &kernel) {
+inline Knobs knobs(const ScheduleParams &sp, const std::string &backend,
+                   const std::string &kernel) {
     auto get = [&](const char *knob) {
         return sp.get(backend, kernel, knob, knob_range(kKnobRanges, knob).fallback);
     };
@@ -97,14 +98,14 @@ inline Func in_registers(Func f, const Var &thread) {
 // One specialization of the NCHW sums tree (see the header comment).
 // `stage` returns the specialization being scheduled (rfactor rewrites it, so it is fetched
 // again for each level).
-inline void schedule_sums_tree(const std::function<Stage()> &stage, ChannelSums &s,
-                               const Vars &v, const Knobs &k, const std::string &tag, int threads,
-                               int unroll, int spans, int rows, bool rows_in_flight) {
+inline void schedule_sums_tree(const std::function<Stage()> &stage, ChannelSums &s, const Vars &v,
+                               const Knobs &k, const std::string &tag, int threads, int unroll,
+                               int spans, int rows, bool rows_in_flight) {
     // Names are unique per specialization: bounds inference matches loop variables by name,
     // and two specializations with a `t` of different extents would share one bound.
     auto name = [&](const char *n) { return tag + "_" + n; };
-    RVar rb(name("rb")), ri(name("ri")), wo(name("wo")), t(name("t")), u(name("u")),
-        wb(name("wb")), sp(name("sp")), kb(name("kb")), hb(name("hb")), hi(name("hi"));
+    RVar rb(name("rb")), ri(name("ri")), wo(name("wo")), t(name("t")), u(name("u")), wb(name("wb")),
+        sp(name("sp")), kb(name("kb")), hb(name("hb")), hi(name("hi"));
     Var vt(name("vt")), vkb(name("vkb")), vhb(name("vhb")), vrb(name("vrb"));
     // Rows are batch items n, in blocks of `rows`; a dense plane has h extent 1, a strided
     // tensor's h is cut into blocks of 8 as well (one thread over all 1080 rows of a
@@ -157,8 +158,8 @@ inline void schedule_channel_sums(ChannelSums &s, const Vars &v, const Knobs &k)
     s.require_one_level("gpu sums");
     const Expr row = s.r.x.extent();
     const Expr huge = row >= kHugeRow, long_row = row >= long_row_length(k);
-    schedule_sums_tree([&] { return s.sums.update().specialize(huge); }, s, v, k, "huge",
-                       k.threads, k.per_thread, kSpansPerHugeRow, 1, false);
+    schedule_sums_tree([&] { return s.sums.update().specialize(huge); }, s, v, k, "huge", k.threads,
+                       k.per_thread, kSpansPerHugeRow, 1, false);
     schedule_sums_tree([&] { return s.sums.update().specialize(long_row); }, s, v, k, "long",
                        k.threads, k.per_thread, 1, 4 * k.rows, true);
     schedule_sums_tree([&] { return s.sums.update(); }, s, v, k, "short", k.tile_w, 2, 1,
@@ -227,9 +228,8 @@ inline void schedule_channel_sums_nhwc(ChannelSums &s, const Vars &v, const Knob
         .reorder(rxii, rxio, s.r.y)
         .unroll(rxii);
     // 2. Groups of 32 blocks, a thread per channel; 3. a thread per channel over the groups.
-    Func groups = s.sums.update()
-                      .split(rxo, bo, bi, 32, TailStrategy::GuardWithIf)
-                      .rfactor({{bo, vbo}});
+    Func groups =
+        s.sums.update().split(rxo, bo, bi, 32, TailStrategy::GuardWithIf).rfactor({{bo, vbo}});
     in_registers(groups, ci)
         .compute_root()
         .split(v.c, co, ci, k.tile_w, TailStrategy::GuardWithIf)
@@ -301,7 +301,8 @@ inline void schedule_backward(Backward &p, const std::string &backend, const std
     if (p.sums.sums.defined() && !p.synchronized) schedule_sums(p.sums, layout, v, k);
     schedule_per_channel({p.coefficients}, v, k);  // skipped when undefined
     if (p.grad_input.defined()) schedule_tensor(p.grad_input, layout, v, k, row);
-    if (p.local_sums.defined()) p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);
+    if (p.local_sums.defined())
+        p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);
     schedule_per_channel({p.grad_weight, p.grad_bias, p.local_sums}, v, k);
 }
 

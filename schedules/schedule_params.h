@@ -105,8 +105,8 @@ public:
                 throw error(entry.line, "unknown kernel '" + kernel + "' in '" + key +
                                             "' (expected * or one of " + join(vocab.kernels) + ")");
             if (!contains(*knobs, knob))
-                throw error(entry.line, "unknown knob '" + knob + "' in '" + key + "' (" +
-                                            backend + " knobs: " + join(*knobs) + ")");
+                throw error(entry.line, "unknown knob '" + knob + "' in '" + key + "' (" + backend +
+                                            " knobs: " + join(*knobs) + ")");
             parse_int(key, entry);
         }
     }

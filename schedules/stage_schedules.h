@@ -48,10 +48,10 @@ inline void schedule_sums(ChannelSums &s, const Placement &where) {
     Halide::Var c(s.sums.args()[0].name()), lane("lane");
     Halide::RVar rxo("rxo"), rxi("rxi");
     s.sums.compute_root();
-    Halide::Func partial = s.sums.update()
-                               .split(s.r.x, rxo, rxi, where.vector_lanes,
-                                      Halide::TailStrategy::GuardWithIf)
-                               .rfactor(rxi, lane);
+    Halide::Func partial =
+        s.sums.update()
+            .split(s.r.x, rxo, rxi, where.vector_lanes, Halide::TailStrategy::GuardWithIf)
+            .rfactor(rxi, lane);
     partial.compute_at(s.sums, c).vectorize(lane);
     partial.update().reorder(lane, rxo, s.r.y, s.r.z).vectorize(lane);
     if (where.parallel) s.sums.update().parallel(c);

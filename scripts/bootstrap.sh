@@ -21,6 +21,7 @@ debs=(
   openmpi-bin=4.1.4-3+b1
   nlohmann-json3-dev=3.11.2-2          # the safetensors header's JSON
   qemu-user=1:7.2+dfsg-7+deb12u18+b3  # the emulated-CPU tests (AVX2 without AVX-512, SSE4.1)
+  clang-format=1:14.0-55.7~deb12u1     # scripts/format.sh, checked by CI
 )
 
 missing=()

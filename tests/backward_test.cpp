@@ -9,7 +9,6 @@
 namespace bn2d::test {
 namespace {
 
-
 // shape, affine, track_running_stats, training. Untracked modules use batch statistics in eval
 // mode too, so their eval backward is the full batch-statistics gradient. Momentum does not
 // enter backward.
@@ -125,8 +124,7 @@ TEST(Backward, ReferenceGradientsMatchFiniteDifferences) {
         SCOPED_TRACE(training ? "training" : "eval");
         std::vector<float> xf = random_vector(rng, s.numel(), 0.5f, 1.5f);
         std::vector<double> r(s.numel());
-        for (double &v : r)
-            v = std::normal_distribution<double>(0.0, 1.0)(rng);
+        for (double &v : r) v = std::normal_distribution<double>(0.0, 1.0)(rng);
         reference::Module base(s.c);
         for (int64_t c = 0; c < s.c; ++c) {
             base.weight[c] = 0.5 + 0.3 * c;
@@ -137,18 +135,17 @@ TEST(Backward, ReferenceGradientsMatchFiniteDifferences) {
         base.training = training;
         std::vector<double> x(xf.begin(), xf.end()), w = base.weight, b = base.bias;
         auto loss = [&] {
-            reference::Module m = base; // fresh state each time: running stats fixed
+            reference::Module m = base;  // fresh state each time: running stats fixed
             m.weight = w;
             m.bias = b;
             const std::vector<double> y = m.forward(s, x);
             double L = 0;
-            for (size_t i = 0; i < y.size(); ++i)
-                L += r[i] * y[i];
+            for (size_t i = 0; i < y.size(); ++i) L += r[i] * y[i];
             return L;
         };
         reference::Module m = base;
         m.forward(s, x);
-        const reference::Module::Grads g = m.backward(s, x, r); // dL/dy = r
+        const reference::Module::Grads g = m.backward(s, x, r);  // dL/dy = r
         EXPECT_EQ(m.used_batch_stats, training);
         const double h = 1e-5;
         auto central = [&](std::vector<double> &v, size_t i) {
@@ -212,5 +209,5 @@ TEST(Backward, EmptyMaskWritesNothing) {
     EXPECT_EQ(to_vector(bn.weight_grad()), std::vector<float>(s.c, 0.0f));
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test

@@ -79,8 +79,8 @@ inline std::vector<float> poisoned(int64_t n) {
 inline std::string where(const Shape &s, int64_t i) {
     const int64_t w = i % s.w, h = (i / s.w) % s.h, c = (i / (s.w * s.h)) % s.c,
                   n = i / (s.w * s.h * s.c);
-    return "at n,c,h,w = " + std::to_string(n) + "," + std::to_string(c) + "," +
-           std::to_string(h) + "," + std::to_string(w);
+    return "at n,c,h,w = " + std::to_string(n) + "," + std::to_string(c) + "," + std::to_string(h) +
+           "," + std::to_string(w);
 }
 
 // |got - want| <= atol + rtol * |want| for every element, and every element written (no NaN).
@@ -89,8 +89,7 @@ template<typename Got, typename Want, typename Where>
 ::testing::AssertionResult all_close(const Got &got, const Want &want, double atol, double rtol,
                                      Where &&where_of) {
     if (got.size() != want.size())
-        return ::testing::AssertionFailure()
-               << "size " << got.size() << " != " << want.size();
+        return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
     int bad = 0;
     ::testing::AssertionResult r = ::testing::AssertionFailure();
     for (size_t i = 0; i < got.size(); ++i) {
@@ -132,9 +131,10 @@ template<typename Got, typename Want>
     ::testing::AssertionResult r = ::testing::AssertionFailure();
     for (size_t i = 0; i < got.size(); ++i) {
         const double g = got[i], w = want[i];
-        const bool ok = std::isnan(w)   ? std::isnan(g)
-                        : std::isinf(w) ? g == w
-                                        : std::isfinite(g) && std::abs(g - w) <= atol + rtol * std::abs(w);
+        const bool ok = std::isnan(w) ? std::isnan(g)
+                        : std::isinf(w)
+                            ? g == w
+                            : std::isfinite(g) && std::abs(g - w) <= atol + rtol * std::abs(w);
         if (!ok) {
             if (bad < 5) r << "at index " << i << ": got " << g << ", want " << w << "\n";
             ++bad;
@@ -158,7 +158,8 @@ inline std::vector<float> to_vector(const Tensor &t) {
 // A contiguous float32 or float64 host tensor (module storage views), as float64.
 inline std::vector<double> to_vector_f64(const Tensor &t) {
     if (!t.defined()) return {};
-    if (t.dtype() == DType::float64) return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
+    if (t.dtype() == DType::float64)
+        return std::vector<double>(t.data<double>(), t.data<double>() + t.numel());
     return std::vector<double>(t.data(), t.data() + t.numel());
 }
 

@@ -65,7 +65,7 @@ TEST(Compose, TwoBatchNormsInOnePipeline) {
     input(v.w, v.h, v.c, v.n) = xin(v.w, v.h, v.c, v.n);
     auto extents = [&](const std::string &prefix) {
         return bn2d::Extents{xin.dim(0).extent(), xin.dim(1).extent(), xin.dim(2).extent(),
-                             xin.dim(3).extent(), Float(64), prefix};
+                             xin.dim(3).extent(), Float(64),           prefix};
     };
     Buffer<float> w1 = to_buffer(ref1.weight), b1 = to_buffer(ref1.bias),
                   rm1 = to_buffer(ref1.running_mean), rv1 = to_buffer(ref1.running_var);
@@ -122,14 +122,14 @@ TEST(Compose, StageSchedulesPlaceTheBatchNormInsideAPipeline) {
         ones.fill(1.0f);
         zeros.fill(0.0f);
         bn2d::Extents e{xin.dim(0).extent(), xin.dim(1).extent(), xin.dim(2).extent(),
-                        xin.dim(3).extent(), Float(64), "bn_"};
+                        xin.dim(3).extent(), Float(64),           "bn_"};
         bn2d::TrainForward bn = bn2d::train_forward(Func(xin), Func(ones), Func(zeros), Func(zeros),
                                                     Func(ones), Expr(1e-5), Expr(0.1), e, v);
         Func relu("relu");
         relu(v.w, v.h, v.c, v.n) = max(bn.y(v.w, v.h, v.c, v.n), 0.0f);
         relu.parallel(v.n).vectorize(v.w, 8, TailStrategy::GuardWithIf);
         bn2d::stage::Placement where;
-        where.y_at = placement == 0 ? LoopLevel::inlined()
+        where.y_at = placement == 0   ? LoopLevel::inlined()
                      : placement == 1 ? LoopLevel(relu, v.h)
                                       : LoopLevel::root();
         bn2d::stage::schedule_train_forward(bn, v, where);
@@ -162,10 +162,10 @@ TEST(Compose, StageSchedulesPlaceTheBackward) {
         Buffer<float> mean = to_buffer(ref.saved_mean), invstd = to_buffer(ref.saved_invstd),
                       weight = to_buffer(ref.weight);
         bn2d::Extents e{xb.dim(0).extent(), xb.dim(1).extent(), xb.dim(2).extent(),
-                        xb.dim(3).extent(), Float(64), "bn_"};
-        bn2d::Backward bwd = bn2d::backward({true, true, true}, Func(xb), Func(dyb), Func(mean),
-                                            Func(invstd), Expr(1e-5), Func(weight), Func(),
-                                            Func(), e, v);
+                        xb.dim(3).extent(), Float(64),          "bn_"};
+        bn2d::Backward bwd =
+            bn2d::backward({true, true, true}, Func(xb), Func(dyb), Func(mean), Func(invstd),
+                           Expr(1e-5), Func(weight), Func(), Func(), e, v);
         Func next("next_stage");
         next(v.w, v.h, v.c, v.n) = bwd.grad_input(v.w, v.h, v.c, v.n);
         bn2d::stage::Placement where;
@@ -176,9 +176,9 @@ TEST(Compose, StageSchedulesPlaceTheBackward) {
         dx.fill(std::numeric_limits<float>::quiet_NaN());
         Pipeline({next, bwd.grad_weight, bwd.grad_bias}).realize({dx, dw, db});
         std::vector<float> got(dx.data(), dx.data() + s.numel());
-        EXPECT_TRUE(bn2d::test::all_close(got, want.input, 2e-5, 2e-5,
-                                          [&](int64_t i) { return bn2d::test::where(s, i); }))
-            << (root ? "root" : "inlined");
+        EXPECT_TRUE(bn2d::test::all_close(got, want.input, 2e-5, 2e-5, [&](int64_t i) {
+            return bn2d::test::where(s, i);
+        })) << (root ? "root" : "inlined");
         std::vector<float> got_dw(dw.data(), dw.data() + s.c), got_db(db.data(), db.data() + s.c);
         EXPECT_TRUE(bn2d::test::all_close(got_dw, want.weight, 1e-4, 1e-5));
         EXPECT_TRUE(bn2d::test::all_close(got_db, want.bias, 1e-4, 1e-5));
@@ -204,8 +204,8 @@ TEST(Compose, relu_epilogue_with_constant_switches) {
     Buffer<float> wb = to_buffer(ref.weight), bb = to_buffer(ref.bias),
                   rmb = to_buffer(ref.running_mean), rvb = to_buffer(ref.running_var);
     auto extents = [&](const std::string &prefix) {
-        return bn2d::Extents{Expr(int(s.w)), Expr(int(s.h)), Expr(int(s.c)), Expr(int(s.n)),
-                             Float(64), prefix};
+        return bn2d::Extents{Expr(int(s.w)), Expr(int(s.h)), Expr(int(s.c)),
+                             Expr(int(s.n)), Float(64),      prefix};
     };
     bn2d::TrainForward fwd =
         bn2d::train_forward(Func(xb), Func(wb), Func(bb), Func(rmb), Func(rvb), 1e-5f, 0.1f,
@@ -234,13 +234,13 @@ TEST(Compose, relu_epilogue_with_constant_switches) {
         if (got[i] <= 0) incoming[i] = 0, ++masked;
     EXPECT_GT(masked, 0);  // the ReLU clipped something: the mask is exercised
     const bn2d::reference::Module::Grads g = ref.backward(s, x, incoming);
-    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(dx.data(), dx.data() + s.numel()),
-                                      g.input, 1e-5, 1e-5,
+    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(dx.data(), dx.data() + s.numel()), g.input,
+                                      1e-5, 1e-5,
                                       [&](int64_t i) { return "dx " + bn2d::test::where(s, i); }));
     EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(dw.data(), dw.data() + s.c), g.weight,
                                       1e-4, 1e-5));
-    EXPECT_TRUE(bn2d::test::all_close(std::vector<float>(db.data(), db.data() + s.c), g.bias,
-                                      1e-4, 1e-5));
+    EXPECT_TRUE(
+        bn2d::test::all_close(std::vector<float>(db.data(), db.data() + s.c), g.bias, 1e-4, 1e-5));
 }
 
 // Halide renames a second Func of an existing name ("same_y$1"): the stage is then unreadable in

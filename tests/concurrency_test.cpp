@@ -13,7 +13,8 @@ namespace {
 struct Steps {
     std::vector<float> y, dx, weight_grad, running_var;
     bool operator==(const Steps &o) const {
-        return y == o.y && dx == o.dx && weight_grad == o.weight_grad && running_var == o.running_var;
+        return y == o.y && dx == o.dx && weight_grad == o.weight_grad &&
+               running_var == o.running_var;
     }
 };
 
@@ -35,7 +36,8 @@ Steps run_steps(const Shape &s, const std::vector<float> &x, const std::vector<f
 
 TEST(Concurrency, ModulesOnThreadsWhileSettingsChange) {
     // Few channels (parallel inside a channel) and many (parallel over channels).
-    const std::vector<Shape> shapes = {Shape{4, 3, 40, 41}, Shape{2, 32, 12, 13}, Shape{3, 1, 64, 70}};
+    const std::vector<Shape> shapes = {Shape{4, 3, 40, 41}, Shape{2, 32, 12, 13},
+                                       Shape{3, 1, 64, 70}};
     std::mt19937 rng(5);
     std::vector<std::vector<float>> xs, dys;
     std::vector<Steps> alone;

@@ -46,7 +46,8 @@ private:
 };
 
 int python(const std::string &args) {
-    const std::string cmd = std::string(BN2D_PYTHON) + " " + BN2D_SAFETENSORS_REFERENCE + " " + args;
+    const std::string cmd =
+        std::string(BN2D_PYTHON) + " " + BN2D_SAFETENSORS_REFERENCE + " " + args;
     return std::system(cmd.c_str());
 }
 
@@ -101,7 +102,8 @@ RefFile python_read(const std::string &file, const Scratch &scratch) {
 }
 
 // "ok" or "error" per file: whether the reference implementation accepts it.
-std::vector<std::string> python_check(const std::vector<std::string> &files, const Scratch &scratch) {
+std::vector<std::string> python_check(const std::vector<std::string> &files,
+                                      const Scratch &scratch) {
     std::string args = "check";
     for (const std::string &f : files) args += " " + f;
     const std::string out = scratch.path("check.txt");
@@ -117,10 +119,10 @@ std::vector<std::string> python_check(const std::vector<std::string> &files, con
 // Values exactly representable in `t` (module dtypes hold rounded values).
 double round_to(DType t, double v) {
     switch (t) {
-        case DType::float32: return static_cast<float>(v);
-        case DType::float64: return v;
-        case DType::bfloat16: return float_from_bfloat16(bfloat16_from_float(static_cast<float>(v)));
-        case DType::float16: return float_from_float16(float16_from_float(static_cast<float>(v)));
+    case DType::float32: return static_cast<float>(v);
+    case DType::float64: return v;
+    case DType::bfloat16: return float_from_bfloat16(bfloat16_from_float(static_cast<float>(v)));
+    case DType::float16: return float_from_float16(float16_from_float(static_cast<float>(v)));
     }
     return v;
 }
@@ -130,7 +132,8 @@ StateDict random_state(std::mt19937 &rng, int64_t C, const BatchNorm2d &bn) {
     StateDict s;
     auto vec = [&](double offset, bool positive) {
         std::vector<double> v(static_cast<size_t>(C));
-        for (double &x : v) x = round_to(bn.dtype(), positive ? 0.5 + std::abs(d(rng)) : offset + d(rng));
+        for (double &x : v)
+            x = round_to(bn.dtype(), positive ? 0.5 + std::abs(d(rng)) : offset + d(rng));
         return v;
     };
     if (bn.affine()) {
@@ -147,10 +150,10 @@ StateDict random_state(std::mt19937 &rng, int64_t C, const BatchNorm2d &bn) {
 
 const char *st_dtype(DType t) {
     switch (t) {
-        case DType::float32: return "F32";
-        case DType::float64: return "F64";
-        case DType::bfloat16: return "BF16";
-        case DType::float16: return "F16";
+    case DType::float32: return "F32";
+    case DType::float64: return "F64";
+    case DType::bfloat16: return "BF16";
+    case DType::float16: return "F16";
     }
     return "";
 }
@@ -191,8 +194,10 @@ TEST_P(Checkpoint, SavedFileReadsBackInTheReference) {
     const RefFile got = python_read(file, scratch);
     ASSERT_EQ(got.size(), 5u);
     const std::map<std::string, const std::vector<double> *> expected{
-        {"weight", &state.weight}, {"bias", &state.bias},
-        {"running_mean", &state.running_mean}, {"running_var", &state.running_var}};
+        {"weight", &state.weight},
+        {"bias", &state.bias},
+        {"running_mean", &state.running_mean},
+        {"running_var", &state.running_var}};
     for (const auto &[key, values] : expected) {
         const auto it = got.find(prefix + key);
         ASSERT_NE(it, got.end()) << prefix + key;
@@ -376,8 +381,10 @@ TEST_F(CheckpointErrors, TruncatedAndCorruptFiles) {
     // Dtype names one byte away from the written ones that name other valid dtypes: a random
     // flip finds them about once in a few hundred runs (a flaky failure before the reference
     // reader knew U32 and U64), so every one is also a variant of its own here.
-    const std::pair<std::string, std::string> renames[] = {
-        {"\"F32\"", "\"U32\""}, {"\"F32\"", "\"I32\""}, {"\"I64\"", "\"U64\""}, {"\"I64\"", "\"F64\""}};
+    const std::pair<std::string, std::string> renames[] = {{"\"F32\"", "\"U32\""},
+                                                           {"\"F32\"", "\"I32\""},
+                                                           {"\"I64\"", "\"U64\""},
+                                                           {"\"I64\"", "\"F64\""}};
     for (const auto &[from, to] : renames) {
         for (size_t at = bytes.find(from); at < 8 + header_len; at = bytes.find(from, at + 1)) {
             std::string v = bytes;
@@ -414,8 +421,9 @@ TEST_F(CheckpointErrors, TruncatedAndCorruptFiles) {
             why = e.what();
         }
         if (verdicts[i] == "error") {
-            EXPECT_FALSE(accepted) << "variant " << i << " (" << (i < bytes.size() ? "truncated" : "corrupt")
-                                   << ") is rejected by the reference but loaded";
+            EXPECT_FALSE(accepted)
+                << "variant " << i << " (" << (i < bytes.size() ? "truncated" : "corrupt")
+                << ") is rejected by the reference but loaded";
             rejected_by_both += !accepted;
         } else if (accepted) {
             ++accepted_by_both;  // e.g. a flipped value byte: what we loaded is what it says
@@ -490,7 +498,8 @@ TEST(Fold, FoldedConvolutionEqualsConvolutionThenBatchNorm) {
         auto fill = [](TypedTensor &t, const std::vector<double> &v) {
             for (size_t i = 0; i < v.size(); ++i) t.set(static_cast<int64_t>(i), v[i]);
         };
-        TypedTensor conv_t(dtype, Shape{N, Co, Ho, Wo}, "nchw"), y(dtype, Shape{N, Co, Ho, Wo}, "nchw");
+        TypedTensor conv_t(dtype, Shape{N, Co, Ho, Wo}, "nchw"),
+            y(dtype, Shape{N, Co, Ho, Wo}, "nchw");
         fill(conv_t, conv);
         bn.forward(conv_t.view(), y.view());  // y starts poisoned (NaN)
         const std::vector<double> unfolded = y.values();
@@ -550,7 +559,8 @@ TEST(Fold, ErrorsLeaveTheTensorsUntouched) {
     std::vector<float> w = random_vector(rng, C * 2 * 3 * 3), b = random_vector(rng, C);
     const std::vector<float> w0 = w, b0 = b;
     std::vector<double> b64(C, 0.5);
-    auto rejected = [&](const Tensor &wt, const Tensor &bt, bool transposed, const std::string &what) {
+    auto rejected = [&](const Tensor &wt, const Tensor &bt, bool transposed,
+                        const std::string &what) {
         try {
             fold_into_conv(bn, wt, bt, transposed);
             ADD_FAILURE() << "no error, expected: " << what;
@@ -574,9 +584,9 @@ TEST(Fold, ErrorsLeaveTheTensorsUntouched) {
     // The module is const: its own storage, as the convolution's weight or bias, is refused and
     // left as it was (views of weight() and running_mean() reshaped as a [4, 1] weight).
     const StateDict before = bn.state_dict();
-    for (const auto &[name, view] : {std::pair{"weight()", bn.weight()},
-                                     std::pair{"running_mean()", bn.running_mean()},
-                                     std::pair{"bias_grad()", bn.bias_grad()}}) {
+    for (const auto &[name, view] :
+         {std::pair{"weight()", bn.weight()}, std::pair{"running_mean()", bn.running_mean()},
+          std::pair{"bias_grad()", bn.bias_grad()}}) {
         SCOPED_TRACE(name);
         const Tensor as_weight(view.data_ptr(), view.dtype(), {C, 1});
         rejected(as_weight, bias, false, std::string("conv_weight overlaps the module's ") + name);

@@ -87,21 +87,19 @@ protected:
 
     // Runs f, expects an Error mentioning every one of `words`, the visible state bitwise
     // unchanged and, with check_hidden, the same backward and forward results as the twin.
-    template <typename F>
+    template<typename F>
     void expect_error(F &&f, std::initializer_list<const char *> words, bool check_hidden = true) {
         const Snapshot before = snapshot(bn);
         try {
             f();
             ADD_FAILURE() << "no exception";
         } catch (const Error &e) {
-            for (const char *w : words)
-                EXPECT_THAT(e.what(), HasSubstr(w));
+            for (const char *w : words) EXPECT_THAT(e.what(), HasSubstr(w));
         } catch (const std::exception &e) {
             ADD_FAILURE() << "not a bn2d::Error: " << e.what();
         }
         EXPECT_TRUE(same(before, snapshot(bn))) << "state changed by a failed call";
-        if (check_hidden)
-            expect_same_as_twin();
+        if (check_hidden) expect_same_as_twin();
     }
 
     void expect_same_as_twin() {
@@ -203,10 +201,16 @@ TEST_F(Errors, OutOverlapsInput) {
 TEST_F(Errors, OutputOverlapsItself) {
     std::vector<float> wide(2 * s.numel(), 1.0f);
     const std::vector<int64_t> sizes = {4, 3, 5, 6};
-    expect_error([&] { bn.forward(view(x, s), Tensor(wide.data(), sizes, {0, 30, 6, 1})); },
-                 {"out", "overlapping elements", "[0, 30, 6, 1]"});
-    expect_error([&] { bn.backward(view(dy, s), Tensor(wide.data(), sizes, {90, 30, 6, 2})); },
-                 {"grad_input", "overlapping elements"});
+    expect_error(
+        [&] {
+            bn.forward(view(x, s), Tensor(wide.data(), sizes, {0, 30, 6, 1}));
+        },
+        {"out", "overlapping elements", "[0, 30, 6, 1]"});
+    expect_error(
+        [&] {
+            bn.backward(view(dy, s), Tensor(wide.data(), sizes, {90, 30, 6, 2}));
+        },
+        {"grad_input", "overlapping elements"});
 }
 
 // dtype rules (PyTorch's): the input has the parameters' dtype, or is 16-bit with float32
@@ -216,7 +220,10 @@ TEST_F(Errors, DtypeMismatch) {
     std::vector<uint16_t> yb(s.numel());
     const std::vector<int64_t> sizes = {4, 3, 5, 6};
     expect_error(
-        [&] { bn.forward(Tensor(x64.data(), DType::float64, sizes), Tensor(y64.data(), DType::float64, sizes)); },
+        [&] {
+            bn.forward(Tensor(x64.data(), DType::float64, sizes),
+                       Tensor(y64.data(), DType::float64, sizes));
+        },
         {"input is float64", "parameters are float32"});
     expect_error([&] { bn.forward(view(x, s), Tensor(yb.data(), DType::bfloat16, sizes)); },
                  {"out is bfloat16 but input is float32"});
@@ -396,8 +403,11 @@ TEST_F(Errors, SizeProductsOverflow) {
     EXPECT_THROW(Tensor(small.data(), {huge, 4, 4, 1}).numel(), Error);
     EXPECT_THROW(Tensor(small.data(), {4, huge, 4, 4}), Error);  // its N stride overflows
     // (out is checked after the input: it need not be well-formed here.)
-    expect_error([&] { bn.forward(Tensor(small.data(), {huge, 3, 4, 1}, {1, 1, 1, 1}), view(y, s)); },
-                 {"input", "overflows"});
+    expect_error(
+        [&] {
+            bn.forward(Tensor(small.data(), {huge, 3, 4, 1}, {1, 1, 1, 1}), view(y, s));
+        },
+        {"input", "overflows"});
     // numel fits (2 * 3 * 2 * 4), the memory span does not: (2 - 1) * 2^62 floats.
     expect_error(
         [&] {
@@ -419,7 +429,9 @@ TEST(ZeroFeatures, EmptyTensorsWithHugeBatchOverflowNHW) {
     BatchNorm2d bn(0);
     const int64_t huge = int64_t(1) << 62;
     std::vector<float> none(1);
-    EXPECT_THROW(bn.forward(Tensor(none.data(), {huge, 0, 4, 4}), Tensor(none.data(), {huge, 0, 4, 4}, {0, 0, 0, 0})), Error);
+    EXPECT_THROW(bn.forward(Tensor(none.data(), {huge, 0, 4, 4}),
+                            Tensor(none.data(), {huge, 0, 4, 4}, {0, 0, 0, 0})),
+                 Error);
     EXPECT_EQ(bn.num_batches_tracked(), 0);
 }
 
@@ -437,7 +449,10 @@ TEST_F(Errors, TensorsOverModuleState) {
         expect_error([&] { bn.forward(Tensor(x1.data(), one), Tensor(state.data<float>(), one)); },
                      {"out overlaps the module's", "()"}, false);
     expect_error(
-        [&] { bn.forward(Tensor(x1.data(), one), Tensor(bn.running_var().data<float>() + 1, one, {3, 1, 1, 1})); },
+        [&] {
+            bn.forward(Tensor(x1.data(), one),
+                       Tensor(bn.running_var().data<float>() + 1, one, {3, 1, 1, 1}));
+        },
         {"out overlaps the module's running_var()"}, false);
     bn.forward(Tensor(x1.data(), one), Tensor(y1.data(), one));  // an eval forward to go back from
     std::vector<float> dy1 = random_vector(rng, 3);
@@ -455,8 +470,11 @@ TEST_F(Errors, TensorsOverModuleState) {
     bn.train();
     const Tensor over_mean(bn.running_mean().data<float>(), {2, 3, 1, 1}, {0, 1, 1, 1});
     std::vector<float> y2 = poisoned(6);
-    expect_error([&] { bn.forward(over_mean, Tensor(y2.data(), {2, 3, 1, 1})); },
-                 {"input overlaps the module's running_mean()"}, false);
+    expect_error(
+        [&] {
+            bn.forward(over_mean, Tensor(y2.data(), {2, 3, 1, 1}));
+        },
+        {"input overlaps the module's running_mean()"}, false);
     // In eval mode nothing writes it: the same input is accepted.
     bn.eval();
     EXPECT_NO_THROW(bn.forward(over_mean, Tensor(y2.data(), {2, 3, 1, 1})));
@@ -518,7 +536,7 @@ TEST_F(Errors, FailedForwardKeepsTheLastGoodOne) {
         [&] {
             bn.forward(Tensor(other.data(), {2, 3, 5, 6}), Tensor(y.data(), {2, 3, 6, 5}));
         },
-        {"out"}); // expect_error then checks backward against the twin
+        {"out"});  // expect_error then checks backward against the twin
 }
 
 TEST_F(Errors, TrainingBackwardAfterEvalForward) {
@@ -567,8 +585,7 @@ TEST_F(Errors, LoadStateDictWrongSizes) {
     expect_error([&] { bn.load_state_dict(bad); }, {"num_batches_tracked"});
     // All or nothing: a dict whose weight is fine but running_var is not loads nothing.
     bad = bn.state_dict();
-    for (double &w : bad.weight)
-        w = 42.0;
+    for (double &w : bad.weight) w = 42.0;
     bad.running_var.clear();
     expect_error([&] { bn.load_state_dict(bad); }, {"running_var"});
 }
@@ -611,8 +628,7 @@ TEST_F(Errors, UnknownIsaName) {
     } catch (const Error &e) {
         EXPECT_THAT(e.what(), HasSubstr("avx9000"));
     }
-    for (CpuIsa isa : compiled_cpu_isas())
-        EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+    for (CpuIsa isa : compiled_cpu_isas()) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
 }
 
 TEST_F(Errors, NegativeThreadCount) {
@@ -677,12 +693,11 @@ TEST_F(Errors, DeviceTensorOnCpuModule) {
 }
 
 TEST_F(Errors, MissingCudaGivesClearError) {
-    if (device_available(Device::Cuda))
-        GTEST_SKIP() << "a CUDA device is present";
+    if (device_available(Device::Cuda)) GTEST_SKIP() << "a CUDA device is present";
     EXPECT_FALSE(device_unavailable_reason(Device::Cuda).empty());
     expect_error([&] { bn.to(Device::Cuda); }, {"to(cuda)", "device not usable"});
     EXPECT_EQ(bn.device(), Device::CPU);
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test

@@ -20,7 +20,7 @@ struct Options {
     std::optional<double> momentum;
 };
 
-using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
+using Param = std::tuple<Shape, bool, bool, bool>;  // shape, affine, track, momentum none
 
 class ForwardGrid : public ::testing::TestWithParam<Param> {};
 
@@ -76,7 +76,7 @@ TEST(Forward, VarianceOfLargeMeanSmallSpreadIsAccurate) {
         SCOPED_TRACE("mean = 1e4 * std, std = " + std::to_string(stddev));
         std::mt19937 rng(11 + static_cast<unsigned>(stddev * 100));
         std::vector<float> x = random_vector(rng, s.numel(), 1e4f * stddev, stddev);
-        BatchNorm2d bn(s.c, 1e-5, 1.0); // momentum 1: running_var = unbiased batch variance
+        BatchNorm2d bn(s.c, 1e-5, 1.0);  // momentum 1: running_var = unbiased batch variance
         std::vector<float> y = poisoned(s.numel());
         bn.forward(view(x, s), view(y, s));
         reference::Stats st = reference::batch_stats(s, x);
@@ -165,9 +165,8 @@ TEST(Forward, ConstantChannelGivesExactlyBias) {
     const Shape s{3, 4, 5, 7};
     std::mt19937 rng(5);
     std::vector<float> x = random_vector(rng, s.numel());
-    for (int64_t n = 0; n < s.n; ++n) // channel 2 is constant
-        for (int64_t i = 0; i < s.h * s.w; ++i)
-            x[(n * s.c + 2) * s.h * s.w + i] = 1234.567f;
+    for (int64_t n = 0; n < s.n; ++n)  // channel 2 is constant
+        for (int64_t i = 0; i < s.h * s.w; ++i) x[(n * s.c + 2) * s.h * s.w + i] = 1234.567f;
     for (bool affine : {true, false}) {
         SCOPED_TRACE(affine ? "affine" : "plain");
         BatchNorm2d bn(s.c, 1e-5, 0.1, affine);
@@ -179,7 +178,7 @@ TEST(Forward, ConstantChannelGivesExactlyBias) {
         for (int64_t n = 0; n < s.n; ++n)
             for (int64_t i = 0; i < s.h * s.w; ++i) {
                 const int64_t at = (n * s.c + 2) * s.h * s.w + i;
-                ASSERT_EQ(y[at], bias) << where(s, at); // bitwise: 0 * scale + bias
+                ASSERT_EQ(y[at], bias) << where(s, at);  // bitwise: 0 * scale + bias
             }
         // And its running variance moved towards 0 exactly: (1 - 0.1) * 1 + 0.1 * 0.
         EXPECT_EQ(to_vector(bn.running_var())[2], 0.9f);
@@ -192,7 +191,8 @@ TEST(Forward, ConstantChannelGivesExactlyBias) {
 TEST(Forward, ZeroFeaturesModuleIsANoOp) {
     BatchNorm2d bn(0);
     EXPECT_EQ(bn.num_features(), 0);
-    EXPECT_EQ(bn.to_string(), "BatchNorm2d(0, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+    EXPECT_EQ(bn.to_string(),
+              "BatchNorm2d(0, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
     float dummy = 1.0f, dummy_out = 2.0f;
     const std::vector<int64_t> sizes = {4, 0, 5, 6};
     bn.forward(Tensor(&dummy, sizes), Tensor(&dummy_out, sizes));
@@ -202,7 +202,8 @@ TEST(Forward, ZeroFeaturesModuleIsANoOp) {
     bn.backward(Tensor(nullptr, sizes), Tensor(nullptr, sizes));
     EXPECT_TRUE(bn.backward(Tensor(nullptr, sizes)).empty());
     const StateDict d = bn.state_dict();
-    EXPECT_TRUE(d.weight.empty() && d.bias.empty() && d.running_mean.empty() && d.running_var.empty());
+    EXPECT_TRUE(d.weight.empty() && d.bias.empty() && d.running_mean.empty() &&
+                d.running_var.empty());
     EXPECT_EQ(bn.weight().numel(), 0);
     bn.load_state_dict(d);
     bn.zero_grad();
@@ -244,7 +245,8 @@ TEST(Forward, EmptyBatchBehavesLikePyTorch) {
         EXPECT_EQ(bn.state_dict().running_mean, before.running_mean);
         EXPECT_EQ(bn.state_dict().running_var, before.running_var);
         EXPECT_EQ(bn.state_dict().weight, before.weight);
-        EXPECT_TRUE(bn.forward(null_x).empty()); // the allocating overload; null is fine when empty
+        EXPECT_TRUE(
+            bn.forward(null_x).empty());  // the allocating overload; null is fine when empty
         EXPECT_EQ(bn.num_batches_tracked(), 2);
         // Backward of an empty batch: nothing to do, parameter gradients stay 0.
         bn.backward(null_x, null_x);
@@ -279,24 +281,23 @@ struct Layout {
 
 Layout make_layout(const std::string &kind, const Shape &s) {
     const int64_t plane = s.h * s.w;
-    if (kind == "contiguous")
-        return {kind, {s.c * plane, plane, s.w, 1}, 0, s.numel()};
-    if (kind == "padded_rows_batch_gaps") { // a crop of wider rows, every other batch item
+    if (kind == "contiguous") return {kind, {s.c * plane, plane, s.w, 1}, 0, s.numel()};
+    if (kind == "padded_rows_batch_gaps") {  // a crop of wider rows, every other batch item
         const int64_t row = s.w + 7, nstride = 2 * s.c * s.h * row;
         return {kind, {nstride, s.h * row, row, 1}, 0, s.n * nstride};
     }
-    if (kind == "unaligned_crop") { // x[:, :, 1:, 3:] of a bigger H and W: base not aligned
+    if (kind == "unaligned_crop") {  // x[:, :, 1:, 3:] of a bigger H and W: base not aligned
         const int64_t W2 = s.w + 5, H2 = s.h + 2;
         return {kind, {s.c * H2 * W2, H2 * W2, W2, 1}, W2 + 3, s.n * s.c * H2 * W2};
     }
-    if (kind == "channel_slice") { // x[:, 2:2+C] of a tensor with C+3 channels: dense planes
+    if (kind == "channel_slice") {  // x[:, 2:2+C] of a tensor with C+3 channels: dense planes
         const int64_t C2 = s.c + 3;
         return {kind, {C2 * plane, plane, s.w, 1}, 2 * plane, s.n * C2 * plane};
     }
-    if (kind == "odd_batch_items") { // x[1::2] of a batch twice as large: dense planes
+    if (kind == "odd_batch_items") {  // x[1::2] of a batch twice as large: dense planes
         return {kind, {2 * s.c * plane, plane, s.w, 1}, s.c * plane, 2 * s.n * s.c * plane};
     }
-    if (kind == "reversed_batch") { // x.flip(0) as a view: a negative batch stride
+    if (kind == "reversed_batch") {  // x.flip(0) as a view: a negative batch stride
         return {kind, {-s.c * plane, plane, s.w, 1}, (s.n - 1) * s.c * plane, s.numel()};
     }
     ADD_FAILURE() << "unknown layout " << kind;
@@ -332,18 +333,16 @@ Tensor view_in(std::vector<float> &buffer, const Shape &s, const Layout &l) {
 ::testing::AssertionResult untouched_outside(const Shape &s, const Layout &l,
                                              const std::vector<float> &buffer) {
     int64_t written = 0;
-    for (float v : buffer)
-        written += !std::isnan(v);
+    for (float v : buffer) written += !std::isnan(v);
     // Inside the view every element was written (all_close rejects NaN), so the count of
     // non-NaN elements is numel exactly when nothing outside was touched.
-    if (written == s.numel())
-        return ::testing::AssertionSuccess();
+    if (written == s.numel()) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
            << written << " non-NaN elements in the buffer, expected " << s.numel()
            << ": wrote outside the view (or missed elements)";
 }
 
-using StridedParam = std::tuple<std::string, bool>; // layout, training
+using StridedParam = std::tuple<std::string, bool>;  // layout, training
 
 class StridedViews : public ::testing::TestWithParam<StridedParam> {};
 
@@ -352,7 +351,7 @@ class StridedViews : public ::testing::TestWithParam<StridedParam> {};
 // spatial loops may vectorize, hence round, differently) and the reference.
 TEST_P(StridedViews, MatchContiguous) {
     const auto [kind, training] = GetParam();
-    const Shape s{3, 5, 6, 37}; // W = 37: full vectors and a tail
+    const Shape s{3, 5, 6, 37};  // W = 37: full vectors and a tail
     const Layout l = make_layout(kind, s);
     std::mt19937 rng(std::hash<std::string>()(kind) + training);
     auto at = [&](int64_t i) { return where(s, i); };
@@ -372,7 +371,7 @@ TEST_P(StridedViews, MatchContiguous) {
 
     std::vector<float> x = random_vector(rng, s.numel(), -0.5f, 1.5f);
     std::vector<float> dy = random_vector(rng, s.numel());
-    std::vector<float> x_buf = random_vector(rng, l.buffer_size, 100.0f, 50.0f); // junk around
+    std::vector<float> x_buf = random_vector(rng, l.buffer_size, 100.0f, 50.0f);  // junk around
     std::vector<float> dy_buf = random_vector(rng, l.buffer_size, 100.0f, 50.0f);
     scatter(s, l, x, x_buf);
     scatter(s, l, dy, dy_buf);
@@ -425,7 +424,7 @@ TEST(Forward, SizeOneDimensionsWithAnyStride) {
     struct Case {
         const char *what;
         Shape s;
-        std::vector<int64_t> strides; // inside a buffer of 8x the elements
+        std::vector<int64_t> strides;  // inside a buffer of 8x the elements
     };
     const std::vector<Case> cases = {
         {"W = 1 with stride 8 (x[..., ::8])", {4, 3, 5, 1}, {3 * 5 * 8, 5 * 8, 8, 8}},
@@ -502,7 +501,7 @@ TEST(Forward, ResetAndStateDictRoundTrip) {
     EXPECT_EQ(bn.state_dict().running_mean, std::vector<double>(s.c, 0.0));
     EXPECT_EQ(bn.state_dict().running_var, std::vector<double>(s.c, 1.0));
     EXPECT_EQ(bn.num_batches_tracked(), 0);
-    EXPECT_EQ(bn.state_dict().weight, saved.weight); // parameters untouched
+    EXPECT_EQ(bn.state_dict().weight, saved.weight);  // parameters untouched
 
     bn.load_state_dict(saved);
     EXPECT_EQ(bn.state_dict().running_var, saved.running_var);
@@ -550,5 +549,5 @@ TEST(Forward, ThreadCountDoesNotChangeResults) {
     }
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test

@@ -62,12 +62,14 @@ struct Fuzzer {
         o.eps = coin() ? 1e-5 : std::pow(10.0, -pick(1, 8));
         const int m = pick(0, 2);
         o.momentum = m == 0 ? std::optional<double>(0.1)
-                     : m == 1 ? std::nullopt
-                              : std::optional<double>(std::uniform_real_distribution<double>(0, 1)(rng));
+                     : m == 1
+                         ? std::nullopt
+                         : std::optional<double>(std::uniform_real_distribution<double>(0, 1)(rng));
         o.affine = coin(0.8);
         o.track_running_stats = coin(0.8);
         std::vector<DType> dtypes;
-        for (DType t : {DType::float32, DType::float32, DType::bfloat16, DType::float16, DType::float64})
+        for (DType t :
+             {DType::float32, DType::float32, DType::bfloat16, DType::float16, DType::float64})
             if (dtype_not_built(t).empty()) dtypes.push_back(t);
         input_dtype = one_of(dtypes);
         params = input_dtype == DType::float64 ? DType::float64 : DType::float32;
@@ -185,8 +187,8 @@ struct Fuzzer {
         }
         const Shape &s = last_shape;
         const Tolerance tol = tolerance(input_dtype);
-        const BackwardMask m = one_of(std::vector<BackwardMask>{
-            {true, true}, {true, false}, {false, true}, {false, false}});
+        const BackwardMask m = one_of(
+            std::vector<BackwardMask>{{true, true}, {true, false}, {false, true}, {false, false}});
         TypedTensor dy(input_dtype, s, random_layout()), dx(input_dtype, s, random_layout());
         const std::vector<double> dyv = dy.randomize(rng);
         ++g_counts[std::string("backward ") + mask_name(m)];
@@ -202,7 +204,8 @@ struct Fuzzer {
             for (int64_t c = 0; c < s.c; ++c) {
                 term = std::max(term, ref->saved_invstd[c] * std::abs(ref->w(c)));
                 reference::for_channel(s, c, [&](int64_t i) {
-                    x_hat = std::max(x_hat, std::abs(last_xv[i] - ref->saved_mean[c]) * ref->saved_invstd[c]);
+                    x_hat = std::max(x_hat, std::abs(last_xv[i] - ref->saved_mean[c]) *
+                                                ref->saved_invstd[c]);
                 });
             }
             term *= max_abs(dyv) * (2 + x_hat);
@@ -236,11 +239,12 @@ struct Fuzzer {
                 dy_sum = std::max(dy_sum, sum);
             }
             x_hat_error *= 4 * tol.arithmetic * max_abs(last_xv);
-            grad_atol += (params == DType::float64
-                              ? 1e-11 * (1.0 + std::sqrt(double(s.per_channel())))
-                              : 2 * param_grad_atol(s)) +
-                         x_hat_error * dy_sum;
-            EXPECT_TRUE(all_close(to_vector_f64(bn->weight_grad()), ref_grad_weight, grad_atol, 1e-5));
+            grad_atol +=
+                (params == DType::float64 ? 1e-11 * (1.0 + std::sqrt(double(s.per_channel())))
+                                          : 2 * param_grad_atol(s)) +
+                x_hat_error * dy_sum;
+            EXPECT_TRUE(
+                all_close(to_vector_f64(bn->weight_grad()), ref_grad_weight, grad_atol, 1e-5));
             EXPECT_TRUE(all_close(to_vector_f64(bn->bias_grad()), ref_grad_bias, grad_atol, 1e-5));
         }
     }
@@ -297,8 +301,8 @@ struct Fuzzer {
         }
         case 4: {
             if (s.c == 0) break;
-            const Tensor state = one_of(std::vector<Tensor>{bn->running_mean(), bn->weight_grad(),
-                                                            bn->weight()});
+            const Tensor state =
+                one_of(std::vector<Tensor>{bn->running_mean(), bn->weight_grad(), bn->weight()});
             if (!state.defined()) break;
             // out [1, C, 1, 1] over the module's own storage (float32 or float64).
             const Tensor out(state.data_ptr(), state.dtype(), {1, s.c, 1, 1});
@@ -321,9 +325,13 @@ struct Fuzzer {
         make_module();
         for (int i = 0; i < steps && !::testing::Test::HasFailure(); ++i) {
             switch (pick(0, 9)) {
-            case 0: case 1: case 2: forward(true); break;
-            case 3: case 4: forward(false); break;
-            case 5: case 6: backward(); break;
+            case 0:
+            case 1:
+            case 2: forward(true); break;
+            case 3:
+            case 4: forward(false); break;
+            case 5:
+            case 6: backward(); break;
             case 7:
                 ++g_counts["zero_grad"];
                 bn->zero_grad();
@@ -379,12 +387,16 @@ TEST(Fuzz, FreshSeedsTimeBoxed) {
     std::random_device rd;
     const auto start = std::chrono::steady_clock::now();
     int n = 0;
-    while (!HasFailure() && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds) {
+    while (!HasFailure() &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
+               seconds) {
         run_seed(rd());
         ++n;
     }
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("fuzz: %d fresh seeds in %.1f s; calls made by all seeds of this process:\n", n, elapsed);
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("fuzz: %d fresh seeds in %.1f s; calls made by all seeds of this process:\n", n,
+                elapsed);
     for (const auto &[what, count] : g_counts) std::printf("  %6d  %s\n", count, what.c_str());
 }
 

@@ -39,7 +39,7 @@ Grads read_grads(BatchNorm2d &bn) {
     return g;
 }
 
-using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
+using Param = std::tuple<Shape, bool, bool, bool>;  // shape, affine, track, momentum none
 
 class Gpu : public ::testing::TestWithParam<Param> {
 protected:
@@ -52,7 +52,7 @@ TEST_P(Gpu, AllOpsMatchReference) {
     const std::optional<double> momentum = cumulative ? std::nullopt : std::optional<double>(0.1);
     BatchNorm2d bn(s.c, 1e-5, momentum, affine, track);
     reference::Module ref = reference_like(bn);
-    randomize_parameters(rng, bn, ref); // on the host, then moved with the module
+    randomize_parameters(rng, bn, ref);  // on the host, then moved with the module
     bn.to(kDevice);
     ASSERT_EQ(bn.device(), kDevice);
     const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
@@ -63,7 +63,7 @@ TEST_P(Gpu, AllOpsMatchReference) {
     auto check_state = [&] {
         const StateDict st = bn.state_dict();
         EXPECT_EQ(st.num_batches_tracked, ref.num_batches_tracked);
-        if (affine) { // parameters never change in forward/backward
+        if (affine) {  // parameters never change in forward/backward
             EXPECT_TRUE(all_close(st.weight, ref.weight, 0, 0));
             EXPECT_TRUE(all_close(st.bias, ref.bias, 0, 0));
         } else {
@@ -121,7 +121,7 @@ TEST_P(Gpu, AllOpsMatchReference) {
             }
             if (!affine) {
                 EXPECT_FALSE(bn.weight_grad().defined());
-                continue; // no to() round trip: the forward is still the last one
+                continue;  // no to() round trip: the forward is still the last one
             }
             const Grads g = read_grads(bn);
             if (mask.params) {
@@ -131,7 +131,7 @@ TEST_P(Gpu, AllOpsMatchReference) {
                 EXPECT_EQ(g.weight, std::vector<float>(s.c, 0.0f));
                 EXPECT_EQ(g.bias, std::vector<float>(s.c, 0.0f));
             }
-            forward(x, "forward again after to()"); // same x: same saved statistics
+            forward(x, "forward again after to()");  // same x: same saved statistics
         }
     }
 }
@@ -144,11 +144,11 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
 
 // C = 5 with W = 37 (not a multiple of the 32-wide tiles), C = 3 with H*W = 3072 (more than one
 // reduction block per row), H = W = 1, and C = 70 (more than one 64-channel tile).
-INSTANTIATE_TEST_SUITE_P(
-    Grid, Gpu,
-    ::testing::Combine(::testing::ValuesIn(problems::load("gpu")),
-                       ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
-    param_name);
+INSTANTIATE_TEST_SUITE_P(Grid, Gpu,
+                         ::testing::Combine(::testing::ValuesIn(problems::load("gpu")),
+                                            ::testing::Bool(), ::testing::Bool(),
+                                            ::testing::Bool()),
+                         param_name);
 
 // The GPU kernels accumulate in float32: the shifted sums must still give the variance of data
 // whose mean is 1e4 times its spread (naive E[x^2] - E[x]^2 in float32 returns garbage here).
@@ -157,7 +157,7 @@ TEST(GpuDevice, VarianceOfLargeMeanSmallSpreadIsAccurate) {
     const Shape s{8, 4, 64, 64};
     std::mt19937 rng(61);
     std::vector<float> x = random_vector(rng, s.numel(), 1e4f, 1.0f);
-    BatchNorm2d bn(s.c, 1e-5, 1.0); // momentum 1: running_var = unbiased batch variance
+    BatchNorm2d bn(s.c, 1e-5, 1.0);  // momentum 1: running_var = unbiased batch variance
     bn.to(kDevice);
     DeviceBuffer d_x(kDevice, {s.n, s.c, s.h, s.w}), d_y(kDevice, {s.n, s.c, s.h, s.w});
     d_x.upload(x);
@@ -207,7 +207,8 @@ TEST(GpuDevice, NanAndInfPropagateLikeTheCpu) {
     const std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
     BatchNorm2d cpu(s.c), dev(s.c);
     dev.to(kDevice);
-    DeviceBuffer d_x(kDevice, sizes), d_y(kDevice, sizes), d_dy(kDevice, sizes), d_dx(kDevice, sizes);
+    DeviceBuffer d_x(kDevice, sizes), d_y(kDevice, sizes), d_dy(kDevice, sizes),
+        d_dx(kDevice, sizes);
     d_x.upload(x);
     d_dy.upload(dy);
     for (bool training : {true, false}) {
@@ -264,7 +265,7 @@ TEST(GpuDevice, StateSurvivesMovesAndLoads) {
     EXPECT_EQ(bn.state_dict().running_var, d.running_var);
     EXPECT_EQ(bn.state_dict().num_batches_tracked, 7);
     d.bias = to_f64(random_vector(rng, 6));
-    bn.load_state_dict(d); // on the device
+    bn.load_state_dict(d);  // on the device
     EXPECT_EQ(bn.state_dict().bias, d.bias);
     bn.to(Device::CPU);
     EXPECT_EQ(bn.state_dict().bias, d.bias);
@@ -322,8 +323,8 @@ TEST(GpuDevice, HostTensorOnDeviceModule) {
     EXPECT_EQ(bn.num_batches_tracked(), 0);
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test
 
 namespace bn2d::test {
 namespace {
@@ -416,9 +417,11 @@ TEST(GpuVariants, VerboseNamesEveryKernelOfTheTable) {
     }
     for (const std::string &k : build_info().kernels) {
         bool skipped = false;
-        for (const std::string &d : skipped_dtypes) skipped = skipped || k.find(d) != std::string::npos;
+        for (const std::string &d : skipped_dtypes)
+            skipped = skipped || k.find(d) != std::string::npos;
         if (!skipped)
-            EXPECT_TRUE(reached.count(k)) << "kernel " << k << " is never dispatched on " << device_name(kDevice);
+            EXPECT_TRUE(reached.count(k))
+                << "kernel " << k << " is never dispatched on " << device_name(kDevice);
     }
 }
 

@@ -17,7 +17,7 @@
 namespace bn2d::test {
 namespace {
 
-using Param = std::tuple<CpuIsa, bool>; // ISA, affine
+using Param = std::tuple<CpuIsa, bool>;  // ISA, affine
 
 class IsaVariant : public ::testing::TestWithParam<Param> {
 protected:
@@ -66,8 +66,7 @@ TEST_P(IsaVariant, TrainEvalBackwardMatchReference) {
                 if (mask.input || (mask.params && affine))
                     EXPECT_EQ(last_cpu_isa_used(), isa)
                         << "backward ran " << isa_name(last_cpu_isa_used());
-                if (mask.input)
-                    EXPECT_TRUE(all_close(dx, g.input, atol_in, 1e-5, at));
+                if (mask.input) EXPECT_TRUE(all_close(dx, g.input, atol_in, 1e-5, at));
                 if (affine && mask.params) {
                     EXPECT_TRUE(all_close(to_vector(bn.weight_grad()), g.weight, atol_p, 1e-5));
                     EXPECT_TRUE(all_close(to_vector(bn.bias_grad()), g.bias, atol_p, 1e-5));
@@ -188,8 +187,7 @@ TEST(Isa, VariantsAgree) {
     const CpuIsa saved = max_cpu_isa();
     std::vector<float> y0, dx0;
     for (CpuIsa isa : compiled_cpu_isas()) {
-        if (!cpu_supports(isa))
-            continue;
+        if (!cpu_supports(isa)) continue;
         SCOPED_TRACE(isa_name(isa));
         set_max_cpu_isa(isa);
         BatchNorm2d bn(s.c);
@@ -207,5 +205,5 @@ TEST(Isa, VariantsAgree) {
     set_max_cpu_isa(saved);
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test

@@ -31,8 +31,8 @@ std::vector<float> gather(const Tensor &t, const Shape &s) {
         for (int64_t c = 0; c < s.c; ++c)
             for (int64_t h = 0; h < s.h; ++h)
                 for (int64_t w = 0; w < s.w; ++w)
-                    dense[s.index(n, c, h, w)] =
-                        t.data()[n * t.stride(0) + c * t.stride(1) + h * t.stride(2) + w * t.stride(3)];
+                    dense[s.index(n, c, h, w)] = t.data()[n * t.stride(0) + c * t.stride(1) +
+                                                          h * t.stride(2) + w * t.stride(3)];
     return dense;
 }
 
@@ -185,7 +185,7 @@ TEST(LargeTensors, DenseBatchOfMoreThan2To31Elements) {
             uint64_t h = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
             h ^= h >> 31;
             const float u = static_cast<float>(h & 0xffffff) / float(1 << 24);  // [0, 1)
-            x[i] = bfloat16_from_float(offset + 3.4641f * (u - 0.5f));           // variance ~1
+            x[i] = bfloat16_from_float(offset + 3.4641f * (u - 0.5f));          // variance ~1
         }
     });
     BatchNorm2d bn(1);

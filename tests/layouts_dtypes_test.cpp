@@ -12,7 +12,8 @@ namespace {
 class LayoutDtype : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(LayoutDtype, MatchesFloat64Reference) {
-    if (const std::string why = dtype_not_built(GetParam().dtype); !why.empty()) GTEST_SKIP() << why;
+    if (const std::string why = dtype_not_built(GetParam().dtype); !why.empty())
+        GTEST_SKIP() << why;
     std::vector<Shape> shapes;
     for (const Shape &s : grid_shapes())  // float32 also covers the larger-than-L2 shape
         if (GetParam().dtype == DType::float32 || s.numel() <= 2000000) shapes.push_back(s);
@@ -110,7 +111,8 @@ TEST(Dtypes, MismatchesAreClearErrors) {
     xb.randomize(rng);
     BatchNorm2d f32(s.c);
     expect_error([&] { f32.forward(x64.view(), y64.view()); }, "input is float64");
-    expect_error([&] { f32.forward(x32.view(), yb.view()); }, "out is bfloat16 but input is float32");
+    expect_error([&] { f32.forward(x32.view(), yb.view()); },
+                 "out is bfloat16 but input is float32");
     Options o;
     o.dtype = DType::float64;
     BatchNorm2d f64(s.c, o);

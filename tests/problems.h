@@ -31,8 +31,8 @@ struct Shape {
 inline Shape parse_descriptor(const std::string &d) {
     long long n, c, h, w;
     char tail;
-    if (std::sscanf(d.c_str(), "mb%lldic%lldih%lldiw%lld%c", &n, &c, &h, &w, &tail) != 4 ||
-        n < 0 || c <= 0 || h < 0 || w < 0)
+    if (std::sscanf(d.c_str(), "mb%lldic%lldih%lldiw%lld%c", &n, &c, &h, &w, &tail) != 4 || n < 0 ||
+        c <= 0 || h < 0 || w < 0)
         throw std::invalid_argument("problems.txt: bad descriptor '" + d + "'");
     return {n, c, h, w};
 }

@@ -95,9 +95,8 @@ struct Module {
             }
         }
         for (int64_t ic = 0; ic < c; ++ic)
-            for_channel(s, ic, [&](int64_t i) {
-                y[i] = (x[i] - mean[ic]) * invstd[ic] * w(ic) + b(ic);
-            });
+            for_channel(s, ic,
+                        [&](int64_t i) { y[i] = (x[i] - mean[ic]) * invstd[ic] * w(ic) + b(ic); });
         used_batch_stats = batch;
         saved_mean = mean;
         saved_invstd = invstd;
@@ -124,10 +123,9 @@ struct Module {
             g.weight[ic] = sum_dy_xhat;
             for_channel(s, ic, [&](int64_t i) {
                 const double xhat = (x[i] - saved_mean[ic]) * saved_invstd[ic];
-                g.input[i] = used_batch_stats
-                                 ? saved_invstd[ic] * w(ic) *
-                                       (dy[i] - sum_dy / m - xhat * sum_dy_xhat / m)
-                                 : dy[i] * w(ic) * saved_invstd[ic];
+                g.input[i] = used_batch_stats ? saved_invstd[ic] * w(ic) *
+                                                    (dy[i] - sum_dy / m - xhat * sum_dy_xhat / m)
+                                              : dy[i] * w(ic) * saved_invstd[ic];
             });
         }
         return g;

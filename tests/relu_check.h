@@ -34,7 +34,8 @@ inline std::vector<double> reference_epilogue(std::vector<double> pre, const std
 }
 
 // PyTorch's threshold_backward(dy, y, 0): dy where y > 0 or y is NaN, else 0.
-inline std::vector<double> through_relu(const std::vector<double> &dy, const std::vector<double> &y) {
+inline std::vector<double> through_relu(const std::vector<double> &dy,
+                                        const std::vector<double> &y) {
     std::vector<double> g(dy.size());
     for (size_t i = 0; i < dy.size(); ++i) g[i] = y[i] <= 0 ? 0.0 : dy[i];
     return g;
@@ -62,8 +63,10 @@ inline void check_fused_against_reference(const Variant &var, const std::vector<
             OnDevice dev_x(x, device), dev_z(z, device), dev_y(y, device), dev_dy(dy, device),
                 dev_dx(dx, device), dev_dz(dz, device);
             auto forward = [&] {
-                if (f.residual) bn.forward_add(dev_x.view(), dev_z.view(), dev_y.view());
-                else bn.forward(dev_x.view(), dev_y.view());
+                if (f.residual)
+                    bn.forward_add(dev_x.view(), dev_z.view(), dev_y.view());
+                else
+                    bn.forward(dev_x.view(), dev_y.view());
             };
 
             for (bool training : {true, false}) {
@@ -91,8 +94,10 @@ inline void check_fused_against_reference(const Variant &var, const std::vector<
                     dev_dz.upload();
                     bn.zero_grad();
                     const Tensor grad_input = mask.input ? dev_dx.view() : Tensor();
-                    if (f.residual) bn.backward_add(dev_dy.view(), grad_input, dev_dz.view(), mask);
-                    else bn.backward(dev_dy.view(), grad_input, mask);
+                    if (f.residual)
+                        bn.backward_add(dev_dy.view(), grad_input, dev_dz.view(), mask);
+                    else
+                        bn.backward(dev_dy.view(), grad_input, mask);
                     dev_dx.download();
                     dev_dz.download();
                     if (f.residual) {  // exactly dy or 0: no arithmetic

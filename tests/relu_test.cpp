@@ -12,7 +12,8 @@ namespace {
 class relu_fused : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(relu_fused, MatchesFloat64Reference) {
-    if (const std::string why = dtype_not_built(GetParam().dtype); !why.empty()) GTEST_SKIP() << why;
+    if (const std::string why = dtype_not_built(GetParam().dtype); !why.empty())
+        GTEST_SKIP() << why;
     check_fused_against_reference(GetParam(), fused_shapes(), Device::CPU);
 }
 
@@ -34,7 +35,8 @@ TEST(relu_semantics, GradientAtExactlyZeroIsZero) {
     std::mt19937 rng(7);
     for (bool residual : {false, true}) {
         for (bool training : {true, false}) {
-            SCOPED_TRACE(std::string(residual ? "add_relu" : "relu") + (training ? " training" : " eval"));
+            SCOPED_TRACE(std::string(residual ? "add_relu" : "relu") +
+                         (training ? " training" : " eval"));
             BatchNorm2d bn(s.c, relu_options());
             StateDict d = bn.state_dict();
             d.bias = {residual ? 0.75 : 0.0, 0.5, 0.25, 1.0};
@@ -46,11 +48,16 @@ TEST(relu_semantics, GradientAtExactlyZeroIsZero) {
                 for (int64_t n = 0; n < s.n; ++n) x[n * s.c * s.h * s.w + i] = 3.0f;  // channel 0
             std::vector<float> y = poisoned(s.numel()), dy = random_vector(rng, s.numel());
             std::vector<float> dx = poisoned(s.numel()), dz = poisoned(s.numel());
-            if (residual) bn.forward_add(view(x, s), view(z, s), view(y, s));
-            else bn.forward(view(x, s), view(y, s));
-            if (residual) bn.backward_add(view(dy, s), view(dx, s), view(dz, s));
-            else bn.backward(view(dy, s), view(dx, s));
-            const std::vector<float> gw = to_vector(bn.weight_grad()), gb = to_vector(bn.bias_grad());
+            if (residual)
+                bn.forward_add(view(x, s), view(z, s), view(y, s));
+            else
+                bn.forward(view(x, s), view(y, s));
+            if (residual)
+                bn.backward_add(view(dy, s), view(dx, s), view(dz, s));
+            else
+                bn.backward(view(dy, s), view(dx, s));
+            const std::vector<float> gw = to_vector(bn.weight_grad()),
+                                     gb = to_vector(bn.bias_grad());
             for (int64_t n = 0; n < s.n; ++n)
                 for (int64_t i = 0; i < s.h * s.w; ++i) {
                     const int64_t at = n * s.c * s.h * s.w + i;
@@ -102,7 +109,8 @@ TEST(relu_semantics, BackwardWithoutResidualGradient) {
     const Shape s{2, 5, 6, 7};
     std::mt19937 rng(9);
     BatchNorm2d a(s.c, relu_options()), b(s.c, relu_options());
-    std::vector<float> x = random_vector(rng, s.numel(), 1.0f, 2.0f), z = random_vector(rng, s.numel());
+    std::vector<float> x = random_vector(rng, s.numel(), 1.0f, 2.0f),
+                       z = random_vector(rng, s.numel());
     std::vector<float> ya = poisoned(s.numel()), yb = poisoned(s.numel());
     std::vector<float> dy = random_vector(rng, s.numel()), dxa = poisoned(s.numel()),
                        dxb = poisoned(s.numel()), dz = poisoned(s.numel());
@@ -135,7 +143,7 @@ TEST(relu_errors, BadArgumentsLeaveStateUntouched) {
     BatchNorm2d bn(s.c, relu_options());
     std::vector<float> x = random_vector(rng, s.numel()), z = random_vector(rng, s.numel());
     std::vector<float> y(s.numel()), dy = random_vector(rng, s.numel()), dx(s.numel()),
-                       dz(s.numel()), small(2 * 3 * 4 * 4);
+                                     dz(s.numel()), small(2 * 3 * 4 * 4);
     std::vector<double> z64(s.numel(), 1.0);
     bn.forward_add(view(x, s), view(z, s), view(y, s));
     bn.backward_add(view(dy, s), view(dx, s), view(dz, s));
@@ -152,10 +160,16 @@ TEST(relu_errors, BadArgumentsLeaveStateUntouched) {
         EXPECT_TRUE(bitwise_equal(to_vector(bn.weight_grad()), gw));
     };
     const Tensor x_t = view(x, s), y_t = view(y, s), z_t = view(z, s);
-    expect_error([&] { bn.forward_add(x_t, Tensor(small.data(), {2, 3, 4, 4}), y_t); },
-                 "residual has shape");
-    expect_error([&] { bn.forward_add(x_t, Tensor(z64.data(), DType::float64, {2, 3, 4, 5}), y_t); },
-                 "residual is float64");
+    expect_error(
+        [&] {
+            bn.forward_add(x_t, Tensor(small.data(), {2, 3, 4, 4}), y_t);
+        },
+        "residual has shape");
+    expect_error(
+        [&] {
+            bn.forward_add(x_t, Tensor(z64.data(), DType::float64, {2, 3, 4, 5}), y_t);
+        },
+        "residual is float64");
     expect_error([&] { bn.forward_add(x_t, y_t, y_t); }, "out overlaps residual");
     expect_error([&] { bn.forward_add(x_t, Tensor(), y_t); }, "residual is null");
     // A training step updates the running statistics: no input may live there.
@@ -173,8 +187,11 @@ TEST(relu_errors, BadArgumentsLeaveStateUntouched) {
     expect_error([&] { bn.backward_add(view(dy, s), view(dx, s), y_t); },
                  "grad_residual overlaps the forward output");
     expect_error([&] { bn.backward(view(dy, s), y_t); }, "grad_input overlaps the forward output");
-    expect_error([&] { bn.backward_add(view(dy, s), view(dx, s), Tensor(small.data(), {2, 3, 4, 4})); },
-                 "grad_residual has shape");
+    expect_error(
+        [&] {
+            bn.backward_add(view(dy, s), view(dx, s), Tensor(small.data(), {2, 3, 4, 4}));
+        },
+        "grad_residual has shape");
     Options bad;
     bad.activation = static_cast<Activation>(7);
     expect_error([&] { BatchNorm2d(3, bad); }, "unknown activation 7");
@@ -195,7 +212,8 @@ TEST(relu_dispatch, OneKernelPerForward) {
     std::mt19937 rng(11);
     BatchNorm2d bn(s.c, relu_options());
     std::vector<float> x = random_vector(rng, s.numel()), z = random_vector(rng, s.numel());
-    std::vector<float> y(s.numel()), dy = random_vector(rng, s.numel()), dx(s.numel()), dz(s.numel());
+    std::vector<float> y(s.numel()), dy = random_vector(rng, s.numel()), dx(s.numel()),
+                                     dz(s.numel());
     auto ops_of = [&](auto &&call) {
         set_verbose(true);
         ::testing::internal::CaptureStderr();

@@ -12,7 +12,9 @@ namespace {
 // Sets the streaming mode for a scope.
 class StreamingMode {
 public:
-    explicit StreamingMode(StreamingStores m) : saved_(streaming_stores()) { set_streaming_stores(m); }
+    explicit StreamingMode(StreamingStores m) : saved_(streaming_stores()) {
+        set_streaming_stores(m);
+    }
     ~StreamingMode() { set_streaming_stores(saved_); }
 
 private:
@@ -28,8 +30,7 @@ std::string not_built(const Variant &v) {
         return "no streaming-store kernel " + key + " in this build (BN2D_STREAMING_STORES=OFF)";
     // The ISA calls run: the best this CPU supports at or below the cap.
     for (CpuIsa isa : compiled_cpu_isas()) {
-        if (static_cast<int>(isa) < static_cast<int>(max_cpu_isa()) || !cpu_supports(isa))
-            continue;
+        if (static_cast<int>(isa) < static_cast<int>(max_cpu_isa()) || !cpu_supports(isa)) continue;
         if (std::find(b.streaming_isas.begin(), b.streaming_isas.end(), isa_name(isa)) ==
             b.streaming_isas.end())
             return std::string("no streaming-store kernels for the ") + isa_name(isa) +
@@ -161,10 +162,13 @@ TEST(StreamingStores, MisalignedDataTakesTheOrdinaryKernel) {
     BatchNorm2d bn(s.c);
     bn.eval();
     StreamingMode always(StreamingStores::always);
-    bn.forward(Tensor::nchw(x.data(), s.n, s.c, s.h, s.w), Tensor::nchw(y2.data(), s.n, s.c, s.h, s.w));
-    float *aligned = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(y.data()) + 63) & ~uintptr_t(63));
+    bn.forward(Tensor::nchw(x.data(), s.n, s.c, s.h, s.w),
+               Tensor::nchw(y2.data(), s.n, s.c, s.h, s.w));
+    float *aligned =
+        reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(y.data()) + 63) & ~uintptr_t(63));
     ASSERT_LE(aligned + 1 + s.numel(), y.data() + y.size());
-    bn.forward(Tensor::nchw(x.data(), s.n, s.c, s.h, s.w), Tensor::nchw(aligned + 1, s.n, s.c, s.h, s.w));
+    bn.forward(Tensor::nchw(x.data(), s.n, s.c, s.h, s.w),
+               Tensor::nchw(aligned + 1, s.n, s.c, s.h, s.w));
     EXPECT_FALSE(last_call_streamed());
     EXPECT_EQ(std::memcmp(aligned + 1, y2.data(), y2.size() * sizeof(float)), 0);
 }
@@ -178,7 +182,8 @@ TEST(StreamingStores, AutomaticStreamsPastTheLastLevelCache) {
     bn.eval();
     std::mt19937 rng(5);
     auto run = [&](int64_t n, int64_t hw) {
-        TypedTensor x(DType::float32, Shape{n, 16, 1, hw}, "nchw"), y(DType::float32, Shape{n, 16, 1, hw}, "nchw");
+        TypedTensor x(DType::float32, Shape{n, 16, 1, hw}, "nchw"),
+            y(DType::float32, Shape{n, 16, 1, hw}, "nchw");
         x.randomize(rng);
         bn.forward(x.view(), y.view());
         return last_call_streamed();
@@ -193,7 +198,8 @@ TEST(StreamingStores, AutomaticStreamsPastTheLastLevelCache) {
 
 TEST(StreamingStores, SettingRoundTripsAndRejectsUnknownModes) {
     StreamingMode keep(streaming_stores());
-    for (StreamingStores m : {StreamingStores::never, StreamingStores::always, StreamingStores::automatic}) {
+    for (StreamingStores m :
+         {StreamingStores::never, StreamingStores::always, StreamingStores::automatic}) {
         set_streaming_stores(m);
         EXPECT_EQ(streaming_stores(), m);
     }

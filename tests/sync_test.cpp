@@ -120,8 +120,8 @@ TEST_P(SyncMatchesOneModule, OverTheWholeBatch) {
         const std::vector<double> zg = global_values(rng, cfg.dtype, g, 0.0, 1.0);
         const std::vector<double> dyg = global_values(rng, cfg.dtype, g, 0.2, 1.0);
         TypedTensor x(cfg.dtype, s, cfg.layout), y(cfg.dtype, s, cfg.layout),
-            z(cfg.dtype, s, cfg.layout), dy(cfg.dtype, s, cfg.layout),
-            dx(cfg.dtype, s, cfg.layout), dz(cfg.dtype, s, cfg.layout);
+            z(cfg.dtype, s, cfg.layout), dy(cfg.dtype, s, cfg.layout), dx(cfg.dtype, s, cfg.layout),
+            dz(cfg.dtype, s, cfg.layout);
         fill(x, take(xg, g, mine));
         fill(z, take(zg, g, mine));
         fill(dy, take(dyg, g, mine));
@@ -134,9 +134,8 @@ TEST_P(SyncMatchesOneModule, OverTheWholeBatch) {
             bn.forward(xd.view(), yd.view());
         }
         yd.download();
-        const std::vector<double> yg =
-            reference_epilogue(ref.forward(g, xg), cfg.residual ? zg : std::vector<double>{},
-                               cfg.relu);
+        const std::vector<double> yg = reference_epilogue(
+            ref.forward(g, xg), cfg.residual ? zg : std::vector<double>{}, cfg.relu);
         expect_output_close(y, take(yg, g, mine), tol, s, "y");
         EXPECT_EQ(bn.num_batches_tracked(), ref.num_batches_tracked);
         expect_running_stats(bn.state_dict(), ref, cfg.dtype);
@@ -164,10 +163,10 @@ TEST_P(SyncMatchesOneModule, OverTheWholeBatch) {
             const double atol = cfg.dtype == DType::float64
                                     ? 1e-11 * (1.0 + std::sqrt(double(g.per_channel())))
                                     : param_grad_atol(g);
-            EXPECT_TRUE(all_close(sum_over_processes(to_vector_f64(bn.weight_grad())), want_w,
-                                  atol, 1e-6));
-            EXPECT_TRUE(all_close(sum_over_processes(to_vector_f64(bn.bias_grad())), want_b,
-                                  atol, 1e-6));
+            EXPECT_TRUE(
+                all_close(sum_over_processes(to_vector_f64(bn.weight_grad())), want_w, atol, 1e-6));
+            EXPECT_TRUE(
+                all_close(sum_over_processes(to_vector_f64(bn.bias_grad())), want_b, atol, 1e-6));
             bn.to(cfg.device);
         }
     }
@@ -185,8 +184,8 @@ TEST_P(SyncMatchesOneModule, OverTheWholeBatch) {
         bn.forward(xd.view(), yd.view());
     }
     yd.download();
-    std::vector<double> yg = reference_epilogue(ref.forward(g, xg),
-                                                cfg.residual ? xg : std::vector<double>{}, cfg.relu);
+    std::vector<double> yg =
+        reference_epilogue(ref.forward(g, xg), cfg.residual ? xg : std::vector<double>{}, cfg.relu);
     expect_output_close(y, take(yg, g, mine), tol, s, "eval y");
 }
 
@@ -196,7 +195,7 @@ std::vector<Config> configs() {
     return {
         {DType::float32, "nchw", true, m, false, false, false, cpu, 6},
         {DType::float32, "nchw", false, none, true, false, true, cpu, 6},
-        {DType::float32, "nhwc", true, m, true, true, false, cpu, 16},   // NHWC kernels
+        {DType::float32, "nhwc", true, m, true, true, false, cpu, 16},      // NHWC kernels
         {DType::float32, "nhwc", true, none, false, false, false, cpu, 5},  // strided (C < 16)
         {DType::float32, "padded", true, m, false, true, true, cpu, 3},
         {DType::float64, "nchw", true, m, false, false, false, cpu, 4},
@@ -261,9 +260,9 @@ TEST(Sync, AFailureOnOneProcessFailsEveryProcessAndChangesNothing) {
         ADD_FAILURE() << "forward succeeded on rank " << rank;
     } catch (const Error &e) {
         EXPECT_NE(std::string(e.what()).find("forward failed on rank " + std::to_string(bad)),
-                  std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find("expected 3 channels"), std::string::npos)
+                  std::string::npos)
             << e.what();
+        EXPECT_NE(std::string(e.what()).find("expected 3 channels"), std::string::npos) << e.what();
     }
     EXPECT_TRUE(same_state(bn.state_dict(), before));
 
@@ -287,8 +286,10 @@ TEST(Sync, ProcessesInDifferentCallsGetAnErrorNotAHang) {
     bn.forward(view(xv, s), view(yv, s));
     const StateDict before = bn.state_dict();
     try {
-        if (rank == 0) bn.forward(view(xv, s), view(yv, s));
-        else bn.backward(view(xv, s), view(dxv, s));
+        if (rank == 0)
+            bn.forward(view(xv, s), view(yv, s));
+        else
+            bn.backward(view(xv, s), view(dxv, s));
         ADD_FAILURE() << "no error on rank " << rank;
     } catch (const Error &e) {
         EXPECT_NE(std::string(e.what()).find("different calls"), std::string::npos) << e.what();
@@ -321,7 +322,8 @@ TEST(Sync, OneValuePerChannelOverTheGroupIsRejected) {
     SyncBatchNorm2d bn(3, world());
     const StateDict before = bn.state_dict();
     try {
-        bn.forward(Tensor(xv.data(), {s.n, s.c, s.h, s.w}), Tensor(yv.data(), {s.n, s.c, s.h, s.w}));
+        bn.forward(Tensor(xv.data(), {s.n, s.c, s.h, s.w}),
+                   Tensor(yv.data(), {s.n, s.c, s.h, s.w}));
         ADD_FAILURE() << "no error on rank " << rank;
     } catch (const Error &e) {
         EXPECT_NE(std::string(e.what()).find("more than 1 value per channel"), std::string::npos)

@@ -19,8 +19,8 @@ inline std::vector<float> from_torch(const torch::Tensor &t) {
 }
 
 // The same weight and bias in libtorch's module and ours.
-inline void set_parameters(torch::nn::BatchNorm2d &theirs, BatchNorm2d &ours,
-                           std::vector<float> w, std::vector<float> b) {
+inline void set_parameters(torch::nn::BatchNorm2d &theirs, BatchNorm2d &ours, std::vector<float> w,
+                           std::vector<float> b) {
     torch::NoGradGuard ng;
     const int64_t C = static_cast<int64_t>(w.size());
     theirs->weight.copy_(torch::from_blob(w.data(), {C}));

@@ -14,8 +14,7 @@ namespace {
 using test::from_torch;  // overloaded below for typed tensors
 using test::to_torch;
 
-
-using Param = std::tuple<Shape, bool, bool, bool>; // shape, affine, track, momentum none
+using Param = std::tuple<Shape, bool, bool, bool>;  // shape, affine, track, momentum none
 
 class TorchParity : public ::testing::TestWithParam<Param> {};
 
@@ -29,7 +28,7 @@ TEST_P(TorchParity, ForwardBuffersAndGradientsAgree) {
     opts.momentum(cumulative ? c10::optional<double>() : c10::optional<double>(0.1));
     torch::nn::BatchNorm2d theirs(opts);
     BatchNorm2d ours(s.c, 1e-5, momentum, affine, track);
-    if (affine) { // same random parameters in both
+    if (affine) {  // same random parameters in both
         std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f);
         set_parameters(theirs, ours, w, random_vector(rng, s.c, 0.0f, 0.5f));
     }
@@ -86,11 +85,11 @@ std::string param_name(const ::testing::TestParamInfo<Param> &info) {
            (cumulative ? "_cumulative" : "_momentum");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Grid, TorchParity,
-    ::testing::Combine(::testing::ValuesIn(problems::load("parity")),
-                       ::testing::Bool(), ::testing::Bool(), ::testing::Bool()),
-    param_name);
+INSTANTIATE_TEST_SUITE_P(Grid, TorchParity,
+                         ::testing::Combine(::testing::ValuesIn(problems::load("parity")),
+                                            ::testing::Bool(), ::testing::Bool(),
+                                            ::testing::Bool()),
+                         param_name);
 
 // An empty batch in libtorch: empty output, running statistics untouched, the batch counted
 // (so the next cumulative-average factor is 1/2). Ours does the same.
@@ -195,7 +194,7 @@ TEST_P(TorchParityTyped, ForwardBuffersAndGradientsAgree) {
     const double rel = p.dtype == DType::bfloat16 ? std::ldexp(1.0, -7) : 1e-5;
     // Running statistics: libtorch's bfloat16 kernel computes them from float32 sums (measured
     // 1.3e-5 relative from ours, which sums in float64); one bfloat16 ulp for bfloat16 ones.
-    const double prel = p.params == DType::bfloat16 ? std::ldexp(1.0, -7)
+    const double prel = p.params == DType::bfloat16  ? std::ldexp(1.0, -7)
                         : p.dtype == DType::bfloat16 ? 1e-4
                                                      : 1e-5;
     for (const Shape &s : problems::load("parity")) {
@@ -206,7 +205,8 @@ TEST_P(TorchParityTyped, ForwardBuffersAndGradientsAgree) {
         Options o;
         o.dtype = p.params;
         BatchNorm2d ours(s.c, o);
-        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f), b = random_vector(rng, s.c, 0.0f, 0.5f);
+        std::vector<float> w = random_vector(rng, s.c, 1.0f, 0.3f),
+                           b = random_vector(rng, s.c, 0.0f, 0.5f);
         StateDict d = ours.state_dict();
         d.weight = to_f64(w);
         d.bias = to_f64(b);
@@ -227,8 +227,9 @@ TEST_P(TorchParityTyped, ForwardBuffersAndGradientsAgree) {
                          double atol, double rtol) {
             SCOPED_TRACE(what);
             if (!compare_to_reference) {
-                EXPECT_TRUE(all_close(got, their, atol, rtol,
-                                      [&](int64_t i) { return std::string(what) + " " + where(s, i); }));
+                EXPECT_TRUE(all_close(got, their, atol, rtol, [&](int64_t i) {
+                    return std::string(what) + " " + where(s, i);
+                }));
                 return;
             }
             EXPECT_LE(l1_error(got, want), l1_error(their, want));
@@ -263,9 +264,10 @@ TEST_P(TorchParityTyped, ForwardBuffersAndGradientsAgree) {
             // in float32 (ours in float64, checked tightly against the float64 reference in
             // layouts_dtypes_test.cpp): their rounding grows like M ulps of a term, measured up
             // to 2.5e-3 on sums of 31500 terms; allow 8 * 2^-24 * M.
-            const double pscale = std::max(param_grad_atol(s), 8 * std::ldexp(1.0, -24) * s.per_channel());
-            agree("grad_weight", to_vector_f64(ours.weight_grad()), values_of(theirs->weight.grad()),
-                  g_want.weight, pscale, prel);
+            const double pscale =
+                std::max(param_grad_atol(s), 8 * std::ldexp(1.0, -24) * s.per_channel());
+            agree("grad_weight", to_vector_f64(ours.weight_grad()),
+                  values_of(theirs->weight.grad()), g_want.weight, pscale, prel);
             agree("grad_bias", to_vector_f64(ours.bias_grad()), values_of(theirs->bias.grad()),
                   g_want.bias, pscale, prel);
         };
@@ -287,14 +289,15 @@ TEST_P(TorchParityTyped, ForwardBuffersAndGradientsAgree) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, TorchParityTyped,
-    ::testing::Values(TypedParam{true, DType::float32, DType::float32},
-                      TypedParam{false, DType::bfloat16, DType::float32},
-                      TypedParam{true, DType::bfloat16, DType::float32},
-                      TypedParam{false, DType::bfloat16, DType::bfloat16},
-                      TypedParam{true, DType::bfloat16, DType::bfloat16}),
-    [](const ::testing::TestParamInfo<TypedParam> &i) { return i.param.name(); });
+INSTANTIATE_TEST_SUITE_P(Layouts, TorchParityTyped,
+                         ::testing::Values(TypedParam{true, DType::float32, DType::float32},
+                                           TypedParam{false, DType::bfloat16, DType::float32},
+                                           TypedParam{true, DType::bfloat16, DType::float32},
+                                           TypedParam{false, DType::bfloat16, DType::bfloat16},
+                                           TypedParam{true, DType::bfloat16, DType::bfloat16}),
+                         [](const ::testing::TestParamInfo<TypedParam> &i) {
+                             return i.param.name();
+                         });
 
 // libtorch 1.13 has no float16 batch norm on the CPU ("not implemented for 'Half'"): ours is
 // checked against the float64 reference only (layouts_dtypes_test.cpp). If this starts to
@@ -357,7 +360,8 @@ TEST(TorchParityNumerics, BatchMeanNearZeroOnA1080pImage) {
     // Shift each channel so its float64 mean is 1e-5.
     const reference::Stats before = reference::batch_stats(s, x);
     for (int64_t c = 0; c < s.c; ++c)
-        reference::for_channel(s, c, [&](int64_t i) { x[i] = float(x[i] - before.mean[c] + 1e-5); });
+        reference::for_channel(s, c,
+                               [&](int64_t i) { x[i] = float(x[i] - before.mean[c] + 1e-5); });
     const reference::Stats want = reference::batch_stats(s, x);
 
     BatchNorm2d ours(s.c, 1e-5, 1.0);  // momentum 1: running_mean = the batch mean
@@ -422,9 +426,10 @@ TEST(TorchParityNumerics, GradientSumsOnLongRowsWithALargeMean) {
         EXPECT_LE(std::abs(ours_w[c] - exact_w), bound_w) << "weight " << c;
         EXPECT_LE(std::abs(ours_b[c] - want.bias[c]), bound_b) << "bias " << c;
         EXPECT_LE(std::abs(ours_w[c] - want.weight[c]),
-                  std::abs(their_w[c] - want.weight[c]) + bound_w) << "weight " << c;
-        EXPECT_LE(std::abs(ours_b[c] - want.bias[c]),
-                  std::abs(their_b[c] - want.bias[c]) + bound_b) << "bias " << c;
+                  std::abs(their_w[c] - want.weight[c]) + bound_w)
+            << "weight " << c;
+        EXPECT_LE(std::abs(ours_b[c] - want.bias[c]), std::abs(their_b[c] - want.bias[c]) + bound_b)
+            << "bias " << c;
     }
 }
 
@@ -470,5 +475,5 @@ TEST(TorchParityNonFinite, NanAndInfPropagateAsInLibtorch) {
     }
 }
 
-} // namespace
-} // namespace bn2d::test
+}  // namespace
+}  // namespace bn2d::test

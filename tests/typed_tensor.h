@@ -89,7 +89,8 @@ public:
     // The same tensor on a device: an allocation of the whole span (offset 0 layouts only),
     // copied there and back with upload() and download().
     DeviceBuffer device_buffer(Device d) const {
-        if (layout_.offset != 0) throw std::invalid_argument("device tensors: offset-0 layouts only");
+        if (layout_.offset != 0)
+            throw std::invalid_argument("device tensors: offset-0 layouts only");
         return DeviceBuffer(d, {layout_.span}, dtype_);
     }
     Tensor device_view(const DeviceBuffer &b) const {
@@ -138,19 +139,47 @@ private:
     void store(int64_t o, double v) {
         uint8_t *p = bytes_.data() + o * dtype_size(dtype_);
         switch (dtype_) {
-        case DType::float32: { float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
+        case DType::float32: {
+            float f = static_cast<float>(v);
+            std::memcpy(p, &f, 4);
+            break;
+        }
         case DType::float64: std::memcpy(p, &v, 8); break;
-        case DType::bfloat16: { uint16_t b = bfloat16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
-        case DType::float16: { uint16_t b = float16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
+        case DType::bfloat16: {
+            uint16_t b = bfloat16_from_float(static_cast<float>(v));
+            std::memcpy(p, &b, 2);
+            break;
+        }
+        case DType::float16: {
+            uint16_t b = float16_from_float(static_cast<float>(v));
+            std::memcpy(p, &b, 2);
+            break;
+        }
         }
     }
     double load(int64_t o) const {
         const uint8_t *p = bytes_.data() + o * dtype_size(dtype_);
         switch (dtype_) {
-        case DType::float32: { float f; std::memcpy(&f, p, 4); return f; }
-        case DType::float64: { double d; std::memcpy(&d, p, 8); return d; }
-        case DType::bfloat16: { uint16_t b; std::memcpy(&b, p, 2); return float_from_bfloat16(b); }
-        case DType::float16: { uint16_t b; std::memcpy(&b, p, 2); return float_from_float16(b); }
+        case DType::float32: {
+            float f;
+            std::memcpy(&f, p, 4);
+            return f;
+        }
+        case DType::float64: {
+            double d;
+            std::memcpy(&d, p, 8);
+            return d;
+        }
+        case DType::bfloat16: {
+            uint16_t b;
+            std::memcpy(&b, p, 2);
+            return float_from_bfloat16(b);
+        }
+        case DType::float16: {
+            uint16_t b;
+            std::memcpy(&b, p, 2);
+            return float_from_float16(b);
+        }
         }
         return 0;
     }

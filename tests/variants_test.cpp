@@ -12,7 +12,8 @@ TEST(Variants, TableListsKernelsAndIsas) {
     const BuildInfo &info = build_info();
     EXPECT_FALSE(info.halide_version.empty());
     EXPECT_FALSE(info.schedule_machine.empty());
-    EXPECT_EQ(info.kernels.size(), std::set<std::string>(info.kernels.begin(), info.kernels.end()).size())
+    EXPECT_EQ(info.kernels.size(),
+              std::set<std::string>(info.kernels.begin(), info.kernels.end()).size())
         << "a kernel is listed twice";
     // One ISA per CPU target, best first, and the last one runs on any x86-64 CPU.
     EXPECT_EQ(split(info.cpu_targets, ' ').size(), compiled_cpu_isas().size());
@@ -28,8 +29,10 @@ TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
         // padded rows (W stride 2) take the strided kernels
         for (const std::string layout : {"nchw", "nhwc", "padded"}) {
             const std::string kernel_layout = layout == "padded" ? "strided" : layout;
-            const std::vector<std::string> lines = verbose_lines_of_every_op(Device::CPU, dtype, layout);
-            ASSERT_EQ(lines.size(), 12u) << "one line per kernel call: 2 modes x 3 masks x (fwd + bwd)";
+            const std::vector<std::string> lines =
+                verbose_lines_of_every_op(Device::CPU, dtype, layout);
+            ASSERT_EQ(lines.size(), 12u)
+                << "one line per kernel call: 2 modes x 3 masks x (fwd + bwd)";
             for (const std::string &line : lines) {
                 SCOPED_TRACE(line);
                 const std::vector<std::string> f = split(line, ',');
@@ -37,8 +40,10 @@ TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
                 EXPECT_EQ(f[1], "exec");
                 EXPECT_TRUE(f[2] == "train_fwd" || f[2] == "eval_fwd" || f[2] == "train_bwd" ||
                             f[2] == "eval_bwd");
-                EXPECT_EQ(f[2].substr(0, 5), f[3].substr(0, 5)) << "op and kernel disagree on the mode";
-                const std::string suffix = std::string("_") + dtype_short_name(dtype) + "_" + kernel_layout;
+                EXPECT_EQ(f[2].substr(0, 5), f[3].substr(0, 5))
+                    << "op and kernel disagree on the mode";
+                const std::string suffix =
+                    std::string("_") + dtype_short_name(dtype) + "_" + kernel_layout;
                 EXPECT_EQ(f[3].substr(f[3].size() - suffix.size()), suffix);
                 EXPECT_EQ(f[4], std::string("cpu:") + isa_name(last_cpu_isa_used()));
                 EXPECT_EQ(f[5], "2x16x4x5");

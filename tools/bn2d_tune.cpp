@@ -64,7 +64,7 @@ using bn2d::KnobRange;
 using bn2d::problems::Shape;
 using Clock = std::chrono::steady_clock;
 
-const std::vector<std::string> kAllKernels = {"train_fwd",      "eval_fwd",      "train_bwd",
+const std::vector<std::string> kAllKernels = {"train_fwd",      "eval_fwd",       "train_bwd",
                                               "eval_bwd",       "train_fwd_nhwc", "eval_fwd_nhwc",
                                               "train_bwd_nhwc", "eval_bwd_nhwc"};
 const std::vector<std::string> kAllAutoschedulers = {"Mullapudi2016", "Adams2019", "Li2018"};
@@ -97,7 +97,8 @@ struct Options {
     bool print_report_prefix = false;
 };
 
-const char *kHelp = R"(bn2d_tune: tune the schedule knobs of the batchnorm2d kernels on this machine.
+const char *kHelp =
+    R"(bn2d_tune: tune the schedule knobs of the batchnorm2d kernels on this machine.
   --budget-seconds N   whole-run time limit (required)
   --out FILE           machine file to write (default schedules/machines/<machine>.params)
   --machine NAME       machine name (default: from the CPU model and core count, or the GPU)
@@ -209,8 +210,8 @@ std::string cpu_machine_name(const Target &target) {
     for (std::string f; std::getline(features, f, '-');)
         if (f.rfind("tune_", 0) == 0) arch = f.substr(5);
     if (arch.empty()) {
-        arch = target.has_feature(Target::AVX512) ? "avx512"
-               : target.has_feature(Target::AVX2) ? "avx2"
+        arch = target.has_feature(Target::AVX512)  ? "avx512"
+               : target.has_feature(Target::AVX2)  ? "avx2"
                : target.has_feature(Target::SSE41) ? "sse41"
                                                    : "x86-64";
     }
@@ -318,10 +319,14 @@ void fill_random(const Memory &m, size_t count, Type type, const std::string &na
     uint8_t *p = m.bytes.get();
     for (size_t i = 0; i < count; ++i) {
         const float v = pattern[i % 4096] + 1e-3f * static_cast<float>((i / 4096) % 7);
-        if (type == Float(32)) reinterpret_cast<float *>(p)[i] = v;
-        else if (type == Float(64)) reinterpret_cast<double *>(p)[i] = v;
-        else if (type == Float(16)) reinterpret_cast<uint16_t *>(p)[i] = float16_t(v).to_bits();
-        else reinterpret_cast<uint16_t *>(p)[i] = bfloat16_t(v).to_bits();  // bf16 as uint16
+        if (type == Float(32))
+            reinterpret_cast<float *>(p)[i] = v;
+        else if (type == Float(64))
+            reinterpret_cast<double *>(p)[i] = v;
+        else if (type == Float(16))
+            reinterpret_cast<uint16_t *>(p)[i] = float16_t(v).to_bits();
+        else
+            reinterpret_cast<uint16_t *>(p)[i] = bfloat16_t(v).to_bits();  // bf16 as uint16
     }
 }
 
@@ -351,7 +356,8 @@ struct Problem {
 std::vector<halide_dimension_t> tensor_dims(const Shape &s, const std::string &view) {
     const int N = int(s.n), C = int(s.c), H = int(s.h), W = int(s.w), HW = H * W;
     const int total = int(std::min<int64_t>(s.numel(), INT32_MAX));
-    if (view == "nhwc") return {{0, N * HW, C, 0}, {0, 1, total, 0}, {0, C, 1, 0}, {0, 1, total, 0}};
+    if (view == "nhwc")
+        return {{0, N * HW, C, 0}, {0, 1, total, 0}, {0, C, 1, 0}, {0, 1, total, 0}};
     if (view == "nchw4d") return {{0, W, 1, 0}, {0, H, W, 0}, {0, C, HW, 0}, {0, N, C * HW, 0}};
     if (view == "nhwc4d") return {{0, W, C, 0}, {0, H, W * C, 0}, {0, C, 1, 0}, {0, N, HW * C, 0}};
     return {{0, HW, 1, 0}, {0, 1, HW, 0}, {0, C, HW, 0}, {0, N, C * HW, 0}};
@@ -397,8 +403,8 @@ std::string g_jit_error;  // the last message from a JIT-compiled kernel
 void jit_error(JITUserContext *, const char *msg) { g_jit_error = msg; }
 
 struct Eval {
-    double score = INFINITY;           // geomean of time / floor; inf: rejected
-    std::vector<double> ratios;        // per problem
+    double score = INFINITY;     // geomean of time / floor; inf: rejected
+    std::vector<double> ratios;  // per problem
     std::string error;
 };
 
@@ -415,8 +421,8 @@ using Compiled = std::map<std::string, Kernel>;  // dtype -> kernel: one schedul
 class Tuner {
 public:
     Tuner(Options o, std::vector<Shape> shapes, Target target)
-        : o_(std::move(o)), shapes_(std::move(shapes)), target_(target),
-          gpu_(o_.backend != "cpu"), floor_pool_(int(std::thread::hardware_concurrency())) {
+        : o_(std::move(o)), shapes_(std::move(shapes)), target_(target), gpu_(o_.backend != "cpu"),
+          floor_pool_(int(std::thread::hardware_concurrency())) {
         for (const Shape &s : shapes_)
             for (const std::string &d : o_.dtypes) problems_.push_back({s, d});
         base_ = bn2d::ScheduleParams::load(o_.base);
@@ -461,11 +467,9 @@ private:
         for (const auto &a : c.args) {
             if (a.dir != Internal::ArgInfoDirection::Input) continue;
             for (const auto &param : gen->input_parameter(a.name)) {
-                arguments.emplace_back(param.name(),
-                                       param.is_buffer() ? Argument::InputBuffer
-                                                         : Argument::InputScalar,
-                                       param.type(), param.dimensions(),
-                                       param.get_argument_estimates());
+                arguments.emplace_back(
+                    param.name(), param.is_buffer() ? Argument::InputBuffer : Argument::InputScalar,
+                    param.type(), param.dimensions(), param.get_argument_estimates());
             }
         }
         p.jit_handlers() = handlers_;
@@ -474,8 +478,8 @@ private:
     }
 
     // A machine file's keys: the base's, and over them <backend>.<kernel>.<knob> of `tuned`.
-    std::map<std::string, std::string> machine_keys(
-        const std::map<std::string, Candidate> &tuned) const {
+    std::map<std::string, std::string>
+    machine_keys(const std::map<std::string, Candidate> &tuned) const {
         std::map<std::string, std::string> keys;
         for (const auto &[key, v] : base_.items()) keys[key] = v;
         for (const auto &[kernel, c] : tuned)
@@ -485,7 +489,8 @@ private:
     }
 
     // A machine file: the base with this candidate's keys for kernel k.
-    std::string write_params(const std::string &kernel, const Candidate &c, const std::string &path) {
+    std::string write_params(const std::string &kernel, const Candidate &c,
+                             const std::string &path) {
         std::ofstream out(path);
         for (const auto &[key, v] : machine_keys({{kernel, c}})) out << key << " = " << v << "\n";
         if (!out) throw std::runtime_error("cannot write " + path);
@@ -497,8 +502,8 @@ private:
                              const std::string &view) {
         // Aliases as the runtime passes them with the fused ops off: residual = x, y = grad_out.
         const std::string data = name == "residual" ? "x" : name == "y" ? "grad_out" : name;
-        const std::string key = data + "/" + p.name() + "/" + (dims == 4 ? view : "") +
-                                "/" + std::to_string(type.code()) + std::to_string(type.bits());
+        const std::string key = data + "/" + p.name() + "/" + (dims == 4 ? view : "") + "/" +
+                                std::to_string(type.code()) + std::to_string(type.bits());
         auto it = buffers_.find(key);
         if (it != buffers_.end()) return it->second;
         const size_t count = dims == 4 ? size_t(p.shape.numel()) : size_t(p.shape.c);
@@ -662,8 +667,8 @@ private:
         std::vector<Problem> problems;  // those this kernel runs on
         std::vector<Outputs> reference;
         std::vector<int> iters;
-        std::vector<double> sample_seconds;  // per problem: one timed sample (iters calls)
-        std::map<std::string, Eval> evals;  // by candidate key
+        std::vector<double> sample_seconds;    // per problem: one timed sample (iters calls)
+        std::map<std::string, Eval> evals;     // by candidate key
         std::map<std::string, Compiled> kept;  // default, lowest (score), autoschedulers
         double lowest_score = INFINITY;
         std::string lowest_key;
@@ -680,8 +685,8 @@ private:
 
     Outputs &scratch(KernelRun &kr, const Compiled &c, size_t problem, size_t slot) {
         const Problem &p = kr.problems[problem];
-        const std::string key = c.at(p.dtype).view + "/" + std::to_string(problem) + "/" +
-                                std::to_string(slot);
+        const std::string key =
+            c.at(p.dtype).view + "/" + std::to_string(problem) + "/" + std::to_string(slot);
         auto it = kr.scratch.find(key);
         if (it == kr.scratch.end()) it = kr.scratch.emplace(key, make_outputs(c, p)).first;
         return it->second;
@@ -782,7 +787,8 @@ private:
             std::vector<Outputs *> outs;
             for (size_t i = 0; i < cs.size(); ++i) {
                 outs.push_back(&scratch(kr, *cs[i], pi, i));
-                if (!fails(i)) call(*cs[i], p, *outs.back());  // warm-up: pools, caches, first touch
+                if (!fails(i))
+                    call(*cs[i], p, *outs.back());  // warm-up: pools, caches, first touch
             }
             run_floor(p, kr.spec.backward);
             if (kr.iters[pi] == 0) {  // calls per sample: at least 5 ms of the default
@@ -800,7 +806,8 @@ private:
                     if (i < cs.size() && fails(i)) {
                         times[i].push_back(NAN);
                     } else if (i == cs.size()) {
-                        times[i].push_back(time_call([&] { run_floor(p, kr.spec.backward); }, iters));
+                        times[i].push_back(
+                            time_call([&] { run_floor(p, kr.spec.backward); }, iters));
                     } else {
                         times[i].push_back(time_call([&] { call(*cs[i], p, *outs[i]); }, iters));
                     }
@@ -988,7 +995,8 @@ private:
 
     // One descent: for each knob, step to the neighbouring value of its range while that gains
     // more than kMinGain, first up, then down; sweep until a sweep changes nothing.
-    std::pair<Candidate, Eval> descend(KernelRun &kr, Candidate cur, Eval cur_eval, double deadline) {
+    std::pair<Candidate, Eval> descend(KernelRun &kr, Candidate cur, Eval cur_eval,
+                                       double deadline) {
         const auto &ranges = knob_ranges(o_.backend);
         for (bool changed = true; changed;) {
             changed = false;
@@ -1119,7 +1127,8 @@ int Tuner::run() {
         for (const Problem &p : problems_)
             if (kr.spec.layout != "nhwc" || p.shape.c >= 16) kr.problems.push_back(p);
         if (kr.problems.empty()) {
-            std::fprintf(stderr, "%s: no problem with 16 or more channels: not tuned\n", name.c_str());
+            std::fprintf(stderr, "%s: no problem with 16 or more channels: not tuned\n",
+                         name.c_str());
             continue;
         }
         kr.iters.assign(kr.problems.size(), 0);
@@ -1184,8 +1193,10 @@ int Tuner::run() {
         if (baselines) baseline_budget -= autoschedule(kr, baseline_budget);
         const double share = (left() - reserve) / double(runs.size() - i);
         const double deadline = elapsed() + std::max(0.0, share);
-        if (o_.search == "descent") search_descent(kr, deadline);
-        else search_random(kr, deadline);
+        if (o_.search == "descent")
+            search_descent(kr, deadline);
+        else
+            search_random(kr, deadline);
         kr.scratch.clear();    // memory back: the next kernel's buffers
         kr.reference.clear();  // only candidates are checked against it
         if (tty_) std::fprintf(stderr, "\n");
@@ -1210,9 +1221,12 @@ int Tuner::run() {
         r.default_score = kr.start_eval.score;
         r.search_best = kr.best_eval.score;
         const std::string best_key = candidate_key(kr.best);
-        if (best_key == candidate_key(kr.start)) kr.kept["best"] = kr.kept["default"];
-        else if (best_key == kr.lowest_key) kr.kept["best"] = kr.kept["lowest"];
-        else kr.kept["best"] = compile(kr.spec, candidate_file(kr, kr.best));
+        if (best_key == candidate_key(kr.start))
+            kr.kept["best"] = kr.kept["default"];
+        else if (best_key == kr.lowest_key)
+            kr.kept["best"] = kr.kept["lowest"];
+        else
+            kr.kept["best"] = compile(kr.spec, candidate_file(kr, kr.best));
         // Tuned = default: measured once (the same kernel twice would show the noise as a gain).
         const bool same = best_key == candidate_key(kr.start);
         std::vector<const Compiled *> cs{&kr.kept["default"]};
@@ -1280,8 +1294,10 @@ void Tuner::write_outputs(bool baselines_measured) {
     for (const Result &r : results_) tuned[r.kernel] = r.tuned;
 
     std::ostringstream h;
-    h << "# Tuned schedule parameters for " << o_.machine << ", written by scripts/tune.sh (rerun it\n"
-      << "# rather than editing by hand). Build with -DBN2D_SCHEDULE_MACHINE=" << o_.machine << ".\n"
+    h << "# Tuned schedule parameters for " << o_.machine
+      << ", written by scripts/tune.sh (rerun it\n"
+      << "# rather than editing by hand). Build with -DBN2D_SCHEDULE_MACHINE=" << o_.machine
+      << ".\n"
       << "# Key and knob reference: schedules/machines/default.params.\n"
       << "#   machine  " << o_.machine << " (" << std::thread::hardware_concurrency()
       << " threads), target " << target_.to_string() << "\n"
@@ -1294,7 +1310,8 @@ void Tuner::write_outputs(bool baselines_measured) {
       << (baselines_measured ? " vs Halide's autoschedulers" : "")
       << ", measured in one run\n# (medians, interleaved with the floor):\n";
     char row[512];
-    std::snprintf(row, sizeof row, "#   %-15s %-22s %8s %8s", "kernel", "problem", "default", "tuned");
+    std::snprintf(row, sizeof row, "#   %-15s %-22s %8s %8s", "kernel", "problem", "default",
+                  "tuned");
     h << row;
     if (baselines_measured)
         for (const std::string &as : o_.autoschedulers)
@@ -1310,7 +1327,8 @@ void Tuner::write_outputs(bool baselines_measured) {
                     auto it = r.auto_ratio.find(as);
                     if (it == r.auto_ratio.end() || std::isnan(it->second[pi]))
                         std::snprintf(row, sizeof row, " %14s", "failed");
-                    else std::snprintf(row, sizeof row, " %13.2fx", it->second[pi]);
+                    else
+                        std::snprintf(row, sizeof row, " %13.2fx", it->second[pi]);
                     h << row;
                 }
             }
@@ -1332,7 +1350,10 @@ void Tuner::write_outputs(bool baselines_measured) {
         std::string r = "\"";
         for (char c : s) {
             if (c == '"' || c == '\\') r += '\\';
-            if (c == '\n') { r += "\\n"; continue; }
+            if (c == '\n') {
+                r += "\\n";
+                continue;
+            }
             r += c;
         }
         return r + "\"";
@@ -1349,8 +1370,10 @@ void Tuner::write_outputs(bool baselines_measured) {
         s << "[";
         for (size_t i = 0; i < v.size(); ++i) {
             s << (i ? ", " : "");
-            if (std::isnan(v[i])) s << "null";  // a baseline that failed on this problem
-            else s << v[i];
+            if (std::isnan(v[i]))
+                s << "null";  // a baseline that failed on this problem
+            else
+                s << v[i];
         }
         return s.str() + "]";
     };
@@ -1359,12 +1382,13 @@ void Tuner::write_outputs(bool baselines_measured) {
         js << "    {\"kernel\": " << q(r.kernel) << ", \"problems\": [";
         for (size_t i = 0; i < r.problems.size(); ++i) js << (i ? ", " : "") << q(r.problems[i]);
         js << "], \"default\": " << q(candidate_key(r.default_values))
-           << ", \"tuned\": " << q(candidate_key(r.tuned)) << ", \"kept_default\": "
-           << (r.kept_default ? "true" : "false") << ", \"measured\": " << r.measured
-           << ", \"replayed\": " << r.replayed
+           << ", \"tuned\": " << q(candidate_key(r.tuned))
+           << ", \"kept_default\": " << (r.kept_default ? "true" : "false")
+           << ", \"measured\": " << r.measured << ", \"replayed\": " << r.replayed
            << ",\n     \"search_default_score\": " << r.default_score
-           << ", \"search_best_score\": " << r.search_best << ",\n     \"ratios\": {\"default\": "
-           << arr(r.default_ratio) << ", \"tuned\": " << arr(r.tuned_ratio);
+           << ", \"search_best_score\": " << r.search_best
+           << ",\n     \"ratios\": {\"default\": " << arr(r.default_ratio)
+           << ", \"tuned\": " << arr(r.tuned_ratio);
         for (const auto &[as, v] : r.auto_ratio) js << ", " << q(as) << ": " << arr(v);
         js << "},\n     \"autoscheduler_errors\": {";
         bool first = true;
@@ -1395,7 +1419,8 @@ int main(int argc, char **argv) {
         if (o.backend == "opencl" &&
             std::find(o.dtypes.begin(), o.dtypes.end(), "f16") != o.dtypes.end())
             target = target.with_feature(Target::CLHalf);
-        if (o.machine.empty()) o.machine = o.backend == "cpu" ? cpu_machine_name(target) : o.backend + "-gpu";
+        if (o.machine.empty())
+            o.machine = o.backend == "cpu" ? cpu_machine_name(target) : o.backend + "-gpu";
         if (o.out.empty()) {  // the tree's machine file, and its report beside the others
             o.out = std::string(BN2D_SOURCE_DIR) + "/schedules/machines/" + o.machine + ".params";
             if (o.report.empty())

@@ -38,8 +38,7 @@ struct Lines {
     explicit Lines(size_t n, std::mt19937 &rng)
         : p(static_cast<float *>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
         std::uniform_real_distribution<float> d(-2.f, 3.f);
-        for (size_t i = 0; i < n; ++i)
-            p[i] = d(rng);
+        for (size_t i = 0; i < n; ++i) p[i] = d(rng);
     }
     ~Lines() { std::free(p); }
     float *p;
@@ -75,7 +74,7 @@ void measure(const char *op, const std::vector<Run> &runs, int reps, const std::
                     median(ms[k]), median(ms[k]) / floor_ms);
 }
 
-} // namespace
+}  // namespace
 
 int main(int argc, char **argv) {
     if (argc < 5) {

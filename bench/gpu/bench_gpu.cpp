@@ -3,9 +3,9 @@
 // through bn2d::use_cuda_context). Without a usable NVIDIA GPU every benchmark is skipped with
 // the reason. PyTorch CUDA is not a peer here: Debian's libtorch is CPU-only.
 #include <benchmark/benchmark.h>
-#include <dlfcn.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
+#include <dlfcn.h>
 
 #include <cstdio>
 #include <string>
@@ -21,15 +21,17 @@ using bn2d::bench::op_bytes;
 using bn2d::bench::op_name;
 using bn2d::bench::Shape;
 
-#define CUDA_OK(x)                                                                         \
-    do {                                                                                   \
-        cudaError_t e_ = (x);                                                              \
-        if (e_ != cudaSuccess) throw std::runtime_error(std::string(#x) + ": " + cudaGetErrorString(e_)); \
+#define CUDA_OK(x)                                                                                 \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess)                                                                     \
+            throw std::runtime_error(std::string(#x) + ": " + cudaGetErrorString(e_));             \
     } while (0)
-#define CUDNN_OK(x)                                                                        \
-    do {                                                                                   \
-        cudnnStatus_t s_ = (x);                                                            \
-        if (s_ != CUDNN_STATUS_SUCCESS) throw std::runtime_error(std::string(#x) + ": " + cudnnGetErrorString(s_)); \
+#define CUDNN_OK(x)                                                                                \
+    do {                                                                                           \
+        cudnnStatus_t s_ = (x);                                                                    \
+        if (s_ != CUDNN_STATUS_SUCCESS)                                                            \
+            throw std::runtime_error(std::string(#x) + ": " + cudnnGetErrorString(s_));            \
     } while (0)
 
 // One CUDA context and stream shared by us, cuDNN and the copy.
@@ -49,7 +51,8 @@ struct Gpu {
         void *ctx = nullptr;
         void *libcuda = dlopen("libcuda.so.1", RTLD_NOW);
         using GetCurrent = int (*)(void **);
-        auto get_current = libcuda ? reinterpret_cast<GetCurrent>(dlsym(libcuda, "cuCtxGetCurrent")) : nullptr;
+        auto get_current =
+            libcuda ? reinterpret_cast<GetCurrent>(dlsym(libcuda, "cuCtxGetCurrent")) : nullptr;
         if (!get_current || get_current(&ctx) != 0 || !ctx) {
             why = "cannot get the current CUDA context";
             return;
@@ -130,8 +133,9 @@ void bench_ours(benchmark::State &state, Op op, Shape s, Layout layout) {
     try {
         const ShapeBuffers &b = shape_buffers(s);
         std::vector<int64_t> sizes = {s.n, s.c, s.h, s.w};
-        const std::vector<int64_t> strides =
-            layout == Layout::nhwc ? bn2d::Tensor::channels_last_strides(sizes) : std::vector<int64_t>{};
+        const std::vector<int64_t> strides = layout == Layout::nhwc
+                                                 ? bn2d::Tensor::channels_last_strides(sizes)
+                                                 : std::vector<int64_t>{};
         auto view = [&](float *p) {
             return bn2d::Tensor::on_device(reinterpret_cast<uint64_t>(p), sizes, bn2d::Device::Cuda,
                                            bn2d::DType::float32, strides);
@@ -189,7 +193,8 @@ void bench_cudnn(benchmark::State &state, Op op, Shape s, Layout layout) {
         CUDNN_OK(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(gpu().cudnn, mode, ops,
                                                                       nullptr, xd, &reserve_bytes));
         void *work = nullptr, *reserve = nullptr;
-        for (auto [ptr, bytes] : {std::pair{&work, work_bytes}, std::pair{&reserve, reserve_bytes}}) {
+        for (auto [ptr, bytes] :
+             {std::pair{&work, work_bytes}, std::pair{&reserve, reserve_bytes}}) {
             if (!bytes) continue;
             CUDA_OK(cudaMalloc(ptr, bytes));
             allocations.push_back(*ptr);
@@ -212,8 +217,8 @@ void bench_cudnn(benchmark::State &state, Op op, Shape s, Layout layout) {
             } else {
                 CUDNN_OK(cudnnBatchNormalizationBackwardEx(
                     gpu().cudnn, mode, ops, &one, &zero, &one, &zero, xd, b.x, xd, b.y, xd, b.dy,
-                    nullptr, nullptr, xd, b.dx, pd, scale, bias, dscale, dbias, eps, sm, si, nullptr,
-                    work, work_bytes, reserve, reserve_bytes));
+                    nullptr, nullptr, xd, b.dx, pd, scale, bias, dscale, dbias, eps, sm, si,
+                    nullptr, work, work_bytes, reserve, reserve_bytes));
             }
         });
         cudnnDestroyTensorDescriptor(xd);
@@ -259,13 +264,16 @@ int register_all() {
                 const std::string suffix = l == Layout::nhwc ? "_nhwc/" : "/";
                 benchmark::RegisterBenchmark((base + "ours_cuda" + suffix + s.name()).c_str(),
                                              bench_ours, op, s, l)
-                    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond);
                 benchmark::RegisterBenchmark((base + "cudnn" + suffix + s.name()).c_str(),
                                              bench_cudnn, op, s, l)
-                    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond);
             }
             benchmark::RegisterBenchmark((base + "copy/" + s.name()).c_str(), bench_copy, op, s)
-                ->UseManualTime()->Unit(benchmark::kMicrosecond);
+                ->UseManualTime()
+                ->Unit(benchmark::kMicrosecond);
         }
     return 0;
 }

@@ -22,7 +22,7 @@ namespace {
 
 using namespace Halide;
 
-constexpr int kHidden = 8;  // channels between the two convolutions
+constexpr int kHidden = 8;      // channels between the two convolutions
 constexpr int kStripRows = 32;  // output rows per parallel task
 
 // out(x, y, co) = bias(co) + sum over (kx, ky, ci) of w(kx, ky, ci, co) * in(x + kx - 1, y + ky - 1, ci)
@@ -89,16 +89,17 @@ public:
 
         Func rgb("rgb");
         rgb(x, y, c) = cast<float>(input(x, y, c)) / 255.0f;
-        Func padded = BoundaryConditions::constant_exterior(rgb, 0.0f, {{0, width}, {0, height}, {0, 3}});
+        Func padded =
+            BoundaryConditions::constant_exterior(rgb, 0.0f, {{0, width}, {0, height}, {0, 3}});
         Conv conv1 = conv3x3(padded, 3, w1, b1, "conv1", x, y, c);
 
         // Batch norm 1, from the installed algorithm: the conv output as its input.
         Func conv1_4d("conv1_4d");
         conv1_4d(v.w, v.h, v.c, v.n) = conv1.f(v.w, v.h, v.c);
         const Expr C1 = w1.dim(3).extent(), C2 = w2.dim(3).extent();
-        bn2d::EvalForward bn1 = bn2d::eval_forward(
-            conv1_4d, bn1_weight, bn1_bias, bn1_running_mean, bn1_running_var, eps,
-            bn2d::Extents{width, height, C1, 1, Float(64), "bn1_"}, v);
+        bn2d::EvalForward bn1 =
+            bn2d::eval_forward(conv1_4d, bn1_weight, bn1_bias, bn1_running_mean, bn1_running_var,
+                               eps, bn2d::Extents{width, height, C1, 1, Float(64), "bn1_"}, v);
         // The activation, zero outside the image (the second convolution's padding). conv1 is
         // computed over that one-pixel border too, so no load here needs a clamped index.
         Func act1("act1");
@@ -107,10 +108,11 @@ public:
         Conv conv2 = conv3x3(act1, C1, w2, b2, "conv2", x, y, c);
         Func conv2_4d("conv2_4d");
         conv2_4d(v.w, v.h, v.c, v.n) = conv2.f(v.w, v.h, v.c);
-        bn2d::EvalForward bn2 = bn2d::eval_forward(
-            conv2_4d, bn2_weight, bn2_bias, bn2_running_mean, bn2_running_var, eps,
-            bn2d::Extents{width, height, C2, 1, Float(64), "bn2_"}, v);
-        output(x, y, c) = cast<uint8_t>(clamp(max(bn2.y(x, y, c, 0), 0.0f) * 255.0f + 0.5f, 0.0f, 255.0f));
+        bn2d::EvalForward bn2 =
+            bn2d::eval_forward(conv2_4d, bn2_weight, bn2_bias, bn2_running_mean, bn2_running_var,
+                               eps, bn2d::Extents{width, height, C2, 1, Float(64), "bn2_"}, v);
+        output(x, y, c) =
+            cast<uint8_t>(clamp(max(bn2.y(x, y, c, 0), 0.0f) * 255.0f + 0.5f, 0.0f, 255.0f));
 
         // Estimates: the shipped photograph.
         input.set_estimates({{0, 451}, {0, 300}, {0, 3}});
@@ -204,7 +206,8 @@ public:
 
     void generate() {
         Var x("x"), y("y"), c("c");
-        output(x, y, c) = cast<uint8_t>(clamp(max(input(x, y, c), 0.0f) * 255.0f + 0.5f, 0.0f, 255.0f));
+        output(x, y, c) =
+            cast<uint8_t>(clamp(max(input(x, y, c), 0.0f) * 255.0f + 0.5f, 0.0f, 255.0f));
         input.set_estimates({{0, 451}, {0, 300}, {0, 3}});
         output.set_estimates({{0, 451}, {0, 300}, {0, 3}});
         output.parallel(c).vectorize(x, natural_vector_size<float>(), TailStrategy::GuardWithIf);

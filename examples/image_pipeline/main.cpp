@@ -37,7 +37,8 @@ int main(int argc, char **argv) {
         std::printf("bn1 running_mean[0..2] = %.4f %.4f %.4f (calibrated on the image)\n",
                     s.running_mean[0], s.running_mean[1], s.running_mean[2]);
         if (worst > 1) return 1;
-        if (!Halide::Tools::save(fused, out_path)) throw std::runtime_error("cannot write " + out_path);
+        if (!Halide::Tools::save(fused, out_path))
+            throw std::runtime_error("cannot write " + out_path);
         std::printf("wrote %s\n", out_path.c_str());
     } catch (const std::exception &e) {
         std::fprintf(stderr, "image_pipeline: %s\n", e.what());

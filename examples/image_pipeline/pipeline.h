@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "HalideBuffer.h"
-#include "halide_image_io.h"
-#include "conv3x3_u8_stage.h"
 #include "conv3x3_relu_stage.h"
+#include "conv3x3_u8_stage.h"
 #include "conv_bn_relu_x2.h"
+#include "halide_image_io.h"
 #include "relu_to_u8.h"
 
 namespace example {
@@ -25,7 +25,8 @@ using Halide::Runtime::Buffer;
 constexpr int kMid = 8;  // channels of the hidden layer
 
 inline void check(int rc, const char *what) {
-    if (rc != 0) throw bn2d::Error(std::string(what) + " failed with Halide error " + std::to_string(rc));
+    if (rc != 0)
+        throw bn2d::Error(std::string(what) + " failed with Halide error " + std::to_string(rc));
 }
 
 // An RGB image from a PNG (or any format halide_image_io reads), planar (x, y, c).
@@ -129,8 +130,9 @@ struct Network {
     // The same network as one pipeline, with the modules' parameters and running statistics.
     void fused(Buffer<uint8_t, 3> &image, Buffer<uint8_t, 3> &out) {
         const bn2d::StateDict s1 = bn1.state_dict(), s2 = bn2.state_dict();
-        fused_params = {vector_of(s1.weight), vector_of(s1.bias), vector_of(s1.running_mean),
-                        vector_of(s1.running_var), vector_of(s2.weight), vector_of(s2.bias),
+        fused_params = {vector_of(s1.weight),       vector_of(s1.bias),
+                        vector_of(s1.running_mean), vector_of(s1.running_var),
+                        vector_of(s2.weight),       vector_of(s2.bias),
                         vector_of(s2.running_mean), vector_of(s2.running_var)};
         run_fused(image, out);
     }

@@ -285,8 +285,7 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
         if (p.batch_stats) {
             detail::run_train_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.running_mean,
                                       s.running_var, s.eps, p.factor, p.hy, s.saved_mean_next,
-                                      s.saved_invstd_next, s.running_mean_next,
-                                      s.running_var_next);
+                                      s.saved_invstd_next, s.running_mean_next, s.running_var_next);
             if (p.update_running) {
                 s.commit(s.running_mean, s.running_mean_next);
                 s.commit(s.running_var, s.running_var_next);
@@ -409,11 +408,18 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
     if (!p.run) return;
     residual_gradient(p);
     if (!mask.input && !p.params) return;
-    detail::BackwardBuffers b{p.hx, p.incoming(), p.relu_out(),
+    detail::BackwardBuffers b{p.hx,
+                              p.incoming(),
+                              p.relu_out(),
                               p.training ? s.saved_mean : s.running_mean,
-                              p.training ? s.saved_invstd : s.running_var, s.weight,
-                              mask.input ? p.hdx.raw_buffer() : nullptr, s.grad_weight, s.grad_bias,
-                              s.grad_weight_next, s.grad_bias_next, s.grad_sums_buffer()};
+                              p.training ? s.saved_invstd : s.running_var,
+                              s.weight,
+                              mask.input ? p.hdx.raw_buffer() : nullptr,
+                              s.grad_weight,
+                              s.grad_bias,
+                              s.grad_weight_next,
+                              s.grad_bias_next,
+                              s.grad_sums_buffer()};
     detail::run_backward(p.call(s), p.training, p.params, s.eps, b);
     if (p.params) {
         s.commit(s.grad_weight, s.grad_weight_next);
@@ -495,16 +501,20 @@ Tensor BatchNorm2d::bias() const {
     return s_->affine ? storage_view(s_->bias, s_->C, s_->device, s_->storage_dtype) : Tensor();
 }
 Tensor BatchNorm2d::running_mean() const {
-    return s_->track ? storage_view(s_->running_mean, s_->C, s_->device, s_->storage_dtype) : Tensor();
+    return s_->track ? storage_view(s_->running_mean, s_->C, s_->device, s_->storage_dtype)
+                     : Tensor();
 }
 Tensor BatchNorm2d::running_var() const {
-    return s_->track ? storage_view(s_->running_var, s_->C, s_->device, s_->storage_dtype) : Tensor();
+    return s_->track ? storage_view(s_->running_var, s_->C, s_->device, s_->storage_dtype)
+                     : Tensor();
 }
 Tensor BatchNorm2d::weight_grad() const {
-    return s_->affine ? storage_view(s_->grad_weight, s_->C, s_->device, s_->storage_dtype) : Tensor();
+    return s_->affine ? storage_view(s_->grad_weight, s_->C, s_->device, s_->storage_dtype)
+                      : Tensor();
 }
 Tensor BatchNorm2d::bias_grad() const {
-    return s_->affine ? storage_view(s_->grad_bias, s_->C, s_->device, s_->storage_dtype) : Tensor();
+    return s_->affine ? storage_view(s_->grad_bias, s_->C, s_->device, s_->storage_dtype)
+                      : Tensor();
 }
 int64_t BatchNorm2d::num_batches_tracked() const { return s_->num_batches_tracked; }
 
@@ -564,14 +574,14 @@ void BatchNorm2d::set_momentum(std::optional<double> momentum) {
 }
 
 std::string BatchNorm2d::to_string() const {
-    return std::string(s_->comm ? "SyncBatchNorm(" : "BatchNorm2d(") + std::to_string(s_->C) + ", eps=" + fmt(s_->eps) +
-           ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
+    return std::string(s_->comm ? "SyncBatchNorm(" : "BatchNorm2d(") + std::to_string(s_->C) +
+           ", eps=" + fmt(s_->eps) + ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
            ", affine=" + (s_->affine ? "True" : "False") +
            ", track_running_stats=" + (s_->track ? "True" : "False") +
            (s_->dtype == DType::float32 ? "" : std::string(", dtype=") + dtype_name(s_->dtype)) +
-           (s_->activation == Activation::none ? ""
-                                               : std::string(", activation=") +
-                                                     activation_name(s_->activation)) +
+           (s_->activation == Activation::none
+                ? ""
+                : std::string(", activation=") + activation_name(s_->activation)) +
            ")";
 }
 

@@ -46,7 +46,8 @@ Json parse_json(const std::string &text) {
         if (depth > 32) throw Error("header JSON: nested too deeply");
         if (event == Json::parse_event_t::object_start) keys.emplace_back();
         if (event == Json::parse_event_t::object_end) keys.pop_back();
-        if (event == Json::parse_event_t::key && !keys.back().insert(parsed.get<std::string>()).second)
+        if (event == Json::parse_event_t::key &&
+            !keys.back().insert(parsed.get<std::string>()).second)
             throw Error("key \"" + parsed.get<std::string>() + "\" appears twice");
         return true;
     };
@@ -74,11 +75,21 @@ bool valid_utf8(const std::string &s) {
         const auto b = static_cast<unsigned char>(s[i]);
         int n = 0;
         uint32_t cp = 0;
-        if (b < 0x80) { ++i; continue; }
-        if ((b & 0xe0) == 0xc0) { n = 1; cp = b & 0x1f; }
-        else if ((b & 0xf0) == 0xe0) { n = 2; cp = b & 0x0f; }
-        else if ((b & 0xf8) == 0xf0) { n = 3; cp = b & 0x07; }
-        else return false;
+        if (b < 0x80) {
+            ++i;
+            continue;
+        }
+        if ((b & 0xe0) == 0xc0) {
+            n = 1;
+            cp = b & 0x1f;
+        } else if ((b & 0xf0) == 0xe0) {
+            n = 2;
+            cp = b & 0x0f;
+        } else if ((b & 0xf8) == 0xf0) {
+            n = 3;
+            cp = b & 0x07;
+        } else
+            return false;
         if (i + n >= s.size()) return false;
         for (int k = 1; k <= n; ++k) {
             const auto c = static_cast<unsigned char>(s[i + k]);
@@ -146,12 +157,14 @@ Header parse_header(std::ifstream &f) {
                     " bytes, shorter than the 8-byte header length");
     const uint64_t n = read_le64(len_bytes);
     if (n > kMaxHeaderBytes)
-        throw Error("header length " + std::to_string(n) + " is over the format's 100 MB limit (not a safetensors file?)");
+        throw Error("header length " + std::to_string(n) +
+                    " is over the format's 100 MB limit (not a safetensors file?)");
     if (8 + n > file_size)
         throw Error("truncated: the header claims " + std::to_string(n) + " bytes, the file has " +
                     std::to_string(file_size - 8) + " after the length");
     std::string text(n, '\0');
-    if (!f.read(text.data(), static_cast<std::streamsize>(n))) throw Error("read error in the header");
+    if (!f.read(text.data(), static_cast<std::streamsize>(n)))
+        throw Error("read error in the header");
     if (text.empty() || text[0] != '{') throw Error("the header is not a JSON object");
     if (!valid_utf8(text)) throw Error("the header is not valid UTF-8");
 
@@ -235,8 +248,9 @@ Header parse_header(std::ifstream &f) {
 
 std::ifstream open_for_reading(const std::string &path) {
     // A directory opens as an ifstream on Linux and then reads as garbage: say what it is.
-    struct stat st{};
-    if (::stat(path.c_str(), &st) != 0) throw Error(std::string("cannot open: ") + std::strerror(errno));
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        throw Error(std::string("cannot open: ") + std::strerror(errno));
     if (S_ISDIR(st.st_mode)) throw Error("is a directory, not a safetensors file");
     if (!S_ISREG(st.st_mode)) throw Error("not a regular file (a device, pipe or socket)");
     std::ifstream f(path, std::ios::binary);
@@ -245,11 +259,12 @@ std::ifstream open_for_reading(const std::string &path) {
 }
 
 // A tensor's bytes, as stored.
-std::vector<unsigned char> read_bytes(std::ifstream &f, const Header &h, const SafetensorsEntry &e) {
+std::vector<unsigned char> read_bytes(std::ifstream &f, const Header &h,
+                                      const SafetensorsEntry &e) {
     std::vector<unsigned char> bytes(e.end - e.begin);
     f.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
-    if (!bytes.empty() && !f.read(reinterpret_cast<char *>(bytes.data()),
-                                  static_cast<std::streamsize>(bytes.size())))
+    if (!bytes.empty() &&
+        !f.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
         throw Error("tensor \"" + e.name + "\": read error");
     return bytes;
 }
@@ -262,8 +277,10 @@ T load_le(const unsigned char *p) {
 }
 
 // The file's names of the module dtypes.
-constexpr std::pair<DType, const char *> kFloatDtypes[] = {
-    {DType::float64, "F64"}, {DType::float32, "F32"}, {DType::bfloat16, "BF16"}, {DType::float16, "F16"}};
+constexpr std::pair<DType, const char *> kFloatDtypes[] = {{DType::float64, "F64"},
+                                                           {DType::float32, "F32"},
+                                                           {DType::bfloat16, "BF16"},
+                                                           {DType::float16, "F16"}};
 
 std::optional<DType> float_dtype(const std::string &name) {
     for (const auto &[t, n] : kFloatDtypes)
@@ -279,10 +296,12 @@ const char *safetensors_dtype(DType t) {
 
 std::vector<double> decode_floats(const std::vector<unsigned char> &b, const SafetensorsEntry &e) {
     const std::optional<DType> t = float_dtype(e.dtype);
-    if (!t) throw Error("tensor \"" + e.name + "\" is " + e.dtype + ": expected F64, F32, BF16 or F16");
+    if (!t)
+        throw Error("tensor \"" + e.name + "\" is " + e.dtype + ": expected F64, F32, BF16 or F16");
     const size_t size = static_cast<size_t>(dtype_size(*t));
     std::vector<double> out;
-    for (size_t i = 0; i + size <= b.size(); i += size) out.push_back(detail::load_element(b.data() + i, *t));
+    for (size_t i = 0; i + size <= b.size(); i += size)
+        out.push_back(detail::load_element(b.data() + i, *t));
     return out;
 }
 
@@ -332,7 +351,9 @@ std::vector<std::pair<const char *, PerChannel>> per_channel_entries(const Batch
 void write_atomically(const std::string &path, const std::string &bytes) {
     std::string tmp = path + ".tmp-XXXXXX";
     const int fd = mkstemp(tmp.data());
-    if (fd < 0) throw Error(std::string("cannot create a temporary file beside it: ") + std::strerror(errno));
+    if (fd < 0)
+        throw Error(std::string("cannot create a temporary file beside it: ") +
+                    std::strerror(errno));
     auto fail = [&](const char *what) {
         const int err = errno;
         ::close(fd);
@@ -360,9 +381,11 @@ void write_atomically(const std::string &path, const std::string &bytes) {
         throw Error(std::string("rename: ") + std::strerror(err));
     }
     const size_t slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
     const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {  // best effort: the data is already durable, only the rename's journal entry is not
+    if (dfd >=
+        0) {  // best effort: the data is already durable, only the rename's journal entry is not
         fsync(dfd);
         ::close(dfd);
     }
@@ -379,15 +402,17 @@ std::vector<SafetensorsEntry> read_safetensors_header(const std::string &path) {
     }
 }
 
-void save_safetensors(const BatchNorm2d &module, const std::string &path, const std::string &prefix) {
+void save_safetensors(const BatchNorm2d &module, const std::string &path,
+                      const std::string &prefix) {
     try {
         const StateDict d = module.state_dict();
         const DType t = module.dtype();
         std::string header = "{\"__metadata__\":{\"format\":\"pt\"}", data;
         auto add = [&](const std::string &key, const char *dtype, const std::string &shape,
                        const std::string &bytes) {
-            header += "," + json_quote(prefix + key) + ":{\"dtype\":\"" + dtype + "\",\"shape\":" +
-                      shape + ",\"data_offsets\":[" + std::to_string(data.size()) + "," +
+            header += "," + json_quote(prefix + key) + ":{\"dtype\":\"" + dtype +
+                      "\",\"shape\":" + shape + ",\"data_offsets\":[" +
+                      std::to_string(data.size()) + "," +
                       std::to_string(data.size() + bytes.size()) + "]}";
             data += bytes;
         };
@@ -423,7 +448,8 @@ void load_safetensors(BatchNorm2d &module, const std::string &path, const std::s
         const Header h = parse_header(f);
         std::map<std::string, const SafetensorsEntry *> ours;  // key without the prefix
         for (const SafetensorsEntry &e : h.entries)
-            if (e.name.compare(0, prefix.size(), prefix) == 0) ours[e.name.substr(prefix.size())] = &e;
+            if (e.name.compare(0, prefix.size(), prefix) == 0)
+                ours[e.name.substr(prefix.size())] = &e;
 
         std::vector<std::string> expected;
         for (const auto &entry : per_channel_entries(module)) expected.push_back(entry.first);
@@ -461,14 +487,14 @@ void load_safetensors(BatchNorm2d &module, const std::string &path, const std::s
                                 ", expected [] (a scalar)");
                 d.num_batches_tracked = decode_count(read_bytes(f, h, e), e);
                 if (d.num_batches_tracked < 0)
-                    throw Error("tensor \"" + e.name + "\" is negative: " +
-                                std::to_string(d.num_batches_tracked));
+                    throw Error("tensor \"" + e.name +
+                                "\" is negative: " + std::to_string(d.num_batches_tracked));
             }
         }
         module.load_state_dict(d);
     } catch (const Error &e) {
-        throw Error("load_safetensors(" + path + (prefix.empty() ? "" : ", prefix \"" + prefix + "\"") +
-                    "): " + e.what());
+        throw Error("load_safetensors(" + path +
+                    (prefix.empty() ? "" : ", prefix \"" + prefix + "\"") + "): " + e.what());
     }
 }
 

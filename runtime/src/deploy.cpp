@@ -16,8 +16,8 @@ namespace {
 [[noreturn]] void fail(const std::string &msg) { throw Error("fold_into_conv: " + msg); }
 
 double load(const Tensor &t, int64_t offset) {
-    return detail::load_element(static_cast<const char *>(t.data_ptr()) + offset * dtype_size(t.dtype()),
-                                t.dtype());
+    return detail::load_element(
+        static_cast<const char *>(t.data_ptr()) + offset * dtype_size(t.dtype()), t.dtype());
 }
 
 void store(const Tensor &t, int64_t offset, double v) {
@@ -42,7 +42,8 @@ void for_each_element(const Tensor &t, int channel_dim, F &&f) {
 
 void check_host_tensor(const char *name, const Tensor &t) {
     if (t.device() != Device::CPU)
-        fail(std::string(name) + " is on " + device_name(t.device()) + "; folding takes host tensors");
+        fail(std::string(name) + " is on " + device_name(t.device()) +
+             "; folding takes host tensors");
     for (int i = 0; i < t.dim(); ++i)
         if (t.size(i) < 0) fail(std::string(name) + " has a negative size " + t.shape_string());
     try {
@@ -84,13 +85,15 @@ void fold_into_conv(const BatchNorm2d &bn, const Tensor &conv_weight, const Tens
     if (detail::overlaps(conv_weight, conv_bias))
         fail("conv_weight and conv_bias overlap in memory");
     // Both are written; the module is read (and const): they must not be its storage.
-    const std::pair<const char *, Tensor> module_storage[] = {
-        {"weight()", bn.weight()},           {"bias()", bn.bias()},
-        {"running_mean()", bn.running_mean()}, {"running_var()", bn.running_var()},
-        {"weight_grad()", bn.weight_grad()}, {"bias_grad()", bn.bias_grad()}};
+    const std::pair<const char *, Tensor> module_storage[] = {{"weight()", bn.weight()},
+                                                              {"bias()", bn.bias()},
+                                                              {"running_mean()", bn.running_mean()},
+                                                              {"running_var()", bn.running_var()},
+                                                              {"weight_grad()", bn.weight_grad()},
+                                                              {"bias_grad()", bn.bias_grad()}};
     for (const auto &[name, view] : module_storage)
-        for (const auto &[conv_name, conv] : {std::pair{"conv_weight", &conv_weight},
-                                               std::pair{"conv_bias", &conv_bias}})
+        for (const auto &[conv_name, conv] :
+             {std::pair{"conv_weight", &conv_weight}, std::pair{"conv_bias", &conv_bias}})
             if (view.defined() && detail::overlaps(*conv, view))
                 fail(std::string(conv_name) + " overlaps the module's " + name +
                      " in memory; folding writes the convolution, which must not alias the module");

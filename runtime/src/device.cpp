@@ -21,7 +21,9 @@ struct DeviceBuffer::Impl {
     std::vector<int64_t> sizes;
     int64_t numel = 0;
     detail::HalideBuffer buf;  // 1-D, max(numel, 1) elements
-    size_t bytes() const { return static_cast<size_t>(dtype_size(dtype)) * buf.number_of_elements(); }
+    size_t bytes() const {
+        return static_cast<size_t>(dtype_size(dtype)) * buf.number_of_elements();
+    }
 };
 
 DeviceBuffer::DeviceBuffer(Device device, std::vector<int64_t> sizes, DType dtype)
@@ -78,9 +80,7 @@ void DeviceBuffer::check_element(size_t bytes, size_t count) const {
                     std::to_string(numel()));
 }
 
-Tensor DeviceBuffer::view() const {
-    return view(impl_->sizes, {});
-}
+Tensor DeviceBuffer::view() const { return view(impl_->sizes, {}); }
 
 Tensor DeviceBuffer::view(std::vector<int64_t> sizes, std::vector<int64_t> strides) const {
     Tensor probe(nullptr, impl_->dtype, sizes, strides);
@@ -90,7 +90,8 @@ Tensor DeviceBuffer::view(std::vector<int64_t> sizes, std::vector<int64_t> strid
         if (probe.stride(i) < 0) throw Error("DeviceBuffer::view: negative strides");
         if (hi >= 0) hi += (probe.size(i) - 1) * probe.stride(i);
     }
-    if (hi >= numel()) throw Error("DeviceBuffer::view: " + probe.shape_string() + " reaches past the buffer");
+    if (hi >= numel())
+        throw Error("DeviceBuffer::view: " + probe.shape_string() + " reaches past the buffer");
     if (impl_->device == Device::CPU)
         return Tensor(impl_->buf.data(), impl_->dtype, probe.sizes(), probe.strides());
     return Tensor::on_device(detail::app_device_handle(impl_->buf, impl_->device), probe.sizes(),

@@ -15,7 +15,7 @@ namespace {
 // entry points instead, after the same feature check (select_cpu_isa()).
 struct Selected {
     const KernelSet &kernels;
-    const char *isa;                        // "avx512", ..., or the GPU backend's name
+    const char *isa;                       // "avx512", ..., or the GPU backend's name
     const KernelSet *streaming = nullptr;  // the ISA's streaming-store kernels (CPU, 32-bit)
 };
 
@@ -115,13 +115,12 @@ void call_with(const Call &c, bool streamed, const char *op,
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const Tensor &x = c.x;
-    std::fprintf(stderr,
-                 "bn2d_verbose,exec,%s,%s_%s_%s%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n", op,
-                 kernel_name, dtype_short_name(x.dtype()), layout_name(layout),
-                 c.large ? "_large" : "", streamed ? "_nt" : "", device_name(c.device), s.isa,
-                 (long long)x.size(0), (long long)x.size(1), (long long)x.size(2),
-                 (long long)x.size(3), layout_name(layout), dtype_short_name(x.dtype()), ms,
-                 rc == 0 ? "" : ",failed");
+    std::fprintf(
+        stderr, "bn2d_verbose,exec,%s,%s_%s_%s%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n", op,
+        kernel_name, dtype_short_name(x.dtype()), layout_name(layout), c.large ? "_large" : "",
+        streamed ? "_nt" : "", device_name(c.device), s.isa, (long long)x.size(0),
+        (long long)x.size(1), (long long)x.size(2), (long long)x.size(3), layout_name(layout),
+        dtype_short_name(x.dtype()), ms, rc == 0 ? "" : ",failed");
     check(rc);
 }
 
@@ -152,9 +151,8 @@ void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &ep
 }
 
 void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                      halide_buffer_t *weight, halide_buffer_t *bias,
-                      halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                      halide_buffer_t *y) {
+                      halide_buffer_t *weight, halide_buffer_t *bias, halide_buffer_t *running_mean,
+                      halide_buffer_t *running_var, double eps, halide_buffer_t *y) {
     halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
     const bool add = epilogue.residual != nullptr;
     call_with(c, stream(c, y, add ? 3 : 2), "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, z, weight,
@@ -172,20 +170,20 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias,
                  b.grad_sums);
         else
-            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
-                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
+                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
         return;
     }
     // x, grad_out and grad_input, and the forward's output when the ReLU masks grad_out.
     const bool streamed = stream(c, b.grad_input, relu ? 4 : 3);
     if (!want_params && !training) {
-        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean,
-                  b.stat, eps, relu, b.weight, b.grad_input);
+        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean, b.stat,
+                  eps, relu, b.weight, b.grad_input);
     } else if (training) {
         // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
-        call_with(c, streamed, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat,
-                  eps, relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input,
-                  b.grad_weight, b.grad_bias);
+        call_with(c, streamed, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps,
+                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
+                  b.grad_bias);
     } else {
         call_with(c, streamed, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps,
                   relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
@@ -198,8 +196,8 @@ void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial)
 }
 
 void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
-                    halide_buffer_t *running_var, double eps, double factor,
-                    halide_buffer_t *mean, halide_buffer_t *var, halide_buffer_t *saved_invstd,
+                    halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *mean,
+                    halide_buffer_t *var, halide_buffer_t *saved_invstd,
                     halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
     call(c, "sync_fwd", BN2D_KERNEL(sync_merge), gathered, running_mean, running_var, eps, factor,
          mean, var, saved_invstd, running_mean_out, running_var_out);

@@ -1,9 +1,9 @@
 // Halide glue: the error handler, device interfaces, and Halide buffers over Tensors.
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
-#include <cstdio>
 #include <unordered_set>
 
 #include "HalideRuntimeCuda.h"
@@ -30,8 +30,10 @@ std::string trimmed(const char *msg) {
 }
 
 void capture_error(void *user_context, const char *msg) {
-    if (HalideCall *call = HalideCall::from(user_context)) call->record_error(trimmed(msg));
-    else std::fprintf(stderr, "bn2d: Halide error outside a bn2d call: %s\n", trimmed(msg).c_str());
+    if (HalideCall *call = HalideCall::from(user_context))
+        call->record_error(trimmed(msg));
+    else
+        std::fprintf(stderr, "bn2d: Halide error outside a bn2d call: %s\n", trimmed(msg).c_str());
 }
 
 #if BN2D_HAVE_GPU
@@ -139,7 +141,8 @@ const halide_device_interface_t *device_interface(Device d) {
     case Device::Cuda: return halide_cuda_device_interface();
     case Device::OpenCL: return halide_opencl_device_interface();
 #else
-    default: throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
+    default:
+        throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
 #endif
     }
     return nullptr;

@@ -143,9 +143,8 @@ void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &ep
                        halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
                        halide_buffer_t *running_var_out);
 void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                      halide_buffer_t *weight, halide_buffer_t *bias,
-                      halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                      halide_buffer_t *y);
+                      halide_buffer_t *weight, halide_buffer_t *bias, halide_buffer_t *running_mean,
+                      halide_buffer_t *running_var, double eps, halide_buffer_t *y);
 // training: mean/stat = saved mean, saved invstd. eval: running_mean, running_var.
 // grad_input null: not wanted. grad_weight/grad_bias are written as grad_*_in + this call's
 // gradient when want_params; otherwise they may still be written (training backward computes
@@ -166,8 +165,8 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
 void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
 // Per channel: `c.x` is a stand-in for the per-channel dtype (float32 or float64).
 void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
-                    halide_buffer_t *running_var, double eps, double factor,
-                    halide_buffer_t *mean, halide_buffer_t *var, halide_buffer_t *saved_invstd,
+                    halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *mean,
+                    halide_buffer_t *var, halide_buffer_t *saved_invstd,
                     halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out);
 void run_sync_grad_input(const Call &c, const BackwardBuffers &b, halide_buffer_t *sums,
                          double count);

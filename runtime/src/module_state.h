@@ -79,7 +79,7 @@ struct BatchNorm2d::State {
     bool forward_residual = false;     // forward_add
     Activation forward_activation = Activation::none;
     Tensor forward_x;
-    Tensor forward_out;  // read by backward for the ReLU's mask (relu only)
+    Tensor forward_out;           // read by backward for the ReLU's mask (relu only)
     bool forward_synced = false;  // statistics over every process (SyncBatchNorm2d training)
     int64_t forward_count = 0;    // values per channel they were over, all processes
 
@@ -100,27 +100,39 @@ struct BatchNorm2d::State {
     void drop_scratch() { grad_sums = partial = gathered = merged_var = Buf(); }
 
     std::vector<Buf *> all_buffers() {
-        return {&weight,         &bias,           &running_mean,      &running_var,
-                &grad_weight,    &grad_bias,      &running_mean_next, &running_var_next,
-                &grad_weight_next, &grad_bias_next, &saved_mean,        &saved_invstd,
-                &saved_mean_next,  &saved_invstd_next, &ones};
+        return {&weight,
+                &bias,
+                &running_mean,
+                &running_var,
+                &grad_weight,
+                &grad_bias,
+                &running_mean_next,
+                &running_var_next,
+                &grad_weight_next,
+                &grad_bias_next,
+                &saved_mean,
+                &saved_invstd,
+                &saved_mean_next,
+                &saved_invstd_next,
+                &ones};
     }
 
     // The storage behind weight(), bias(), running_mean(), running_var(), weight_grad() and
     // bias_grad(), for the in-place checks.
     std::vector<detail::StateView> visible_storage() {
         auto v = [&](Buf &b) { return detail::storage_view(b, C, device, storage_dtype); };
-        return {{"weight()", v(weight)},           {"bias()", v(bias)},
-                {"running_mean()", v(running_mean)}, {"running_var()", v(running_var)},
-                {"weight_grad()", v(grad_weight)},  {"bias_grad()", v(grad_bias)}};
+        return {{"weight()", v(weight)},
+                {"bias()", v(bias)},
+                {"running_mean()", v(running_mean)},
+                {"running_var()", v(running_var)},
+                {"weight_grad()", v(grad_weight)},
+                {"bias_grad()", v(grad_bias)}};
     }
 
     // ---- storage helpers (host or device) ----
     const halide_device_interface_t *iface() const { return detail::device_interface(device); }
 
-    Buf allocate() const {
-        return Buf(detail::element_type(storage_dtype), static_cast<int>(C));
-    }
+    Buf allocate() const { return Buf(detail::element_type(storage_dtype), static_cast<int>(C)); }
 
     std::vector<double> read(Buf &b) {
         detail::sync_to_host(b, device, "copying module state to the host");
@@ -135,8 +147,10 @@ struct BatchNorm2d::State {
     void write(Buf &b, const std::vector<double> &v, DType round = DType::float64) {
         for (int64_t i = 0; i < C; ++i) {
             const double r = detail::round_to(round, detail::round_to(storage_dtype, v[i]));
-            if (storage_dtype == DType::float64) static_cast<double *>(b.data())[i] = r;
-            else static_cast<float *>(b.data())[i] = static_cast<float>(r);
+            if (storage_dtype == DType::float64)
+                static_cast<double *>(b.data())[i] = r;
+            else
+                static_cast<float *>(b.data())[i] = static_cast<float>(r);
         }
         detail::sync_to_device(b, device, "copying module state to the device");
     }
@@ -170,10 +184,10 @@ struct BatchNorm2d::ForwardPlan {
     bool batch_stats = false;     // PyTorch: in training, or whenever stats are not tracked
     bool update_running = false;  // training with tracking
     bool relu = false;
-    int64_t per_channel = 0;      // N*H*W
-    int64_t tracked = 0;          // num_batches_tracked after this call
-    double factor = 0.0;          // exponential_average_factor
-    bool empty = true;            // x has no element: no kernel runs
+    int64_t per_channel = 0;  // N*H*W
+    int64_t tracked = 0;      // num_batches_tracked after this call
+    double factor = 0.0;      // exponential_average_factor
+    bool empty = true;        // x has no element: no kernel runs
     detail::Layout layout = detail::Layout::nchw;
     bool large = false;
     Buf hx, hy, hz;
@@ -182,7 +196,9 @@ struct BatchNorm2d::ForwardPlan {
     // Pointers into the Bufs are taken here, when used: a plan is moved around.
     detail::Epilogue epilogue() { return {residual ? hz.raw_buffer() : nullptr, relu}; }
 
-    detail::Call call(const State &s, const Tensor &x) const { return {s.device, layout, x, large}; }
+    detail::Call call(const State &s, const Tensor &x) const {
+        return {s.device, layout, x, large};
+    }
 };
 
 // What a backward will do, decided by validating its arguments, and its buffers.

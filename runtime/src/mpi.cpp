@@ -12,9 +12,9 @@ void check_mpi(int rc, const char *what) {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
-    throw Error(std::string("mpi: ") + what + ": " +
-                (len > 0 ? std::string(text, static_cast<size_t>(len))
-                         : "error " + std::to_string(rc)));
+    throw Error(
+        std::string("mpi: ") + what + ": " +
+        (len > 0 ? std::string(text, static_cast<size_t>(len)) : "error " + std::to_string(rc)));
 }
 
 int as_int(size_t n, const char *what) {
@@ -55,8 +55,7 @@ public:
     }
     void all_gather(const double *send, double *recv, size_t count) override {
         const int n = as_int(count, "MPI_Allgather");
-        check_mpi(MPI_Allgather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, comm_),
-                  "MPI_Allgather");
+        check_mpi(MPI_Allgather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, comm_), "MPI_Allgather");
     }
     void all_reduce_sum(double *data, size_t count) override {
         check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, as_int(count, "MPI_Allreduce"), MPI_DOUBLE,

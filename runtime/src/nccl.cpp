@@ -7,10 +7,12 @@ namespace bn2d {
 namespace {
 
 void check_nccl(ncclResult_t rc, const char *what) {
-    if (rc != ncclSuccess) throw Error(std::string("nccl: ") + what + ": " + ncclGetErrorString(rc));
+    if (rc != ncclSuccess)
+        throw Error(std::string("nccl: ") + what + ": " + ncclGetErrorString(rc));
 }
 void check_cuda(cudaError_t rc, const char *what) {
-    if (rc != cudaSuccess) throw Error(std::string("nccl: ") + what + ": " + cudaGetErrorString(rc));
+    if (rc != cudaSuccess)
+        throw Error(std::string("nccl: ") + what + ": " + cudaGetErrorString(rc));
 }
 
 class NcclCommunicator final : public Communicator {

@@ -43,8 +43,10 @@ int64_t last_level_cache_bytes() {
             char unit = 0;
             if (f >> v) {
                 f >> unit;
-                if (unit == 'K') v <<= 10;
-                else if (unit == 'M') v <<= 20;
+                if (unit == 'K')
+                    v <<= 10;
+                else if (unit == 'M')
+                    v <<= 20;
                 if (v > 0) return v;
             }
         }
@@ -103,23 +105,29 @@ void init_settings_from_environment() {
     }
     if (const char *env = std::getenv("BN2D_STREAMING_STORES"); env && *env) {
         const std::string v = env;
-        if (v == "auto") g_streaming = static_cast<int>(StreamingStores::automatic);
-        else if (v == "always") g_streaming = static_cast<int>(StreamingStores::always);
-        else if (v == "never") g_streaming = static_cast<int>(StreamingStores::never);
+        if (v == "auto")
+            g_streaming = static_cast<int>(StreamingStores::automatic);
+        else if (v == "always")
+            g_streaming = static_cast<int>(StreamingStores::always);
+        else if (v == "never")
+            g_streaming = static_cast<int>(StreamingStores::never);
         else
-            std::fprintf(stderr, "bn2d: ignoring BN2D_STREAMING_STORES=%s (expected auto, always "
-                                 "or never)\n", env);
+            std::fprintf(stderr,
+                         "bn2d: ignoring BN2D_STREAMING_STORES=%s (expected auto, always "
+                         "or never)\n",
+                         env);
     }
     if (const char *env = std::getenv("BN2D_VERBOSE"); env && *env && std::string(env) != "0") {
         g_verbose = true;
         const BuildInfo &b = build_info();
-        std::fprintf(stderr,
-                     "bn2d_verbose,info,halide %s,schedule %s,cpu %s,cpu isa %s,cuda %s,opencl %s\n"
-                     "bn2d_verbose,info,format: exec,op,kernel,backend:isa,NxCxHxW,layout,dtype,ms\n",
-                     b.halide_version.c_str(), b.schedule_machine.c_str(), b.cpu_targets.c_str(),
-                     isa_name(static_cast<CpuIsa>(current_isa())),
-                     b.cuda_target.empty() ? "-" : b.cuda_target.c_str(),
-                     b.opencl_target.empty() ? "-" : b.opencl_target.c_str());
+        std::fprintf(
+            stderr,
+            "bn2d_verbose,info,halide %s,schedule %s,cpu %s,cpu isa %s,cuda %s,opencl %s\n"
+            "bn2d_verbose,info,format: exec,op,kernel,backend:isa,NxCxHxW,layout,dtype,ms\n",
+            b.halide_version.c_str(), b.schedule_machine.c_str(), b.cpu_targets.c_str(),
+            isa_name(static_cast<CpuIsa>(current_isa())),
+            b.cuda_target.empty() ? "-" : b.cuda_target.c_str(),
+            b.opencl_target.empty() ? "-" : b.opencl_target.c_str());
     }
 }
 
@@ -196,8 +204,7 @@ constexpr int kMaxThreads = 256;
 
 void set_num_threads(int n) {
     if (n < 0)
-        throw Error("set_num_threads: n must be >= 0 (0 = one per core), got " +
-                    std::to_string(n));
+        throw Error("set_num_threads: n must be >= 0 (0 = one per core), got " + std::to_string(n));
     // Halide's thread pool silently clamps to its limit; say so instead.
     if (n > kMaxThreads)
         throw Error("set_num_threads: at most " + std::to_string(kMaxThreads) +

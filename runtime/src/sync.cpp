@@ -48,8 +48,10 @@ std::string text(const char *s, size_t n) { return std::string(s, strnlen(s, n))
 std::string group_error(const Communicator &comm) {
     const int rank = comm.rank(), size = comm.size();
     std::string what;
-    if (size < 1) what = "size " + std::to_string(size) + " (a group has at least 1 process)";
-    else if (rank < 0) what = "rank " + std::to_string(rank) + " (ranks start at 0)";
+    if (size < 1)
+        what = "size " + std::to_string(size) + " (a group has at least 1 process)";
+    else if (rank < 0)
+        what = "rank " + std::to_string(rank) + " (ranks start at 0)";
     else if (rank >= size)
         what = "rank " + std::to_string(rank) + ", not below its size " + std::to_string(size) +
                " (ranks are 0 .. size - 1)";
@@ -120,8 +122,8 @@ void check_memory(const Communicator &comm, Device module) {
     const Device m = comm.memory();
     if (m != Device::CPU && m != module)
         fail(std::string("the ") + comm.name() + " communicator exchanges " + device_name(m) +
-             " memory but the module is on " + device_name(module) + " (use to(" +
-             device_name(m) + "))");
+             " memory but the module is on " + device_name(module) + " (use to(" + device_name(m) +
+             "))");
 }
 
 // The address a communicator reads and writes a scratch buffer at: the host copy (brought from
@@ -270,10 +272,10 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
         if (plan->run) {
             count = grad_out.numel() / s.C;
             residual_gradient(*plan);
-            const detail::BackwardBuffers b{plan->hx, plan->incoming(), plan->relu_out(),
-                                            s.saved_mean, s.saved_invstd, s.weight, nullptr,
-                                            s.grad_weight, s.grad_bias, s.grad_weight_next,
-                                            s.grad_bias_next, g};
+            const detail::BackwardBuffers b{
+                plan->hx,       plan->incoming(),   plan->relu_out(), s.saved_mean,
+                s.saved_invstd, s.weight,           nullptr,          s.grad_weight,
+                s.grad_bias,    s.grad_weight_next, s.grad_bias_next, g};
             detail::run_backward(plan->call(s), true, true, s.eps, b);
         } else {
             zero(g, s.device);
@@ -292,12 +294,19 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
     upload(g, s.device, comm);
     try {
         if (plan->run) {
-            const detail::BackwardBuffers b{plan->hx, plan->incoming(), plan->relu_out(),
-                                            s.saved_mean, s.saved_invstd, s.weight,
-                                            plan->hdx.raw_buffer(), nullptr, nullptr, nullptr,
-                                            nullptr, nullptr};
-            detail::run_sync_grad_input(plan->call(s), b, g,
-                                        static_cast<double>(s.forward_count));
+            const detail::BackwardBuffers b{plan->hx,
+                                            plan->incoming(),
+                                            plan->relu_out(),
+                                            s.saved_mean,
+                                            s.saved_invstd,
+                                            s.weight,
+                                            plan->hdx.raw_buffer(),
+                                            nullptr,
+                                            nullptr,
+                                            nullptr,
+                                            nullptr,
+                                            nullptr};
+            detail::run_sync_grad_input(plan->call(s), b, g, static_cast<double>(s.forward_count));
         }
     } catch (const Error &e) {
         error = e.what();

@@ -197,20 +197,48 @@ ElementSpan element_span(const Tensor &t) {
 
 double load_element(const void *p, DType dtype) {
     switch (dtype) {
-        case DType::float32: { float v; std::memcpy(&v, p, 4); return v; }
-        case DType::float64: { double v; std::memcpy(&v, p, 8); return v; }
-        case DType::bfloat16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_bfloat16(v); }
-        case DType::float16: { uint16_t v; std::memcpy(&v, p, 2); return float_from_float16(v); }
+    case DType::float32: {
+        float v;
+        std::memcpy(&v, p, 4);
+        return v;
+    }
+    case DType::float64: {
+        double v;
+        std::memcpy(&v, p, 8);
+        return v;
+    }
+    case DType::bfloat16: {
+        uint16_t v;
+        std::memcpy(&v, p, 2);
+        return float_from_bfloat16(v);
+    }
+    case DType::float16: {
+        uint16_t v;
+        std::memcpy(&v, p, 2);
+        return float_from_float16(v);
+    }
     }
     return 0;
 }
 
 void store_element(void *p, DType dtype, double v) {
     switch (dtype) {
-        case DType::float32: { const float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
-        case DType::float64: std::memcpy(p, &v, 8); break;
-        case DType::bfloat16: { const uint16_t b = bfloat16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
-        case DType::float16: { const uint16_t b = float16_from_float(static_cast<float>(v)); std::memcpy(p, &b, 2); break; }
+    case DType::float32: {
+        const float f = static_cast<float>(v);
+        std::memcpy(p, &f, 4);
+        break;
+    }
+    case DType::float64: std::memcpy(p, &v, 8); break;
+    case DType::bfloat16: {
+        const uint16_t b = bfloat16_from_float(static_cast<float>(v));
+        std::memcpy(p, &b, 2);
+        break;
+    }
+    case DType::float16: {
+        const uint16_t b = float16_from_float(static_cast<float>(v));
+        std::memcpy(p, &b, 2);
+        break;
+    }
     }
 }
 
@@ -239,8 +267,8 @@ bool overlaps(const Tensor &a, const Tensor &b) {
     auto span = [](const Tensor &t) {
         const ElementSpan s = element_span(t);
         const Int128 base = t.device() == Device::CPU
-                                  ? static_cast<Int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
-                                  : static_cast<Int128>(t.device_handle());
+                                ? static_cast<Int128>(reinterpret_cast<uintptr_t>(t.data_ptr()))
+                                : static_cast<Int128>(t.device_handle());
         const int64_t bytes = dtype_size(t.dtype());
         return std::make_pair(base + static_cast<Int128>(s.lo) * bytes,
                               base + (static_cast<Int128>(s.hi) + 1) * bytes);

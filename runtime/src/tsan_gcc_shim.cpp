@@ -5,6 +5,10 @@
 #include <cstddef>
 #include <cstring>
 
-extern "C" void *__tsan_memcpy(void *dst, const void *src, size_t n) { return std::memcpy(dst, src, n); }
+extern "C" void *__tsan_memcpy(void *dst, const void *src, size_t n) {
+    return std::memcpy(dst, src, n);
+}
 extern "C" void *__tsan_memset(void *dst, int c, size_t n) { return std::memset(dst, c, n); }
-extern "C" void *__tsan_memmove(void *dst, const void *src, size_t n) { return std::memmove(dst, src, n); }
+extern "C" void *__tsan_memmove(void *dst, const void *src, size_t n) {
+    return std::memmove(dst, src, n);
+}

@@ -95,8 +95,8 @@ public:
     std::vector<float> backward(const Tensor &grad_out);  // allocating, host only
     // After forward_add(): also the residual's gradient, grad_residual = grad_out through the
     // activation (grad_out where out > 0 or NaN, else 0, for relu; grad_out itself for none).
-    void backward_add(const Tensor &grad_out, const Tensor &grad_input,
-                      const Tensor &grad_residual, BackwardMask mask = {});
+    void backward_add(const Tensor &grad_out, const Tensor &grad_input, const Tensor &grad_residual,
+                      BackwardMask mask = {});
     void zero_grad();
 
     // ---- state ----

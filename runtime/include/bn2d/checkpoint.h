@@ -36,7 +36,7 @@ void load_safetensors(BatchNorm2d &module, const std::string &path, const std::s
 // One tensor of a safetensors file, as stored (little-endian bytes).
 struct SafetensorsEntry {
     std::string name;
-    std::string dtype;            // "F32", "BF16", "I64", ...
+    std::string dtype;  // "F32", "BF16", "I64", ...
     std::vector<int64_t> shape;
     uint64_t begin = 0, end = 0;  // byte offsets into the data section
 };

@@ -24,8 +24,8 @@ CpuIsa isa_from_name(const std::string &name);  // throws Error on an unknown na
 std::vector<CpuIsa> compiled_cpu_isas();        // all variants, best first
 bool cpu_supports(CpuIsa isa);                  // this CPU can run the variant
 CpuIsa best_cpu_isa();                          // the best variant this CPU can run
-void set_max_cpu_isa(CpuIsa cap);  // throws Error only on a value that is no CpuIsa
-CpuIsa max_cpu_isa();              // the variant calls use now (the cap as this CPU meets it)
+void set_max_cpu_isa(CpuIsa cap);               // throws Error only on a value that is no CpuIsa
+CpuIsa max_cpu_isa();        // the variant calls use now (the cap as this CPU meets it)
 CpuIsa last_cpu_isa_used();  // the variant that ran on this thread's last CPU call
 
 // ---- threads ----
@@ -71,10 +71,10 @@ struct BuildInfo {
     std::string halide_version;
     std::string schedule_machine;  // schedules/machines/<machine>.params
     std::string schedule_file;
-    std::string cpu_targets;       // Halide targets of the CPU libraries, best first
-    std::string cpu_isa_best;      // the best of them this CPU runs (calls use it unless capped)
+    std::string cpu_targets;   // Halide targets of the CPU libraries, best first
+    std::string cpu_isa_best;  // the best of them this CPU runs (calls use it unless capped)
     std::string cuda_target, opencl_target;  // empty when built without GPU support
-    std::vector<std::string> kernels;         // <kernel>_<dtype>_<layout>, from the variant table
+    std::vector<std::string> kernels;        // <kernel>_<dtype>_<layout>, from the variant table
     std::vector<std::string> streaming_kernels;  // those also built with streaming stores,
     std::vector<std::string> streaming_isas;     // for these CPU ISAs
 };

@@ -57,7 +57,8 @@ public:
                     const Options &options = {});
     // torch.nn.SyncBatchNorm.convert_sync_batchnorm: takes over a module's options and state
     // (parameters, running statistics, gradients, device).
-    static SyncBatchNorm2d convert(BatchNorm2d &&module, std::shared_ptr<Communicator> communicator);
+    static SyncBatchNorm2d convert(BatchNorm2d &&module,
+                                   std::shared_ptr<Communicator> communicator);
 
     Communicator &communicator() const;
 
