@@ -3,11 +3,12 @@
 #   bn2d_kernel_table.h          private: kernel headers, one KernelSet per CPU ISA and GPU
 #                                backend, ISA features, build facts (machine file, Halide version)
 #   include/bn2d/cpu_isa.h       public: enum class CpuIsa, one enumerator per CPU target
-#   bn2d_cpu_isa_entry_points.S  C-callable aliases of each ISA's code in the multitarget libraries
+#   bn2d_kernels.txt             every kernel as "<key> <generator> <params...>" (for tests that
+#                                run the generator as the build does)
 #
 # Inputs: BN2D_SCHEDULE_FILE, BN2D_GPU, Halide_VERSION. Outputs: BN2D_ALL_KERNELS (library
-# targets), BN2D_KERNEL_SOURCES (generated files to compile into the module),
-# BN2D_GENERATED_INCLUDE_DIR, BN2D_CPU_TARGETS, BN2D_CUDA_TARGET, BN2D_OPENCL_TARGET.
+# targets), BN2D_GENERATED_INCLUDE_DIR, BN2D_CPU_TARGETS, BN2D_CUDA_TARGET, BN2D_OPENCL_TARGET,
+# BN2D_KERNELS_FILE.
 
 set(BN2D_KERNELS "")
 set(BN2D_CPU_ISAS "")            # built (BN2D_ONLY_CPU_ISAS may leave some of the table out)
@@ -159,49 +160,47 @@ if (BN2D_CPU_LARGE_ISAS AND NOT last_isa IN_LIST BN2D_CPU_LARGE_ISAS)
                         "the one that runs anywhere) must be one of them")
 endif ()
 
-set(BN2D_BACKENDS cpu)
-if (BN2D_GPU)
-    list(APPEND BN2D_BACKENDS cuda opencl)
-endif ()
 
 # ---- libraries --------------------------------------------------------------------------------
+# One single-target library per kernel and target: bn2d_<key>_<backend> on a GPU, and per CPU
+# ISA bn2d_<key>_cpu_<isa> (and bn2d_<key>_cpu_large_<isa> with 64-bit indexing), each its own
+# C function, which the runtime's table calls directly after its own feature check (no
+# multitarget wrapper: it decides once per process, and cannot honour set_max_cpu_isa()).
 set(BN2D_ALL_KERNELS "")
-set(BN2D_LIBRARY_SETS ${BN2D_BACKENDS})  # cpu, cuda, opencl, and cpu_large: one library per kernel each
-if (BN2D_CPU_LARGE_ISAS)
-    list(APPEND BN2D_LIBRARY_SETS cpu_large)
-endif ()
-foreach (backend IN LISTS BN2D_LIBRARY_SETS)
-    if (backend STREQUAL "cpu")
-        set(targets ${BN2D_CPU_TARGETS})
-    elseif (backend STREQUAL "cpu_large")
-        set(targets ${BN2D_CPU_LARGE_TARGETS})
-    else ()
-        string(TOUPPER "${backend}" up)
-        set(targets ${BN2D_${up}_TARGET})
+# bn2d_library(<name> <key> <target>)
+function(bn2d_library name key target)
+    set(stmt "")
+    if (BN2D_EMIT_STMT)
+        set(stmt STMT "${name}_stmt" ASSEMBLY "${name}_asm")
     endif ()
-    foreach (key IN LISTS BN2D_KERNELS)
-        set(name "bn2d_${key}_${backend}")
-        set(kernel_targets ${targets})
-        if (backend STREQUAL "opencl" AND BN2D_KERNEL_${key}_DTYPE STREQUAL "f16")
+    add_halide_library(
+        ${name} FROM bn2d_generators
+        GENERATOR ${BN2D_KERNEL_${key}_GENERATOR}
+        FUNCTION_NAME ${name}
+        USE_RUNTIME bn2d_halide_support
+        TARGETS ${target}
+        PARAMS ${BN2D_KERNEL_${key}_PARAMS} "schedule_file=${BN2D_SCHEDULE_FILE}"
+        DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
+        ${stmt})
+    set(BN2D_ALL_KERNELS ${BN2D_ALL_KERNELS} ${name} PARENT_SCOPE)
+endfunction()
+foreach (key IN LISTS BN2D_KERNELS)
+    foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
+        bn2d_library(bn2d_${key}_cpu_${isa} ${key} ${target})
+    endforeach ()
+    foreach (isa target IN ZIP_LISTS BN2D_CPU_LARGE_ISAS BN2D_CPU_LARGE_TARGETS)
+        bn2d_library(bn2d_${key}_cpu_large_${isa} ${key} ${target})
+    endforeach ()
+    if (BN2D_GPU)
+        bn2d_library(bn2d_${key}_cuda ${key} ${BN2D_CUDA_TARGET})
+        set(target ${BN2D_OPENCL_TARGET})
+        if (BN2D_KERNEL_${key}_DTYPE STREQUAL "f16")
             # Only float16 kernels declare `half`: with cl_half every kernel's source does, and
             # a device without cl_khr_fp16 (PoCL on the CPU) would reject them all.
-            set(kernel_targets "${targets}-cl_half")
+            set(target "${target}-cl_half")
         endif ()
-        set(stmt "")
-        if (BN2D_EMIT_STMT)
-            set(stmt STMT "${name}_stmt" ASSEMBLY "${name}_asm")
-        endif ()
-        add_halide_library(
-            ${name} FROM bn2d_generators
-            GENERATOR ${BN2D_KERNEL_${key}_GENERATOR}
-            FUNCTION_NAME ${name}
-            USE_RUNTIME bn2d_halide_support
-            TARGETS ${kernel_targets}
-            PARAMS ${BN2D_KERNEL_${key}_PARAMS} "schedule_file=${BN2D_SCHEDULE_FILE}"
-            DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
-            ${stmt})
-        list(APPEND BN2D_ALL_KERNELS ${name})
-    endforeach ()
+        bn2d_library(bn2d_${key}_opencl ${key} ${target})
+    endif ()
 endforeach ()
 
 # ---- streaming-store builds -------------------------------------------------------------------
@@ -283,16 +282,27 @@ set(members "")
 set(names "")
 set(cpu_sets "")
 set(gpu_sets "")
+list(GET BN2D_CPU_ISAS -1 signature_isa)  # every build has it: the types come from it
 foreach (key IN LISTS BN2D_KERNELS)
     string(APPEND names "    \"${key}\",\n")
-    foreach (backend IN LISTS BN2D_LIBRARY_SETS)
-        string(APPEND includes "#include \"bn2d_${key}_${backend}.h\"\n")
+    set(libraries "")
+    foreach (isa IN LISTS BN2D_CPU_ISAS)
+        list(APPEND libraries cpu_${isa})
+    endforeach ()
+    foreach (isa IN LISTS BN2D_CPU_LARGE_ISAS)
+        list(APPEND libraries cpu_large_${isa})
+    endforeach ()
+    if (BN2D_GPU)
+        list(APPEND libraries cuda opencl)
+    endif ()
+    foreach (library IN LISTS libraries)
+        string(APPEND includes "#include \"bn2d_${key}_${library}.h\"\n")
     endforeach ()
 endforeach ()
 foreach (op IN LISTS BN2D_OPS)
     list(GET BN2D_OP_${op}_DTYPES 0 d0)
     list(GET BN2D_OP_${op}_LAYOUTS 0 l0)
-    string(APPEND members "    decltype(&bn2d_${op}_${d0}_${l0}_cpu) ${op}[kDtypeCount][kLayoutCount];\n")
+    string(APPEND members "    decltype(&bn2d_${op}_${d0}_${l0}_cpu_${signature_isa}) ${op}[kDtypeCount][kLayoutCount];\n")
 endforeach ()
 # The initializer of one KernelSet: bn2d_<key>_<suffix> for every key of the table (or of
 # ARGN when given), nullptr elsewhere.
@@ -329,12 +339,6 @@ foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     endforeach ()
     set(large_fns "")
     set(has_large false)
-    foreach (key IN LISTS BN2D_KERNELS)
-        string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_${isa};\n")
-        if (isa IN_LIST BN2D_CPU_LARGE_ISAS)
-            string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_large_${isa};\n")
-        endif ()
-    endforeach ()
     bn2d_kernel_set_initializer("cpu_${isa}" fns)
     if (isa IN_LIST BN2D_CPU_LARGE_ISAS)
         bn2d_kernel_set_initializer("cpu_large_${isa}" large_fns)
@@ -343,7 +347,7 @@ foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     set(nt_fns "")
     if (BN2D_STREAMING_STORES AND BN2D_STREAMING_KERNELS AND isa IN_LIST BN2D_STREAMING_ISAS)
         foreach (key IN LISTS BN2D_STREAMING_KERNELS)
-            string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu) bn2d_${key}_cpu_nt_${isa};\n")
+            string(APPEND entry_decls "extern \"C\" decltype(bn2d_${key}_cpu_${isa}) bn2d_${key}_cpu_nt_${isa};\n")
         endforeach ()
         bn2d_kernel_set_initializer("cpu_nt_${isa}" nt_fns ${BN2D_STREAMING_KERNELS})
     endif ()
@@ -379,7 +383,7 @@ file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
 
 #include \"HalideRuntime.h\"
 @includes@
-// Each CPU ISA's code in the multitarget libraries (bn2d_cpu_isa_entry_points.S).
+// The streaming-store builds (tools/streaming_stores.py), one function per ISA.
 @entry_decls@
 namespace bn2d::detail {
 
@@ -429,32 +433,11 @@ constexpr const char *kHalideVersion = \"@Halide_VERSION@\";
 }  // namespace bn2d::detail
 " @ONLY)
 
-# The per-ISA entry points. A multitarget Halide library exports each ISA's code as
-# `<name>-<target>-no_runtime`, which is not a C identifier: these tail-call aliases,
-# `<name>_<isa>`, let the runtime call a chosen ISA directly.
-set(asm "# ${note}\n    .text\n")
+# The table as a list, for tests/other_arch_test.cmake.
+set(lines "")
 foreach (key IN LISTS BN2D_KERNELS)
-    foreach (set_name IN ITEMS cpu cpu_large)
-        set(name "bn2d_${key}_${set_name}")
-        if (set_name STREQUAL "cpu")
-            set(targets ${BN2D_CPU_TARGETS})
-            set(isas ${BN2D_CPU_ISAS})
-        else ()
-            set(targets ${BN2D_CPU_LARGE_TARGETS})
-            set(isas ${BN2D_CPU_LARGE_ISAS})
-        endif ()
-        list(LENGTH targets target_count)
-        foreach (target isa IN ZIP_LISTS targets isas)
-            # A library of one target is not multitarget: its code is the function itself.
-            set(code "${name}-${target}-no_runtime")
-            if (target_count EQUAL 1)
-                set(code "${name}")
-            endif ()
-            string(APPEND asm "    .globl ${name}_${isa}\n    .type ${name}_${isa}, @function\n"
-                   "${name}_${isa}:\n    jmp \"${code}\"\n")
-        endforeach ()
-    endforeach ()
+    string(REPLACE ";" " " params "${BN2D_KERNEL_${key}_PARAMS}")
+    string(APPEND lines "${key} ${BN2D_KERNEL_${key}_GENERATOR} ${params}\n")
 endforeach ()
-string(APPEND asm "    .section .note.GNU-stack,\"\",@progbits\n")
-file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_cpu_isa_entry_points.S" CONTENT "${asm}")
-set(BN2D_KERNEL_SOURCES "${CMAKE_CURRENT_BINARY_DIR}/bn2d_cpu_isa_entry_points.S")
+set(BN2D_KERNELS_FILE "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernels.txt")
+file(CONFIGURE OUTPUT "${BN2D_KERNELS_FILE}" CONTENT "${lines}")

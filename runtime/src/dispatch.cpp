@@ -10,9 +10,9 @@
 namespace bn2d::detail {
 namespace {
 
-// CPU: Halide's multitarget wrapper (bn2d_*_cpu) decides once per process and caches its
-// choice, so it cannot honour set_max_cpu_isa() or report what it picked. We call the per-ISA
-// entry points instead, after the same feature check (select_cpu_isa()).
+// CPU: one single-target library per kernel and ISA (cmake/Bn2dKernels.cmake); the ISA is
+// chosen per call by select_cpu_isa() (Halide's feature check under the cap), so the cap holds
+// and BN2D_VERBOSE can say what ran. (A multitarget wrapper decides once per process.)
 struct Selected {
     const KernelSet &kernels;
     const char *isa;                       // "avx512", ..., or the GPU backend's name

@@ -23,7 +23,7 @@ thread_local int g_last_isa = kIsaCount - 1;
 std::atomic<int> g_streaming{static_cast<int>(StreamingStores::automatic)};
 thread_local bool g_last_streamed = false;
 
-// Halide's CPU feature check, as its multitarget wrapper makes it: one 64-bit word per 64
+// Halide's CPU feature check, as its multitarget wrappers make it: one 64-bit word per 64
 // features.
 bool cpu_has(const halide_target_feature_t *features) {
     constexpr int kWords = (halide_target_feature_end + 63) / 64;
