@@ -24,6 +24,11 @@
 // backward the mask pass first), oneDNN with fuse_norm_relu (its 2.x has no fused add + ReLU),
 // and the floor over the fused op's bytes (fused_bytes below).
 //
+// ResNet-50 (bench/resnet50.h): resnet50/<op>/<impl>/<shape>/<tail> for each kind of the
+// network's 53 batch-norm layers, each implementation running the layer with what follows it
+// (ReLU, add + ReLU, or nothing), against the floor and the bound of the layer's bytes;
+// tools/resnet50_report.py sums them into one training step and one inference pass.
+//
 // Inputs are random and never zero, generated once per shape and shared by every benchmark of
 // that shape (each implementation reads the same bytes); outputs are preallocated and touched.
 // Every benchmark sleeps 20 ms (other implementations' pools go idle), then runs its op twice
@@ -47,6 +52,7 @@
 #include <vector>
 
 #include "bn2d/bn2d.h"
+#include "resnet50.h"
 #include "stream_floor.h"
 #include "suite.h"
 
@@ -517,6 +523,237 @@ void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
     state.counters["threads"] = g_threads;
 }
 
+// ---- ResNet-50's batch-norm layers (bench/resnet50.h) ------------------------------------------
+// Each implementation runs a layer as a network runs it: the batch norm and what follows it.
+// Ours fuses the ReLU or add + ReLU; oneDNN fuses the ReLU (fuse_norm_relu) and runs the add +
+// ReLU as a binary add with a ReLU post-op (its 2.x has no fused add); libtorch runs what
+// autograd runs, batch norm then add_ and relu_, and in backward threshold_backward (the
+// ReLU's gradient, which is also the residual's) then the batch norm's backward.
+using bn2d::bench::Layer;
+using bn2d::bench::LayerTail;
+
+// The least a layer's op must move (float32): the op's tensors (suite.h), the residual (read in
+// forward, its gradient written in backward) and in backward the ReLU's mask at one bit per
+// element.
+int64_t layer_bytes(Op op, const Layer &l) {
+    const int64_t n = l.shape.numel();
+    const bool add = l.tail == LayerTail::add_relu;
+    const int64_t mask = op == Op::Bwd && l.tail != LayerTail::none ? (n + 7) / 8 : 0;
+    return op_bytes(op, l.shape) + (add ? n * 4 : 0) + mask;
+}
+
+void finish_layer(benchmark::State &state, Op op, const Layer &l) {
+    state.SetBytesProcessed(state.iterations() * layer_bytes(op, l));
+    state.counters["threads"] = g_threads;
+    state.counters["layers"] = l.count;
+}
+
+// What our automatic strategy runs for the call: split or fused (bn2d::CpuStrategy).
+const char *our_strategy(Op op, const Shape &s, bool nhwc) {
+    if (op == Op::EvalFwd) return "pointwise";
+    if (nhwc) return "nhwc";
+    const bool backward = op == Op::Bwd;
+    switch (bn2d::cpu_strategy()) {
+    case bn2d::CpuStrategy::fused: return "fused";
+    case bn2d::CpuStrategy::split: return "split";
+    case bn2d::CpuStrategy::automatic: break;
+    }
+    return s.h * s.w <= bn2d::split_max_plane(backward) ? "split" : "fused";
+}
+
+void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc) {
+    const Shape &s = l.shape;
+    ShapeData &d = fused_data_for(s);
+    auto view = [&](const Buffer &b) {
+        return bn2d::Tensor(b.get(), bn2d::DType::float32, sizes_of(s), strides_of(s, nhwc));
+    };
+    const bn2d::Tensor x = view(d.x), z = view(d.z), y = view(d.y), dy = view(d.dy);
+    const bn2d::Tensor dx = view(d.dx), dz = view(d.dz);
+    bn2d::Options o;
+    if (l.tail != LayerTail::none) o.activation = bn2d::Activation::relu;
+    bn2d::BatchNorm2d bn(s.c, o);
+    const bool add = l.tail == LayerTail::add_relu;
+    auto forward = [&] { add ? bn.forward_add(x, z, y) : bn.forward(x, y); };
+    forward();  // statistics and y for backward, running statistics for eval
+    if (op == Op::EvalFwd) bn.eval();
+    auto call = [&] {
+        if (op != Op::Bwd) return forward();
+        add ? bn.backward_add(dy, dx, dz) : bn.backward(dy, dx);
+    };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
+        benchmark::ClobberMemory();
+    }
+    finish_layer(state, op, l);
+    state.SetLabel(std::string(bn2d::isa_name(bn2d::last_cpu_isa_used())) + " " +
+                   our_strategy(op, s, nhwc));
+}
+
+// The floor (streaming stores) or the bound (ordinary stores) of a layer's bytes, moved in the
+// op's pattern: forward one stream in and one out, backward two in and one out.
+void bench_layer_floor(benchmark::State &state, Op op, Layer l, bn2d::bench::Stores stores) {
+    const bool two_reads = op == Op::Bwd;
+    const int64_t floats = layer_bytes(op, l) / 4 / (two_reads ? 3 : 2);
+    static std::map<int64_t, std::vector<Buffer>> scratch;  // floats -> in, in, out
+    auto &bufs = scratch[floats];
+    if (bufs.empty()) {
+        for (int i = 0; i < 3; ++i) bufs.push_back(allocate(floats));
+        fill_random(bufs[0].get(), floats, 4, 0.3f);
+        fill_random(bufs[1].get(), floats, 5, 0.0f);
+    }
+    const float *dy = two_reads ? bufs[1].get() : nullptr;
+    float a = 1.0001f;
+    StreamPool &pool = stream_pool();
+    for (int i = 0; i < kWarmupCalls; ++i)
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
+    for (auto _ : state) {
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
+        benchmark::ClobberMemory();
+        a += 1e-7f;
+    }
+    finish_layer(state, op, l);
+}
+
+#if BN2D_BENCH_ONEDNN
+// A batch norm followed by the residual's add + ReLU: oneDNN's plain batch norm, then a binary
+// add with a ReLU post-op (forward), or the ReLU's backward (from its output) then the batch
+// norm's backward.
+void bench_onednn_add_relu(benchmark::State &state, Op op, const Shape &s, bool nhwc) {
+    using namespace dnnl;
+    using tag = memory::format_tag;
+    ShapeData &d = fused_data_for(s);
+    engine eng(engine::kind::cpu, 0);
+    stream strm(eng);
+    const memory::desc md({s.n, s.c, s.h, s.w}, memory::data_type::f32,
+                          nhwc ? tag::nhwc : tag::nchw);
+    const memory::desc cd({s.c}, memory::data_type::f32, tag::x);
+    std::vector<float> mean(s.c, 0.0f), var(s.c, 1.0f), scale(s.c, 1.0f), shift(s.c, 0.0f),
+        dscale(s.c), dshift(s.c);
+    auto mem = [&](const memory::desc &m, void *p) { return memory(m, eng, p); };
+    const auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
+    const float eps = 1e-5f;
+    const auto train_pd = batch_normalization_forward::primitive_desc(
+        batch_normalization_forward::desc(prop_kind::forward_training, md, eps, flags), eng);
+    const auto eval_pd = batch_normalization_forward::primitive_desc(
+        batch_normalization_forward::desc(prop_kind::forward_inference, md, eps,
+                                          flags | normalization_flags::use_global_stats),
+        eng);
+    post_ops relu;
+    relu.append_eltwise(1.0f, algorithm::eltwise_relu, 0.0f, 0.0f);
+    primitive_attr attr;
+    attr.set_post_ops(relu);
+    const auto add_pd =
+        binary::primitive_desc(binary::desc(algorithm::binary_add, md, md, md), attr, eng);
+    const auto relu_fwd_pd = eltwise_forward::primitive_desc(
+        eltwise_forward::desc(prop_kind::forward_training, algorithm::eltwise_relu_use_dst_for_bwd,
+                              md),
+        eng);
+    const auto relu_bwd_pd = eltwise_backward::primitive_desc(
+        eltwise_backward::desc(algorithm::eltwise_relu_use_dst_for_bwd, md, md), eng, relu_fwd_pd);
+    const auto bn_bwd_pd = batch_normalization_backward::primitive_desc(
+        batch_normalization_backward::desc(prop_kind::backward, md, md, eps, flags), eng, train_pd);
+    std::unordered_map<int, memory> stats = {{DNNL_ARG_MEAN, mem(cd, mean.data())},
+                                             {DNNL_ARG_VARIANCE, mem(cd, var.data())},
+                                             {DNNL_ARG_SCALE, mem(cd, scale.data())},
+                                             {DNNL_ARG_SHIFT, mem(cd, shift.data())}};
+    auto with = [&](std::unordered_map<int, memory> args) {
+        for (const auto &kv : stats) args.insert(kv);
+        return args;
+    };
+    const auto bn_args =
+        with({{DNNL_ARG_SRC, mem(md, d.x.get())}, {DNNL_ARG_DST, mem(md, d.t.get())}});
+    const std::unordered_map<int, memory> add_args = {{DNNL_ARG_SRC_0, mem(md, d.t.get())},
+                                                      {DNNL_ARG_SRC_1, mem(md, d.z.get())},
+                                                      {DNNL_ARG_DST, mem(md, d.y.get())}};
+    const std::unordered_map<int, memory> relu_bwd_args = {
+        {DNNL_ARG_DST, mem(md, d.y.get())},
+        {DNNL_ARG_DIFF_DST, mem(md, d.dy.get())},
+        {DNNL_ARG_DIFF_SRC, mem(md, d.dz.get())}};
+    const auto bn_bwd_args = with({{DNNL_ARG_SRC, mem(md, d.x.get())},
+                                   {DNNL_ARG_DIFF_DST, mem(md, d.dz.get())},
+                                   {DNNL_ARG_DIFF_SRC, mem(md, d.dx.get())},
+                                   {DNNL_ARG_DIFF_SCALE, mem(cd, dscale.data())},
+                                   {DNNL_ARG_DIFF_SHIFT, mem(cd, dshift.data())}});
+    const batch_normalization_forward bn_train(train_pd), bn_eval(eval_pd);
+    const binary add(add_pd);
+    const eltwise_backward relu_bwd(relu_bwd_pd);
+    const batch_normalization_backward bn_bwd(bn_bwd_pd);
+    // The training forward once: statistics for backward and eval, y for the ReLU's mask.
+    bn_train.execute(strm, bn_args);
+    add.execute(strm, add_args);
+    strm.wait();
+    auto call = [&] {
+        if (op == Op::Bwd) {
+            relu_bwd.execute(strm, relu_bwd_args);
+            bn_bwd.execute(strm, bn_bwd_args);
+        } else {
+            (op == Op::TrainFwd ? bn_train : bn_eval).execute(strm, bn_args);
+            add.execute(strm, add_args);
+        }
+        strm.wait();
+    };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
+        benchmark::ClobberMemory();
+    }
+    const std::string bn = (op == Op::Bwd        ? bn_bwd_pd.impl_info_str()
+                            : op == Op::TrainFwd ? train_pd.impl_info_str()
+                                                 : eval_pd.impl_info_str());
+    const std::string tail = op == Op::Bwd ? relu_bwd_pd.impl_info_str() : add_pd.impl_info_str();
+    state.SetLabel(bn + " + " + tail);
+}
+
+void bench_layer_onednn(benchmark::State &state, Op op, Layer l, bool nhwc) {
+    if (l.tail == LayerTail::add_relu)
+        bench_onednn_add_relu(state, op, l.shape, nhwc);
+    else
+        bench_onednn(state, op, l.shape, nhwc, false, l.tail == LayerTail::relu);
+    finish_layer(state, op, l);
+}
+#endif
+
+#if BN2D_BENCH_TORCH
+void bench_layer_torch(benchmark::State &state, Op op, Layer l, bool nhwc) {
+    torch::NoGradGuard no_grad;
+    const Shape &s = l.shape;
+    ShapeData &d = fused_data_for(s);
+    const std::vector<int64_t> sizes = sizes_of(s), strides = strides_of(s, nhwc);
+    auto wrap = [&](const Buffer &b) { return torch::from_blob(b.get(), sizes, strides); };
+    const at::Tensor x = wrap(d.x), z = wrap(d.z), dy = wrap(d.dy);
+    const at::Tensor w = torch::ones({s.c}), b = torch::zeros({s.c});
+    at::Tensor rm = torch::zeros({s.c}), rv = torch::ones({s.c});
+    const bool relu = l.tail != LayerTail::none, add = l.tail == LayerTail::add_relu;
+    const bool training = op != Op::EvalFwd;
+    auto forward = [&](bool train) {
+        auto r = at::native_batch_norm(x, w, b, rm, rv, train, 0.1, 1e-5);
+        at::Tensor out = std::get<0>(r);
+        if (add) out.add_(z);
+        if (relu) out.relu_();
+        return std::make_tuple(out, std::get<1>(r), std::get<2>(r));
+    };
+    const auto [y, save_mean, save_invstd] = forward(true);
+    auto call = [&] {
+        if (op == Op::Bwd) {
+            const at::Tensor g = relu ? at::threshold_backward(dy, y, 0) : dy;
+            auto r = at::native_batch_norm_backward(g, x, w, rm, rv, save_mean, save_invstd, true,
+                                                    1e-5, {true, true, true});
+            benchmark::DoNotOptimize(std::get<0>(r).data_ptr());
+        } else {
+            benchmark::DoNotOptimize(std::get<0>(forward(training)).data_ptr());
+        }
+    };
+    for (int i = 0; i < kWarmupCalls; ++i) call();
+    for (auto _ : state) {
+        call();
+        benchmark::ClobberMemory();
+    }
+    finish_layer(state, op, l);
+    state.SetLabel("alloc");
+}
+#endif
+
 // Registers a benchmark (real time, ms). A failure (a bn2d::Error, a oneDNN or torch exception)
 // marks that benchmark as errored in the output instead of ending the run.
 template<typename Body>
@@ -595,6 +832,31 @@ void register_all() {
         }
 }
 
+// ResNet-50's layers: resnet50/<op>/<implementation>/<shape>/<tail>, counter `layers`.
+void register_resnet50() {
+    for (const Layer &l : bn2d::bench::resnet50_layers())
+        for (Op op : bn2d::bench::kOps) {
+            auto reg = [&](const std::string &impl, auto fn, auto... extra) {
+                register_guarded(
+                    "resnet50/" + std::string(op_name(op)) + "/" + impl + "/" + l.shape.name() +
+                        "/" + bn2d::bench::tail_name(l.tail),
+                    [fn, op, l, extra...](benchmark::State &state) { fn(state, op, l, extra...); });
+            };
+            reg("ours", bench_layer_ours, false);
+            reg("ours_nhwc", bench_layer_ours, true);
+            reg("floor", bench_layer_floor, bn2d::bench::Stores::streaming);
+            reg("bound", bench_layer_floor, bn2d::bench::Stores::ordinary);
+#if BN2D_BENCH_ONEDNN
+            reg("onednn_nchw", bench_layer_onednn, false);
+            reg("onednn_nhwc", bench_layer_onednn, true);
+#endif
+#if BN2D_BENCH_TORCH
+            reg("torch", bench_layer_torch, false);
+            reg("torch_nhwc", bench_layer_torch, true);
+#endif
+        }
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -654,6 +916,7 @@ int main(int argc, char **argv) {
     benchmark::Initialize(&rest_argc, rest.data());
     if (benchmark::ReportUnrecognizedArguments(rest_argc, rest.data())) return 1;
     register_all();
+    register_resnet50();
     try {
         benchmark::RunSpecifiedBenchmarks();
     } catch (const std::exception &e) {

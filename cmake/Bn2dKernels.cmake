@@ -28,7 +28,7 @@ set(BN2D_STREAMING_KERNELS "")   # keys with a streaming-store build (STREAMING 
 set(BN2D_STREAMING_ISAS "")
 
 function(bn2d_kernel kernel)
-    cmake_parse_arguments(PARSE_ARGV 1 ARG "" "GENERATOR;STREAMING" "DTYPES;LAYOUTS;PARAMS")
+    cmake_parse_arguments(PARSE_ARGV 1 ARG "CPU_ONLY" "GENERATOR;STREAMING" "DTYPES;LAYOUTS;PARAMS")
     if (NOT ARG_GENERATOR OR NOT ARG_DTYPES OR NOT ARG_LAYOUTS)
         message(FATAL_ERROR "variants.cmake: bn2d_kernel(${kernel} ...) needs DTYPES, LAYOUTS and GENERATOR")
     endif ()
@@ -53,6 +53,7 @@ function(bn2d_kernel kernel)
             set(BN2D_KERNEL_${key}_GENERATOR ${ARG_GENERATOR} PARENT_SCOPE)
             set(BN2D_KERNEL_${key}_DTYPE ${dtype} PARENT_SCOPE)
             set(BN2D_KERNEL_${key}_PARAMS ${ARG_PARAMS} dtype=${dtype} layout=${layout} PARENT_SCOPE)
+            set(BN2D_KERNEL_${key}_CPU_ONLY ${ARG_CPU_ONLY} PARENT_SCOPE)
             if (ARG_STREAMING AND dtype IN_LIST BN2D_STREAMING_DTYPES
                 AND layout IN_LIST BN2D_STREAMING_LAYOUTS)
                 list(APPEND streaming_keys ${key})
@@ -199,6 +200,9 @@ foreach (key IN LISTS BN2D_KERNELS)
     foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
         bn2d_library(bn2d_${key}_cpu_${isa} ${key} ${target})
     endforeach ()
+    if (BN2D_KERNEL_${key}_CPU_ONLY)
+        continue ()
+    endif ()
     foreach (isa target IN ZIP_LISTS BN2D_CPU_LARGE_ISAS BN2D_CPU_LARGE_TARGETS)
         bn2d_library(bn2d_${key}_cpu_large_${isa} ${key} ${target})
     endforeach ()
@@ -288,11 +292,13 @@ foreach (key IN LISTS BN2D_KERNELS)
     foreach (isa IN LISTS BN2D_CPU_ISAS)
         list(APPEND libraries cpu_${isa})
     endforeach ()
-    foreach (isa IN LISTS BN2D_CPU_LARGE_ISAS)
-        list(APPEND libraries cpu_large_${isa})
-    endforeach ()
-    if (BN2D_GPU)
-        list(APPEND libraries cuda opencl)
+    if (NOT BN2D_KERNEL_${key}_CPU_ONLY)
+        foreach (isa IN LISTS BN2D_CPU_LARGE_ISAS)
+            list(APPEND libraries cpu_large_${isa})
+        endforeach ()
+        if (BN2D_GPU)
+            list(APPEND libraries cuda opencl)
+        endif ()
     endif ()
     foreach (library IN LISTS libraries)
         string(APPEND includes "#include \"bn2d_${key}_${library}.h\"\n")
@@ -329,6 +335,13 @@ function(bn2d_kernel_set_initializer suffix out)
     endforeach ()
     set(${out} "${init}" PARENT_SCOPE)
 endfunction()
+# The kernels built for GPUs and with 64-bit indexing: all but CPU_ONLY ones.
+set(bn2d_all_backend_keys "")
+foreach (key IN LISTS BN2D_KERNELS)
+    if (NOT BN2D_KERNEL_${key}_CPU_ONLY)
+        list(APPEND bn2d_all_backend_keys ${key})
+    endif ()
+endforeach ()
 set(entry_decls "")
 foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     bn2d_target_features(${target} features)
@@ -340,7 +353,7 @@ foreach (isa target IN ZIP_LISTS BN2D_CPU_ISAS BN2D_CPU_TARGETS)
     set(has_large false)
     bn2d_kernel_set_initializer("cpu_${isa}" fns)
     if (isa IN_LIST BN2D_CPU_LARGE_ISAS)
-        bn2d_kernel_set_initializer("cpu_large_${isa}" large_fns)
+        bn2d_kernel_set_initializer("cpu_large_${isa}" large_fns ${bn2d_all_backend_keys})
         set(has_large true)
     endif ()
     set(nt_fns "")
@@ -356,8 +369,14 @@ set(gpu_backends cuda opencl)
 set(gpu_set_names kCudaKernels kOpenclKernels)
 foreach (backend set_name IN ZIP_LISTS gpu_backends gpu_set_names)
     if (BN2D_GPU)
-        bn2d_kernel_set_initializer("${backend}" fns)
+        bn2d_kernel_set_initializer("${backend}" fns ${bn2d_all_backend_keys})
         string(APPEND gpu_sets "inline const KernelSet ${set_name}{${fns}};\n")
+    endif ()
+endforeach ()
+set(cpu_only_names "")
+foreach (key IN LISTS BN2D_KERNELS)
+    if (BN2D_KERNEL_${key}_CPU_ONLY)
+        string(APPEND cpu_only_names "    \"${key}\",\n")
     endif ()
 endforeach ()
 set(streaming_names "")
@@ -372,6 +391,17 @@ if (BN2D_STREAMING_STORES AND BN2D_STREAMING_KERNELS)
         endif ()
     endforeach ()
 endif ()
+# The runtime's strategy thresholds (bn2d::split_max_plane), from the machine file: keys
+# runtime.<train_fwd|train_bwd>.split_max_plane (the generators check the file's vocabulary).
+set(BN2D_SPLIT_MAX_PLANE_train_fwd 0)
+set(BN2D_SPLIT_MAX_PLANE_train_bwd 0)
+file(STRINGS "${BN2D_SCHEDULE_FILE}" runtime_lines REGEX "^[ \t]*runtime\\.")
+foreach (line IN LISTS runtime_lines)
+    if (line MATCHES "^[ \t]*runtime\\.(train_fwd|train_bwd)\\.split_max_plane[ \t]*=[ \t]*([0-9]+)")
+        set(BN2D_SPLIT_MAX_PLANE_${CMAKE_MATCH_1} ${CMAKE_MATCH_2})
+    endif ()
+endforeach ()
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${BN2D_SCHEDULE_FILE}")
 list(LENGTH BN2D_KERNELS kernel_count)
 list(LENGTH BN2D_DTYPES dtype_count)
 list(LENGTH BN2D_LAYOUTS layout_count)
@@ -397,6 +427,9 @@ struct KernelSet {
 constexpr int kKernelCount = @kernel_count@;
 constexpr const char *kKernelNames[kKernelCount] = {
 @names@};
+// The kernels built for the CPU only, 32-bit indexing only (CPU_ONLY in the table); \"\" ends it.
+constexpr const char *kCpuOnlyKernelNames[] = {
+@cpu_only_names@\"\"};
 // The kernels also built with streaming stores, and the ISAs they are built for
 // (CpuIsaEntry::streaming); \"\" ends each list.
 constexpr const char *kStreamingKernelNames[] = {
@@ -427,6 +460,9 @@ constexpr const char *kCudaTarget = \"@BN2D_CUDA_TARGET@\";
 constexpr const char *kOpenclTarget = \"@BN2D_OPENCL_TARGET@\";
 constexpr const char *kScheduleMachine = \"@BN2D_SCHEDULE_MACHINE@\";
 constexpr const char *kScheduleFile = \"@BN2D_SCHEDULE_FILE@\";
+// The largest H*W the automatic CPU strategy runs split (runtime.*.split_max_plane); 0: never.
+constexpr long long kSplitMaxPlaneForward = @BN2D_SPLIT_MAX_PLANE_train_fwd@;
+constexpr long long kSplitMaxPlaneBackward = @BN2D_SPLIT_MAX_PLANE_train_bwd@;
 constexpr const char *kHalideVersion = \"@Halide_VERSION@\";
 
 }  // namespace bn2d::detail

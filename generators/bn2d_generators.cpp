@@ -33,10 +33,16 @@ const bn2d::ScheduleVocabulary kVocabulary{{"train_fwd", "eval_fwd", "train_bwd"
                                             "train_fwd_nhwc", "eval_fwd_nhwc", "train_bwd_nhwc",
                                             "eval_bwd_nhwc"},
                                            bn2d::cpu::kKnobs,
-                                           bn2d::gpu::kKnobs};
+                                           bn2d::gpu::kKnobs,
+                                           {"split_max_plane"}};
 
 // Seed problem (20x100x35x45) as estimates, for the autoschedulers and the autotuner.
 constexpr int kEstN = 20, kEstC = 100, kEstH = 35, kEstW = 45;
+
+// Where a reduction kernel's schedule sums (the sums_order GeneratorParam).
+enum class SumsOrder { ByChannel, Memory };
+const std::map<std::string, SumsOrder> kSumsOrders{{"by_channel", SumsOrder::ByChannel},
+                                                   {"memory", SumsOrder::Memory}};
 
 using Tensor4 = GeneratorInput<Buffer<>>;
 using Vector1 = GeneratorInput<Buffer<>>;
@@ -191,6 +197,12 @@ protected:
         }
         for (Vector1 *b : vectors) b->set_estimates({{0, kEstC}});
         for (Vector1Out *b : vouts) b->set_estimates({{0, kEstC}});
+    }
+
+    // The memory-order sums are a CPU schedule of NCHW rows (the split strategy's kernels).
+    void require_memory_order_target() const {
+        if (backend() != "cpu" || nhwc())
+            throw std::runtime_error("sums_order=memory: CPU kernels of the nchw layout only");
     }
 
     std::string backend() const {
@@ -349,6 +361,10 @@ public:
     // where they apply: CPU kernels of NCHW and strided float32 and 16-bit tensors. false: every
     // value added in `accumulator` (the GPU kernels' and NHWC kernels' way).
     GeneratorParam<bool> float32_rows{"float32_rows", true};
+    // by_channel: the sums per channel group, channel by channel (every kernel but the split
+    // strategy's); memory: in memory order, one partial sum per row position
+    // (bn2d::cpu::schedule_channel_sums_in_memory_order; CPU, NCHW, one-level sums).
+    GeneratorParam<SumsOrder> sums_order{"sums_order", SumsOrder::ByChannel, kSumsOrders};
 
     Tensor4 *x, *grad_out;
     // The forward's output, read when relu is on (bn2d::ReluGrad); else the runtime passes
@@ -408,9 +424,11 @@ public:
         }
         Func gw_in = grad_weight_in ? Func(*grad_weight_in) : Func();
         Func gb_in = grad_bias_in ? Func(*grad_bias_in) : Func();
+        const bool memory_order = sums_order == SumsOrder::Memory;
+        if (memory_order) require_memory_order_target();
         bn2d::Extents e = extents_of(*x);
-        if (float32_rows && backend() == "cpu" && !nhwc() && e.compute == Float(32) &&
-            e.acc == Float(64))
+        if (float32_rows && !memory_order && backend() == "cpu" && !nhwc() &&
+            e.compute == Float(32) && e.acc == Float(64))
             e.row_lanes = cpu_accumulator_width(want.training ? "train_bwd" : "eval_bwd");
         bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight, gw_in,
                                           gb_in, e, v, {*y, *relu});
@@ -442,7 +460,7 @@ public:
             [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
                 bn2d::cpu::schedule_backward(
                     p, kernel, l, v, sp, get_target(),
-                    {ImageParam(*x), ImageParam(*grad_out), ImageParam(*y)});
+                    {ImageParam(*x), ImageParam(*grad_out), ImageParam(*y)}, memory_order);
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
                 bn2d::Layout l) {
@@ -455,6 +473,8 @@ public:
 // (bn2d::partial_stats), {count, mean, M2} per channel in float64.
 class PartialStatsGenerator : public Bn2dGenerator<PartialStatsGenerator> {
 public:
+    // As BackwardGenerator's: memory is the split strategy's statistics kernel.
+    GeneratorParam<SumsOrder> sums_order{"sums_order", SumsOrder::ByChannel, kSumsOrders};
     Tensor4 *x;
     GeneratorOutput<Buffer<>> *partial;  // (C, 3): counts, means, M2s
 
@@ -464,6 +484,8 @@ public:
     }
 
     void generate() {
+        const bool memory_order = sums_order == SumsOrder::Memory;
+        if (memory_order) require_memory_order_target();
         bn2d::PartialStats p = bn2d::partial_stats(*x, extents_of(*x), v);
         *partial = p.partial;
 
@@ -474,7 +496,7 @@ public:
         apply_schedule(
             "train_fwd",
             [&](const ScheduleParams &sp, const std::string &kernel, bn2d::Layout l) {
-                bn2d::cpu::schedule_partial_stats(p, kernel, l, v, sp, get_target());
+                bn2d::cpu::schedule_partial_stats(p, kernel, l, v, sp, get_target(), memory_order);
             },
             [&](const ScheduleParams &sp, const std::string &be, const std::string &kernel,
                 bn2d::Layout l) { bn2d::gpu::schedule_partial_stats(p, be, kernel, l, v, sp); });

@@ -15,7 +15,7 @@
 # the target.
 
 # bn2d_kernel(<kernel> DTYPES <dtype>... LAYOUTS <layout>... GENERATOR <generator>
-#             [PARAMS <key=value>...])
+#             [PARAMS <key=value>...] [STREAMING <output>] [CPU_ONLY])
 #   One library per dtype x layout x backend.
 #   <kernel>: the op and its outputs. Kernels named *_bwd* share the schedule knobs of
 #   train_bwd or eval_bwd in schedules/machines/*.params (NHWC: train_bwd_nhwc, ...).
@@ -51,7 +51,17 @@ bn2d_kernel(eval_bwd_params  DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERAT
 # The normalization itself is eval_fwd with the merged statistics.
 bn2d_kernel(sync_stats       DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_partial_stats)
 bn2d_kernel(sync_merge       DTYPES f32 f64 LAYOUTS nchw GENERATOR bn2d_sync_statistics)
-bn2d_kernel(sync_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_params=false global_sums=true)
+bn2d_kernel(sync_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_params=false global_sums=true STREAMING grad_input)
+
+# The split strategy (runtime/src/batchnorm2d.cpp, bn2d::set_cpu_strategy): a training forward
+# or backward of short NCHW planes in two passes that both read in memory order, the sums first,
+# then a pointwise kernel (eval_fwd with the merged statistics, sync_bwd_input with this call's
+# own sums), as SyncBatchNorm2d runs every call. CPU_ONLY: no GPU and no large_buffers builds
+# (the runtime splits 32-bit-indexed CPU calls only).
+#   split_stats     {count, mean, M2} per channel, then sync_merge (one process) and eval_fwd
+#   split_bwd_sums  train_bwd_params's outputs (parameter gradients, the sums), then sync_bwd_input
+bn2d_kernel(split_stats      DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_partial_stats PARAMS sums_order=memory CPU_ONLY)
+bn2d_kernel(split_bwd_sums   DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false with_sums=true sums_order=memory CPU_ONLY)
 
 # bn2d_target(<backend> <name> <Halide target>)
 #   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64

@@ -183,6 +183,26 @@ inline void schedule_channel_sums(ChannelSums &s, const LoopLevel &at, const Kno
         .partition(rxv, Halide::Partition::Always);
 }
 
+// Per-channel sums in memory order, for short planes (the "split" strategy's statistics and
+// gradient sums, runtime/src/strategy.cpp): one partial sum per position of the (flattened) row,
+// vectorized along it, and the channels of the task's group inside the batch loop, so that a
+// task reads its group's slab of each batch item front to back. The by-channel order above
+// reads a channel's N rows a channel stride apart, and a 49-value row per jump leaves the
+// hardware prefetchers idle (bench/results/strategies_*.md). The partial sums take
+// W * channels * 2 values per task: short rows only (the runtime's split_max_plane).
+inline void schedule_channel_sums_in_memory_order(ChannelSums &s, const LoopLevel &at,
+                                                  const Knobs &k) {
+    s.require_one_level("cpu memory-order sums");
+    Var u("u"), c(s.sums.args()[0].name());
+    const int lanes = s.sums.types()[0].bits() == 64 ? std::max(1, k.lanes / 2) : k.lanes;
+    s.sums.compute_at(at);
+    Func per_position = s.sums.update().rfactor(s.r.x, u);
+    per_position.compute_at(at).vectorize(u, lanes, TailStrategy::GuardWithIf);
+    per_position.update()
+        .reorder(u, c, s.r.y, s.r.z)
+        .vectorize(u, lanes, TailStrategy::GuardWithIf);
+}
+
 // Channels per parallel task: enough for `grain` elements, at most C. Splits by it use
 // ShiftInwards: the last group overlaps the one before instead of being guarded, so every
 // group has the same bounds.
@@ -278,9 +298,10 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
 
 // Per-channel outputs only (parameter gradients without grad_input, partial statistics);
 // `per_channel_funcs` are computed per channel group, before the sums.
+// memory_order: the sums in memory order (schedule_channel_sums_in_memory_order).
 inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &s, const Vars &v,
-                                    const Knobs &k,
-                                    const std::vector<Func> &per_channel_funcs = {}) {
+                                    const Knobs &k, const std::vector<Func> &per_channel_funcs,
+                                    bool memory_order) {
     Func first = outs.front();
     Expr C = first.output_buffer().dim(0).extent();
     Expr channels_per_task = channel_group(s, C, k);
@@ -290,7 +311,10 @@ inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &
         f.split(v.c, co, ci, channels_per_task, TailStrategy::ShiftInwards).parallel(co);
         if (i > 0) f.compute_with(first, co);
     }
-    schedule_channel_sums(s, LoopLevel(first, co), k, C < k.min_channels);
+    if (memory_order)
+        schedule_channel_sums_in_memory_order(s, LoopLevel(first, co), k);
+    else
+        schedule_channel_sums(s, LoopLevel(first, co), k, C < k.min_channels);
     for (Func f : per_channel_funcs) f.compute_at(first, co);
 }
 
@@ -415,7 +439,8 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Lay
 
 inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout, const Vars &v,
                               const ScheduleParams &sp, const Target &t,
-                              const std::vector<Halide::ImageParam> &prefetched = {}) {
+                              const std::vector<Halide::ImageParam> &prefetched = {},
+                              bool memory_order = false) {
     Knobs k = knobs(sp, kernel, t);
     if (!p.training) p.invstd.compute_root();  // sqrt once per channel, not per element
     std::vector<Func> params;
@@ -458,7 +483,7 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     } else if (p.grad_input.defined()) {
         schedule_pointwise(p.grad_input, p.coefficients, v, k);
     } else {
-        schedule_reduction_only(params, p.sums, v, k);
+        schedule_reduction_only(params, p.sums, v, k, {}, memory_order);
         if (relu.defined()) params.front().specialize(relu);
     }
 }
@@ -466,7 +491,8 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
 // SyncBatchNorm2d: a process's partial statistics, the reduction of training forward without
 // its output (the per-channel outputs only, as parameter gradients without grad_input).
 inline void schedule_partial_stats(PartialStats &p, const std::string &kernel, Layout layout,
-                                   const Vars &v, const ScheduleParams &sp, const Target &t) {
+                                   const Vars &v, const ScheduleParams &sp, const Target &t,
+                                   bool memory_order = false) {
     Knobs k = knobs(sp, kernel, t);
     p.partial.bound(p.field, 0, 3).reorder(p.field, v.c).unroll(p.field);
     if (layout == Layout::nhwc) {
@@ -474,7 +500,7 @@ inline void schedule_partial_stats(PartialStats &p, const std::string &kernel, L
         compute_per_channel({p.partial}, v, k);
         return;
     }
-    schedule_reduction_only({p.partial}, p.stats.s, v, k, {p.stats.shift});
+    schedule_reduction_only({p.partial}, p.stats.s, v, k, {p.stats.shift}, memory_order);
 }
 
 // The merge over processes: channels in vectors, processes in order (a serial loop each).

@@ -1,7 +1,8 @@
 // Schedule parameters as data: a per-machine `key = value` file read at generator time.
 //
 // Keys are `<backend>.<kernel>.<knob>` or `<backend>.*.<knob>` (every kernel of that backend):
-//   backend  cpu, cuda, opencl, or gpu (a default shared by cuda and opencl)
+//   backend  cpu, cuda, opencl, or gpu (a default shared by cuda and opencl); or runtime, for
+//            the run-time strategy thresholds (runtime.train_fwd.split_max_plane)
 //   kernel   a schedule kernel (train_fwd, eval_fwd, train_bwd, eval_bwd) or *
 //   knob     a knob the backend's schedule declares (cpu::kKnobs, gpu::kKnobs)
 // A CUDA kernel looks up cuda.<kernel>.<knob>, cuda.*.<knob>, gpu.<kernel>.<knob>,
@@ -54,6 +55,9 @@ inline std::vector<std::string> knob_names(const std::vector<KnobRange> &ranges)
 struct ScheduleVocabulary {
     std::vector<std::string> kernels;
     std::vector<std::string> cpu_knobs, gpu_knobs;
+    // runtime.<kernel>.<knob>: thresholds the runtime reads (cmake/Bn2dKernels.cmake puts them
+    // in the kernel table), not schedule knobs.
+    std::vector<std::string> runtime_knobs;
 };
 
 class ScheduleParams {
@@ -98,9 +102,10 @@ public:
             if (backend == "cpu") knobs = &vocab.cpu_knobs;
             if (backend == "cuda" || backend == "opencl" || backend == "gpu")
                 knobs = &vocab.gpu_knobs;
+            if (backend == "runtime") knobs = &vocab.runtime_knobs;
             if (!knobs)
                 throw error(entry.line, "unknown backend '" + backend + "' in '" + key +
-                                            "' (expected cpu, cuda, opencl or gpu)");
+                                            "' (expected cpu, cuda, opencl, gpu or runtime)");
             if (kernel != "*" && !contains(vocab.kernels, kernel))
                 throw error(entry.line, "unknown kernel '" + kernel + "' in '" + key +
                                             "' (expected * or one of " + join(vocab.kernels) + ")");

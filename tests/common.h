@@ -244,6 +244,18 @@ public:
 };
 
 // Every output mask backward() accepts that computes something.
+// Sets the CPU strategy for a scope (bn2d::set_cpu_strategy), restoring the one before.
+class StrategyGuard {
+public:
+    explicit StrategyGuard(CpuStrategy s) : saved_(cpu_strategy()) { set_cpu_strategy(s); }
+    ~StrategyGuard() { set_cpu_strategy(saved_); }
+    StrategyGuard(const StrategyGuard &) = delete;
+    StrategyGuard &operator=(const StrategyGuard &) = delete;
+
+private:
+    CpuStrategy saved_;
+};
+
 inline std::vector<BackwardMask> all_masks() {
     return {BackwardMask{true, true}, BackwardMask{true, false}, BackwardMask{false, true}};
 }

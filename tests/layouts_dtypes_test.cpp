@@ -23,8 +23,10 @@ TEST_P(LayoutDtype, MatchesFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(All, LayoutDtype, ::testing::ValuesIn(all_variants()),
                          [](const ::testing::TestParamInfo<Variant> &i) { return i.param.name(); });
 
-// The kernel each layout reaches, as BN2D_VERBOSE reports it.
+// The kernel each layout reaches, as BN2D_VERBOSE reports it (the fused strategy: one kernel
+// per call; tests/variants_test.cpp has the split one's).
 TEST(LayoutDispatch, EachLayoutRunsItsKernel) {
+    StrategyGuard fused(CpuStrategy::fused);
     struct Case {
         std::string x, y, kernel_layout;
         int64_t channels = 20;

@@ -206,8 +206,11 @@ TEST(relu_errors, BadArgumentsLeaveStateUntouched) {
 }
 
 // What each fused call runs (BN2D_VERBOSE): one kernel per forward, whatever the fusion; the
-// residual's gradient is one more pass (grad_residual) before the batch norm's backward.
+// residual's gradient is one more pass (grad_residual) before the batch norm's backward. The
+// split strategy (bn2d::CpuStrategy) runs its own kernels, with the same epilogue in its
+// pointwise pass.
 TEST(relu_dispatch, OneKernelPerForward) {
+    StrategyGuard fused(CpuStrategy::fused);
     const Shape s{2, 20, 6, 7};
     std::mt19937 rng(11);
     BatchNorm2d bn(s.c, relu_options());
@@ -231,6 +234,11 @@ TEST(relu_dispatch, OneKernelPerForward) {
     EXPECT_EQ(ops_of([&] { bn.backward_add(view(dy, s), view(dx, s), view(dz, s)); }),
               (V{"eval_bwd_input_f32_nchw", "train_bwd_f32_nchw"}));
     EXPECT_EQ(ops_of([&] { bn.backward(view(dy, s), view(dx, s)); }), V{"train_bwd_f32_nchw"});
+    set_cpu_strategy(CpuStrategy::split);
+    EXPECT_EQ(ops_of([&] { bn.forward_add(view(x, s), view(z, s), view(y, s)); }),
+              (V{"split_stats_f32_nchw", "sync_merge_f32_nchw", "eval_fwd_f32_nchw"}));
+    EXPECT_EQ(ops_of([&] { bn.backward_add(view(dy, s), view(dx, s), view(dz, s)); }),
+              (V{"eval_bwd_input_f32_nchw", "split_bwd_sums_f32_nchw", "sync_bwd_input_f32_nchw"}));
     bn.eval();
     EXPECT_EQ(ops_of([&] { bn.forward(view(x, s), view(y, s)); }), V{"eval_fwd_f32_nchw"});
 }

@@ -24,6 +24,8 @@ TEST(Variants, TableListsKernelsAndIsas) {
 
 TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
     std::set<std::string> reached;
+    // Training calls first run fused (one kernel per call), then split (below).
+    StrategyGuard fused(CpuStrategy::fused);
     for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
         if (!dtype_not_built(dtype).empty()) continue;
         // padded rows (W stride 2) take the strided kernels
@@ -78,6 +80,33 @@ TEST(Variants, VerboseNamesEveryKernelOfTheTable) {
             }
         }
     }
+    // The split strategy's training calls (NCHW): the sums in memory order, then the merge and
+    // the normalization (forward), or grad_input from the sums (backward, when wanted).
+    set_cpu_strategy(CpuStrategy::split);
+    for (DType dtype : {DType::float32, DType::bfloat16, DType::float16, DType::float64}) {
+        if (!dtype_not_built(dtype).empty()) continue;
+        const std::vector<std::string> lines = verbose_lines_of_every_op(Device::CPU, dtype);
+        const std::string suffix = std::string("_") + dtype_short_name(dtype) + "_nchw";
+        std::multiset<std::string> kernels;
+        for (const std::string &line : lines) {
+            SCOPED_TRACE(line);
+            const std::vector<std::string> f = split(line, ',');
+            ASSERT_EQ(f.size(), 9u);
+            const bool merge = f[3].rfind("sync_merge", 0) == 0;
+            if (!merge) EXPECT_EQ(f[3].substr(f[3].size() - suffix.size()), suffix);
+            kernels.insert(f[3].substr(0, f[3].find(merge ? "_f" : suffix)));
+            reached.insert(f[3]);
+        }
+        // 3 training forwards, 3 backwards (2 of them with grad_input); eval as fused.
+        EXPECT_EQ(kernels.count("split_stats"), 3u);
+        EXPECT_EQ(kernels.count("sync_merge"), 3u);
+        EXPECT_EQ(kernels.count("eval_fwd"), 6u);
+        EXPECT_EQ(kernels.count("split_bwd_sums"), 3u);
+        EXPECT_EQ(kernels.count("sync_bwd_input"), 2u);
+        EXPECT_EQ(kernels.count("train_fwd") + kernels.count("train_bwd") +
+                      kernels.count("train_bwd_params"),
+                  0u);
+    }
     for (const std::string &k : build_info().kernels)
         EXPECT_TRUE(reached.count(k)) << "kernel " << k << " of the table is never dispatched";
     EXPECT_EQ(reached.size(), build_info().kernels.size());
@@ -94,6 +123,64 @@ TEST(Variants, VerboseNamesTheIsaThatRan) {
             EXPECT_EQ(split(line, ',')[4], std::string("cpu:") + isa_name(isa)) << line;
     }
     set_max_cpu_isa(saved);
+}
+
+// The kernels a training forward and backward (full mask) of shape s ran, in order.
+std::vector<std::string> training_kernels(const Shape &s, const std::string &layout = "nchw") {
+    std::mt19937 rng(11);
+    TypedTensor x(DType::float32, s, layout), y(DType::float32, s, layout);
+    TypedTensor dy(DType::float32, s, layout), dx(DType::float32, s, layout);
+    x.randomize(rng);
+    dy.randomize(rng);
+    BatchNorm2d bn(s.c);
+    std::vector<std::string> kernels;
+    for (const std::string &line : verbose_lines_of([&] {
+             bn.forward(x.view(), y.view());
+             bn.backward(dy.view(), dx.view());
+         })) {
+        const std::string k = split(line, ',')[3];
+        kernels.push_back(k.substr(0, k.find("_f32")));
+    }
+    return kernels;
+}
+
+const std::vector<std::string> kFused = {"train_fwd", "train_bwd"};
+const std::vector<std::string> kSplit = {"split_stats", "sync_merge", "eval_fwd", "split_bwd_sums",
+                                         "sync_bwd_input"};
+
+TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThreshold) {
+    StrategyGuard automatic(CpuStrategy::automatic);
+    ASSERT_EQ(split_max_plane(false), split_max_plane(true))
+        << "this test assumes one threshold for forward and backward";
+    const int64_t limit = split_max_plane(false);
+    if (limit > 0) {
+        // A plane of exactly the threshold splits (a 1 x limit plane).
+        EXPECT_EQ(training_kernels({2, 3, 1, limit}), kSplit);
+    }
+    EXPECT_EQ(training_kernels({2, 3, 1, limit + 1}), kFused);
+}
+
+TEST(Strategy, SettingOverridesTheThreshold) {
+    {
+        StrategyGuard split(CpuStrategy::split);
+        EXPECT_EQ(cpu_strategy(), CpuStrategy::split);
+        EXPECT_EQ(training_kernels({2, 3, 5, 7}), kSplit);
+        EXPECT_EQ(training_kernels({2, 3, 40, 41}), kSplit);
+    }
+    StrategyGuard fused(CpuStrategy::fused);
+    EXPECT_EQ(training_kernels({2, 3, 5, 7}), kFused);
+}
+
+TEST(Strategy, LayoutsWithoutSplitKernelsRunTheirOwn) {
+    StrategyGuard split(CpuStrategy::split);
+    EXPECT_EQ(training_kernels({2, 16, 5, 7}, "nhwc"), kFused);
+    EXPECT_EQ(training_kernels({2, 16, 5, 7}, "padded"), kFused);
+}
+
+TEST(Strategy, ValueOutsideTheEnumIsRefused) {
+    StrategyGuard split(CpuStrategy::split);
+    EXPECT_THROW(set_cpu_strategy(static_cast<CpuStrategy>(3)), Error);
+    EXPECT_EQ(cpu_strategy(), CpuStrategy::split) << "a refused value changes nothing";
 }
 
 TEST(Variants, QuietWhenVerboseIsOff) {

@@ -283,9 +283,13 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
         const detail::Call call = p.call(s, x);
         // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
         if (p.batch_stats) {
-            detail::run_train_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.running_mean,
-                                      s.running_var, s.eps, p.factor, p.hy, s.saved_mean_next,
-                                      s.saved_invstd_next, s.running_mean_next, s.running_var_next);
+            if (detail::split_strategy(call, false))
+                split_forward(p, x);
+            else
+                detail::run_train_forward(call, p.hx, p.epilogue(), s.weight, s.bias,
+                                          s.running_mean, s.running_var, s.eps, p.factor, p.hy,
+                                          s.saved_mean_next, s.saved_invstd_next,
+                                          s.running_mean_next, s.running_var_next);
             if (p.update_running) {
                 s.commit(s.running_mean, s.running_mean_next);
                 s.commit(s.running_var, s.running_var_next);
@@ -298,6 +302,29 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
         }
     }
     record_forward(p, x, residual != nullptr, out, -1);
+}
+
+// The split strategy (bn2d::CpuStrategy): SyncBatchNorm2d's forward for a group of one, the
+// statistics, their merge (saved and running statistics) and eval forward's normalization with
+// them, into the same _next buffers as the fused kernel.
+void BatchNorm2d::split_forward(ForwardPlan &p, const Tensor &x) {
+    State &s = *s_;
+    const detail::Call call = p.call(s, x);
+    if (!s.partial.data()) s.partial = s.scratch(3);
+    if (!s.merged_var.data()) {
+        s.merged_var = s.allocate();
+        detail::sync_to_device(s.merged_var, s.device, "allocating scratch on the device");
+    }
+    detail::run_split_stats(call, p.hx, s.partial);
+    Buf one_process = s.partial.embedded(2);  // (C, 3, 1): the merge's gathered input
+    const Tensor per_channel_type(nullptr, detail::per_channel_dtype(call.x.dtype()),
+                                  {1, s.C, 1, 1});
+    detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, "train_fwd",
+                           one_process, s.running_mean, s.running_var, s.eps, p.factor,
+                           s.saved_mean_next, s.merged_var, s.saved_invstd_next,
+                           s.running_mean_next, s.running_var_next);
+    detail::run_eval_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.saved_mean_next,
+                             s.merged_var, s.eps, p.hy);
 }
 
 std::vector<float> BatchNorm2d::forward(const Tensor &x) {
@@ -420,7 +447,19 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
                               s.grad_weight_next,
                               s.grad_bias_next,
                               s.grad_sums_buffer()};
-    detail::run_backward(p.call(s), p.training, p.params, s.eps, b);
+    const detail::Call call = p.call(s);
+    if (p.training && detail::split_strategy(call, true)) {
+        // The split strategy: the sums (and parameter gradients), then grad_input from them,
+        // as SyncBatchNorm2d's backward for a group of one.
+        detail::BackwardBuffers sums = b;
+        sums.grad_input = nullptr;
+        detail::run_split_bwd_sums(call, s.eps, sums);
+        if (mask.input)
+            detail::run_sync_grad_input(call, "train_bwd", b, b.grad_sums,
+                                        static_cast<double>(grad_out.numel() / s.C));
+    } else {
+        detail::run_backward(call, p.training, p.params, s.eps, b);
+    }
     if (p.params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);

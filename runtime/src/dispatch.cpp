@@ -195,20 +195,42 @@ void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial)
     call(c, "sync_fwd", BN2D_KERNEL(sync_stats), x, partial);
 }
 
-void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
-                    halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *mean,
-                    halide_buffer_t *var, halide_buffer_t *saved_invstd,
-                    halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out) {
-    call(c, "sync_fwd", BN2D_KERNEL(sync_merge), gathered, running_mean, running_var, eps, factor,
-         mean, var, saved_invstd, running_mean_out, running_var_out);
+void run_split_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial) {
+    call(c, "train_fwd", BN2D_KERNEL(split_stats), x, partial);
 }
 
-void run_sync_grad_input(const Call &c, const BackwardBuffers &b, halide_buffer_t *sums,
-                         double count) {
+void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
     const bool relu = b.relu_out != nullptr;
-    call(c, "sync_bwd", BN2D_KERNEL(sync_bwd_input), b.x, b.grad_out,
-         relu ? b.relu_out : b.grad_out, b.mean, b.stat, 0.0, relu, b.weight, sums, count,
-         b.grad_input);
+    call(c, "train_bwd", BN2D_KERNEL(split_bwd_sums), b.x, b.grad_out,
+         relu ? b.relu_out : b.grad_out, b.mean, b.stat, eps, relu, b.weight, b.grad_weight_in,
+         b.grad_bias_in, b.grad_weight, b.grad_bias, b.grad_sums);
+}
+
+bool split_strategy(const Call &c, bool backward) {
+    if (c.device != Device::CPU || c.large || c.layout != Layout::nchw) return false;
+    switch (cpu_strategy()) {
+    case CpuStrategy::fused: return false;
+    case CpuStrategy::split: return true;
+    case CpuStrategy::automatic: break;
+    }
+    return c.x.size(2) * c.x.size(3) <= split_max_plane(backward);
+}
+
+void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
+                    halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                    double factor, halide_buffer_t *mean, halide_buffer_t *var,
+                    halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
+                    halide_buffer_t *running_var_out) {
+    call(c, op, BN2D_KERNEL(sync_merge), gathered, running_mean, running_var, eps, factor, mean,
+         var, saved_invstd, running_mean_out, running_var_out);
+}
+
+void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b,
+                         halide_buffer_t *sums, double count) {
+    const bool relu = b.relu_out != nullptr;
+    call_with(c, stream(c, b.grad_input, relu ? 4 : 3), op, BN2D_KERNEL(sync_bwd_input), b.x,
+              b.grad_out, relu ? b.relu_out : b.grad_out, b.mean, b.stat, 0.0, relu, b.weight, sums,
+              count, b.grad_input);
 }
 
 // The eval grad_input kernel with a unit scale: dz = dy * (1 / sqrt(1 + 0)) * 1, exactly dy

@@ -163,13 +163,23 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
 // SyncBatchNorm2d (generators/variants.cmake: sync_*). partial: (C, 3) float64 {count, mean,
 // M2}; gathered: (C, 3, processes); sums: (C, 2) float64 over `count` values per channel.
 void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
-// Per channel: `c.x` is a stand-in for the per-channel dtype (float32 or float64).
-void run_sync_merge(const Call &c, halide_buffer_t *gathered, halide_buffer_t *running_mean,
-                    halide_buffer_t *running_var, double eps, double factor, halide_buffer_t *mean,
-                    halide_buffer_t *var, halide_buffer_t *saved_invstd,
-                    halide_buffer_t *running_mean_out, halide_buffer_t *running_var_out);
-void run_sync_grad_input(const Call &c, const BackwardBuffers &b, halide_buffer_t *sums,
-                         double count);
+// The split strategy's sums (bn2d::CpuStrategy::split; NCHW CPU calls): the same outputs as
+// run_sync_stats and, for a training backward, as run_backward without grad_input (parameter
+// gradients and b.grad_sums), summed in memory order.
+void run_split_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
+void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b);
+// Whether a training call runs the split strategy: the setting, else the machine file's
+// threshold on H*W; only where the split kernels exist (CPU, NCHW, 32-bit indexing).
+bool split_strategy(const Call &c, bool backward);
+// Per channel: `c.x` is a stand-in for the per-channel dtype (float32 or float64). `op`: the
+// op BN2D_VERBOSE names (sync_fwd, sync_bwd; train_fwd, train_bwd in the split strategy).
+void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
+                    halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
+                    double factor, halide_buffer_t *mean, halide_buffer_t *var,
+                    halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
+                    halide_buffer_t *running_var_out);
+void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b,
+                         halide_buffer_t *sums, double count);
 // The gradient of a fused forward's residual: grad_out through the ReLU (relu_out non-null),
 // else grad_out itself. `ones`: C per-channel values of 1.
 void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,

@@ -21,6 +21,7 @@ std::atomic<int> g_max_isa{-1};  // index into kCpuIsas of the ISA calls use; -1
 std::atomic<bool> g_verbose{false};
 thread_local int g_last_isa = kIsaCount - 1;
 std::atomic<int> g_streaming{static_cast<int>(StreamingStores::automatic)};
+std::atomic<int> g_strategy{static_cast<int>(CpuStrategy::automatic)};
 thread_local bool g_last_streamed = false;
 
 // Halide's CPU feature check, as its multitarget wrappers make it: one 64-bit word per 64
@@ -117,6 +118,19 @@ void init_settings_from_environment() {
                          "or never)\n",
                          env);
     }
+    if (const char *env = std::getenv("BN2D_CPU_STRATEGY"); env && *env) {
+        const std::string v = env;
+        if (v == "auto")
+            g_strategy = static_cast<int>(CpuStrategy::automatic);
+        else if (v == "fused")
+            g_strategy = static_cast<int>(CpuStrategy::fused);
+        else if (v == "split")
+            g_strategy = static_cast<int>(CpuStrategy::split);
+        else
+            std::fprintf(stderr,
+                         "bn2d: ignoring BN2D_CPU_STRATEGY=%s (expected auto, fused or split)\n",
+                         env);
+    }
     if (const char *env = std::getenv("BN2D_VERBOSE"); env && *env && std::string(env) != "0") {
         g_verbose = true;
         const BuildInfo &b = build_info();
@@ -156,6 +170,24 @@ StreamingStores streaming_stores() {
 }
 
 bool last_call_streamed() { return g_last_streamed; }
+
+void set_cpu_strategy(CpuStrategy strategy) {
+    detail::init_runtime();
+    if (strategy != CpuStrategy::automatic && strategy != CpuStrategy::fused &&
+        strategy != CpuStrategy::split)
+        throw Error("set_cpu_strategy: unknown strategy " +
+                    std::to_string(static_cast<int>(strategy)));
+    g_strategy = static_cast<int>(strategy);
+}
+
+CpuStrategy cpu_strategy() {
+    detail::init_runtime();
+    return static_cast<CpuStrategy>(g_strategy.load(std::memory_order_relaxed));
+}
+
+int64_t split_max_plane(bool backward) {
+    return backward ? detail::kSplitMaxPlaneBackward : detail::kSplitMaxPlaneForward;
+}
 
 int64_t streaming_threshold_bytes() { return last_level_cache_bytes(); }
 
@@ -241,6 +273,8 @@ const BuildInfo &build_info() {
         b.opencl_target = detail::kOpenclTarget;
 #endif
         for (const char *k : detail::kKernelNames) b.kernels.push_back(k);
+        for (const char *k : detail::kCpuOnlyKernelNames)
+            if (*k) b.cpu_only_kernels.push_back(k);
         for (const char *k : detail::kStreamingKernelNames)
             if (*k) b.streaming_kernels.push_back(k);
         for (const char *isa : detail::kStreamingIsaNames)

@@ -230,8 +230,8 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
     try {
         const Tensor per_channel_type(nullptr, detail::per_channel_dtype(x.dtype()),
                                       {1, s.C, 1, 1});
-        detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, s.gathered,
-                               s.running_mean, s.running_var, s.eps, plan->factor,
+        detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, "sync_fwd",
+                               s.gathered, s.running_mean, s.running_var, s.eps, plan->factor,
                                s.saved_mean_next, s.merged_var, s.saved_invstd_next,
                                s.running_mean_next, s.running_var_next);
         // The normalization with the merged statistics is eval forward's.
@@ -306,7 +306,8 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
                                             nullptr,
                                             nullptr,
                                             nullptr};
-            detail::run_sync_grad_input(plan->call(s), b, g, static_cast<double>(s.forward_count));
+            detail::run_sync_grad_input(plan->call(s), "sync_bwd", b, g,
+                                        static_cast<double>(s.forward_count));
         }
     } catch (const Error &e) {
         error = e.what();

@@ -66,6 +66,25 @@ bool last_call_streamed();
 // (sysfs, else sysconf, else 32 MiB).
 int64_t streaming_threshold_bytes();
 
+// ---- CPU strategy ----
+// How a training forward or backward of NCHW tensors runs on the CPU:
+//   fused:  one kernel; each parallel task sums a group of channels, then normalizes it (or
+//           computes its grad_input) while it is still in cache: one pass over DRAM, but a
+//           channel's rows are read a channel stride apart
+//   split:  two kernels that both read in memory order: the per-channel sums, then the
+//           pointwise pass (SyncBatchNorm2d's path with one process); x is read twice
+//   automatic (default): split where the planes (H*W) are short, at most the machine file's
+//           runtime.<op>.split_max_plane (schedules/machines/*.params), else fused
+// Channels_last, strided, 64-bit-indexed and GPU calls always run their one kernel.
+// BN2D_VERBOSE names the kernels that ran (split_stats, split_bwd_sums). Environment:
+// BN2D_CPU_STRATEGY=auto|fused|split, read at the first call.
+enum class CpuStrategy { automatic, fused, split };
+void set_cpu_strategy(CpuStrategy strategy);  // throws Error on a value that is no CpuStrategy
+CpuStrategy cpu_strategy();
+// automatic's thresholds, from the machine file the kernels were built with: the largest H*W
+// that training forward (backward) splits; 0: never.
+int64_t split_max_plane(bool backward);
+
 // ---- what was built ----
 struct BuildInfo {
     std::string halide_version;
@@ -73,8 +92,9 @@ struct BuildInfo {
     std::string schedule_file;
     std::string cpu_targets;   // Halide targets of the CPU libraries, best first
     std::string cpu_isa_best;  // the best of them this CPU runs (calls use it unless capped)
-    std::string cuda_target, opencl_target;  // empty when built without GPU support
-    std::vector<std::string> kernels;        // <kernel>_<dtype>_<layout>, from the variant table
+    std::string cuda_target, opencl_target;     // empty when built without GPU support
+    std::vector<std::string> kernels;           // <kernel>_<dtype>_<layout>, from the variant table
+    std::vector<std::string> cpu_only_kernels;  // those without GPU or large_buffers builds
     std::vector<std::string> streaming_kernels;  // those also built with streaming stores,
     std::vector<std::string> streaming_isas;     // for these CPU ISAs
 };
