@@ -5,6 +5,8 @@
 //           (non-temporal) stores: the physical floor (ordinary stores read each output line
 //           first, 3 bytes moved for every 2 the op needs)
 //   bound   the same with ordinary stores, as every implementation here stores
+//   ours_fused, ours_split: ours (NCHW float32 training) under one CPU strategy each
+//   (bn2d::CpuStrategy; `ours` runs the automatic choice, or BN2D_CPU_STRATEGY's)
 //   onednn_nchw, onednn_nhwc (float32), onednn_nhwc_bf16; torch (NCHW), torch_nhwc
 //   (channels_last), torch_bf16; naive: a single-threaded two-pass loop (NCHW float32)
 //
@@ -156,6 +158,21 @@ void finish(benchmark::State &state, Op op, const Shape &s, int bytes_per_elemen
     state.counters["threads"] = g_threads;
 }
 
+// Runs a benchmark under one CPU strategy (ours_fused, ours_split: both strategies in one run,
+// interleaved, for scripts/tune_strategy.py), restoring the process's setting after it.
+class StrategyScope {
+public:
+    explicit StrategyScope(bn2d::CpuStrategy s) : saved_(bn2d::cpu_strategy()) {
+        bn2d::set_cpu_strategy(s);
+    }
+    ~StrategyScope() { bn2d::set_cpu_strategy(saved_); }
+    StrategyScope(const StrategyScope &) = delete;
+    StrategyScope &operator=(const StrategyScope &) = delete;
+
+private:
+    bn2d::CpuStrategy saved_;
+};
+
 std::vector<int64_t> sizes_of(const Shape &s) { return {s.n, s.c, s.h, s.w}; }
 std::vector<int64_t> strides_of(const Shape &s, bool nhwc) {
     return nhwc ? bn2d::Tensor::channels_last_strides(sizes_of(s))
@@ -189,7 +206,9 @@ int64_t fused_bytes(Fused f, const Shape &s) {
 // ---- ours ---------------------------------------------------------------------------------------
 // The same random bytes viewed in either layout (the values are random: the layout only
 // changes the access pattern).
-void bench_ours(benchmark::State &state, Op op, Shape s, bool nhwc, bn2d::DType dtype) {
+void bench_ours(benchmark::State &state, Op op, Shape s, bool nhwc, bn2d::DType dtype,
+                bn2d::CpuStrategy strategy) {
+    StrategyScope scope(strategy);
     const bool bf16 = dtype == bn2d::DType::bfloat16;
     ShapeData &d = bf16 ? bf16_data_for(s) : data_for(s);
     auto view = [&](const Buffer &f32, const Buffer &b16) {
@@ -497,12 +516,12 @@ void bench_fused_ours(benchmark::State &state, Fused f, Shape s, bool nhwc, bool
     state.SetLabel(bn2d::isa_name(bn2d::last_cpu_isa_used()));
 }
 
-// The floor of a fused op: its bytes streamed by the forward pattern (1 read, 1 write) or the
-// backward one (2 reads, 1 write) with streaming stores, stretched to the op's byte count.
-void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
-    const bool two_reads = f != Fused::FwdRelu;
-    const int64_t floats = fused_bytes(f, s) / 4 / (two_reads ? 3 : 2);
-    static std::map<int64_t, std::vector<Buffer>> scratch;  // floats -> x, dy, out
+// `bytes` moved in the forward pattern (one stream in, one out) or the backward one (two in, one
+// out), with streaming stores (the floor) or ordinary ones (the bound) on all cores.
+void move_bytes(benchmark::State &state, int64_t bytes, bool two_reads,
+                bn2d::bench::Stores stores) {
+    const int64_t floats = bytes / 4 / (two_reads ? 3 : 2);
+    static std::map<int64_t, std::vector<Buffer>> scratch;  // floats -> in, in, out
     auto &bufs = scratch[floats];
     if (bufs.empty()) {
         for (int i = 0; i < 3; ++i) bufs.push_back(allocate(floats));
@@ -513,12 +532,18 @@ void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
     float a = 1.0001f;
     StreamPool &pool = stream_pool();
     for (int i = 0; i < kWarmupCalls; ++i)
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, bn2d::bench::Stores::streaming);
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
     for (auto _ : state) {
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, bn2d::bench::Stores::streaming);
+        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
         benchmark::ClobberMemory();
         a += 1e-7f;
     }
+}
+
+// The floor of a fused op: its bytes streamed by the forward pattern (1 read, 1 write) or the
+// backward one (2 reads, 1 write) with streaming stores.
+void bench_fused_floor(benchmark::State &state, Fused f, Shape s) {
+    move_bytes(state, fused_bytes(f, s), f != Fused::FwdRelu, bn2d::bench::Stores::streaming);
     state.SetBytesProcessed(state.iterations() * fused_bytes(f, s));
     state.counters["threads"] = g_threads;
 }
@@ -561,7 +586,9 @@ const char *our_strategy(Op op, const Shape &s, bool nhwc) {
     return s.h * s.w <= bn2d::split_max_plane(backward) ? "split" : "fused";
 }
 
-void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc) {
+void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc,
+                      bn2d::CpuStrategy strategy) {
+    StrategyScope scope(strategy);
     const Shape &s = l.shape;
     ShapeData &d = fused_data_for(s);
     auto view = [&](const Buffer &b) {
@@ -591,27 +618,9 @@ void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc) {
 }
 
 // The floor (streaming stores) or the bound (ordinary stores) of a layer's bytes, moved in the
-// op's pattern: forward one stream in and one out, backward two in and one out.
+// op's pattern.
 void bench_layer_floor(benchmark::State &state, Op op, Layer l, bn2d::bench::Stores stores) {
-    const bool two_reads = op == Op::Bwd;
-    const int64_t floats = layer_bytes(op, l) / 4 / (two_reads ? 3 : 2);
-    static std::map<int64_t, std::vector<Buffer>> scratch;  // floats -> in, in, out
-    auto &bufs = scratch[floats];
-    if (bufs.empty()) {
-        for (int i = 0; i < 3; ++i) bufs.push_back(allocate(floats));
-        fill_random(bufs[0].get(), floats, 4, 0.3f);
-        fill_random(bufs[1].get(), floats, 5, 0.0f);
-    }
-    const float *dy = two_reads ? bufs[1].get() : nullptr;
-    float a = 1.0001f;
-    StreamPool &pool = stream_pool();
-    for (int i = 0; i < kWarmupCalls; ++i)
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
-    for (auto _ : state) {
-        pool.run(bufs[0].get(), dy, bufs[2].get(), floats, a, 0.5f, stores);
-        benchmark::ClobberMemory();
-        a += 1e-7f;
-    }
+    move_bytes(state, layer_bytes(op, l), op == Op::Bwd, stores);
     finish_layer(state, op, l);
 }
 
@@ -782,11 +791,17 @@ void register_all() {
                     std::string(op_name(op)) + "/" + impl + tail,
                     [fn, op, s, extra...](benchmark::State &state) { fn(state, op, s, extra...); });
             };
+            using bn2d::CpuStrategy;
             using bn2d::DType;
-            reg("ours", bench_ours, false, DType::float32);
-            reg("ours_nhwc", bench_ours, true, DType::float32);
-            reg("ours_bf16", bench_ours, false, DType::bfloat16);
-            reg("ours_nhwc_bf16", bench_ours, true, DType::bfloat16);
+            const CpuStrategy automatic = bn2d::cpu_strategy();  // the environment's
+            reg("ours", bench_ours, false, DType::float32, automatic);
+            reg("ours_nhwc", bench_ours, true, DType::float32, automatic);
+            reg("ours_bf16", bench_ours, false, DType::bfloat16, automatic);
+            reg("ours_nhwc_bf16", bench_ours, true, DType::bfloat16, automatic);
+            if (op != Op::EvalFwd) {
+                reg("ours_fused", bench_ours, false, DType::float32, CpuStrategy::fused);
+                reg("ours_split", bench_ours, false, DType::float32, CpuStrategy::split);
+            }
             using bn2d::bench::Stores;
             reg("floor", bench_bound, Stores::streaming, 4);
             reg("bound", bench_bound, Stores::ordinary, 4);
@@ -842,8 +857,14 @@ void register_resnet50() {
                         "/" + bn2d::bench::tail_name(l.tail),
                     [fn, op, l, extra...](benchmark::State &state) { fn(state, op, l, extra...); });
             };
-            reg("ours", bench_layer_ours, false);
-            reg("ours_nhwc", bench_layer_ours, true);
+            using bn2d::CpuStrategy;
+            const CpuStrategy automatic = bn2d::cpu_strategy();  // the environment's
+            reg("ours", bench_layer_ours, false, automatic);
+            reg("ours_nhwc", bench_layer_ours, true, automatic);
+            if (op != Op::EvalFwd) {
+                reg("ours_fused", bench_layer_ours, false, CpuStrategy::fused);
+                reg("ours_split", bench_layer_ours, false, CpuStrategy::split);
+            }
             reg("floor", bench_layer_floor, bn2d::bench::Stores::streaming);
             reg("bound", bench_layer_floor, bn2d::bench::Stores::ordinary);
 #if BN2D_BENCH_ONEDNN

@@ -173,6 +173,23 @@ if (BN2D_CPU_LARGE_ISAS AND NOT last_isa IN_LIST BN2D_CPU_LARGE_ISAS)
 endif ()
 
 
+# What the kernels depend on: the machine file without its runtime.* lines (the runtime's
+# thresholds, read into the table below), so that tuning a threshold rebuilds the runtime, not
+# every kernel. The generators still read the machine file itself (its errors name its lines);
+# the copy is rewritten only when the rest changes, with the machine file's time stamp.
+file(READ "${BN2D_SCHEDULE_FILE}" bn2d_schedule_text)
+string(REGEX REPLACE "(^|\n)[ \t]*runtime\\.[^\n]*" "\\1" bn2d_kernel_schedule_text
+       "${bn2d_schedule_text}")
+set(BN2D_KERNEL_SCHEDULE_DEPENDENCY "${CMAKE_CURRENT_BINARY_DIR}/schedule_kernel_keys.params")
+set(bn2d_previous_text "")
+if (EXISTS "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}")
+    file(READ "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}" bn2d_previous_text)
+endif ()
+if (NOT bn2d_previous_text STREQUAL bn2d_kernel_schedule_text)
+    file(WRITE "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}" "${bn2d_kernel_schedule_text}")
+    execute_process(COMMAND touch -r "${BN2D_SCHEDULE_FILE}" "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}")
+endif ()
+
 # ---- libraries --------------------------------------------------------------------------------
 # One single-target library per kernel and target: bn2d_<key>_<backend> on a GPU, and per CPU
 # ISA bn2d_<key>_cpu_<isa> (and bn2d_<key>_cpu_large_<isa> with 64-bit indexing), each its own
@@ -192,7 +209,7 @@ function(bn2d_library name key target)
         USE_RUNTIME bn2d_halide_support
         TARGETS ${target}
         PARAMS ${BN2D_KERNEL_${key}_PARAMS} "schedule_file=${BN2D_SCHEDULE_FILE}"
-        DEPENDS "${BN2D_SCHEDULE_FILE}"  # tuned values changed: regenerate
+        DEPENDS "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}"  # tuned values changed: regenerate
         ${stmt})
     set(BN2D_ALL_KERNELS ${BN2D_ALL_KERNELS} ${name} PARENT_SCOPE)
 endfunction()
@@ -243,7 +260,7 @@ if (BN2D_STREAMING_STORES)
                         "schedule_file=${BN2D_SCHEDULE_FILE}"
                 COMMAND "${BN2D_PYTHON}" "${CMAKE_CURRENT_SOURCE_DIR}/tools/streaming_stores.py"
                         "${dir}/${fn}.bc" "${dir}/${fn}.o" ${BN2D_KERNEL_${key}_STREAMING}
-                DEPENDS bn2d_generators "${BN2D_SCHEDULE_FILE}"
+                DEPENDS bn2d_generators "${BN2D_KERNEL_SCHEDULE_DEPENDENCY}"
                         "${CMAKE_CURRENT_SOURCE_DIR}/tools/streaming_stores.py"
                 COMMENT "Streaming-store kernel ${fn}"
                 VERBATIM)

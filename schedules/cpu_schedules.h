@@ -197,10 +197,18 @@ inline void schedule_channel_sums_in_memory_order(ChannelSums &s, const LoopLeve
     const int lanes = s.sums.types()[0].bits() == 64 ? std::max(1, k.lanes / 2) : k.lanes;
     s.sums.compute_at(at);
     Func per_position = s.sums.update().rfactor(s.r.x, u);
-    per_position.compute_at(at).vectorize(u, lanes, TailStrategy::GuardWithIf);
+    // The positions of a channel adjacent in memory (rfactor stores the channel innermost): a
+    // vector of partial sums is one load, not a gather.
+    per_position.reorder_storage(u, c).compute_at(at).vectorize(u, lanes,
+                                                                TailStrategy::GuardWithIf);
+    // Four batch rows per pass over the partial sums: each vector of them is loaded and stored
+    // once per four rows (measured with JIT kernels on 32x2048x7x7: 1.4x faster than one row).
+    RVar rzo("rzo"), rzi("rzi");
     per_position.update()
-        .reorder(u, c, s.r.y, s.r.z)
-        .vectorize(u, lanes, TailStrategy::GuardWithIf);
+        .split(s.r.z, rzo, rzi, 4, TailStrategy::GuardWithIf)
+        .reorder(rzi, u, c, s.r.y, rzo)
+        .vectorize(u, lanes, TailStrategy::GuardWithIf)
+        .unroll(rzi);
 }
 
 // Channels per parallel task: enough for `grain` elements, at most C. Splits by it use

@@ -26,6 +26,22 @@ SUITE = ["20x100x35x45", "32x64x112x112", "32x256x56x56", "32x512x28x28", "32x20
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+def sample_kind(b):
+    """A benchmark's kind of sample: 'median' or 'mean' (time aggregates), 'iteration' (a plain
+    run), or None (other aggregates: skipped)."""
+    if b.get("run_type") != "aggregate":
+        return "iteration"
+    kind = b.get("aggregate_name")
+    return kind if kind in ("median", "mean") and b.get("aggregate_unit", "time") == "time" \
+        else None
+
+
+def preferred_samples(found):
+    """{key: {kind: [samples]}} -> {key: [samples]}: the medians, else the means, else the runs."""
+    return {key: kinds.get("median") or kinds.get("mean") or kinds.get("iteration")
+            for key, kinds in found.items()}
+
+
 def load(path):
     """Returns (context, {(op, impl, shape): (ms, bytes_per_second)}, impls in order seen)."""
     with open(path) as f:
@@ -42,19 +58,15 @@ def load(path):
         if len(parts) < 3 or parts[0] == "resnet50":  # scripts/resnet50_report.py's
             continue
         key = (parts[0], parts[1], parts[2])
-        if b.get("run_type") == "aggregate":
-            kind = b.get("aggregate_name")
-            if kind not in ("median", "mean") or b.get("aggregate_unit", "time") != "time":
-                continue
-        else:
-            kind = "iteration"
+        kind = sample_kind(b)
+        if kind is None:
+            continue
         ms = b["real_time"] * TO_MS[b.get("time_unit", "ns")]
         found[key][kind].append((ms, b.get("bytes_per_second", 0.0)))
         if key[1] not in order:
             order.append(key[1])
     times = {}
-    for key, kinds in found.items():
-        vals = kinds.get("median") or kinds.get("mean") or kinds.get("iteration")
+    for key, vals in preferred_samples(found).items():
         times[key] = (sum(v[0] for v in vals) / len(vals), sum(v[1] for v in vals) / len(vals))
     # The floor a row is held to: the lower of the streaming-store floor and the ordinary-store
     # bound (in cache, ordinary stores move the bytes faster).

@@ -14,8 +14,12 @@ beyond the last-level cache streaming stores move the least, in it ordinary stor
 import argparse
 import json
 import math
+import os
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_report import TO_MS, preferred_samples, sample_kind  # noqa: E402
 
 OPS = ["train_fwd", "bwd", "eval_fwd"]
 LAYOUTS = {  # layout -> (ours, peers)
@@ -24,7 +28,6 @@ LAYOUTS = {  # layout -> (ours, peers)
 }
 PEER_NAMES = {"onednn_nchw": "oneDNN", "onednn_nhwc": "oneDNN", "torch": "libtorch",
               "torch_nhwc": "libtorch"}
-TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def load(path):
@@ -42,21 +45,15 @@ def load(path):
                   file=sys.stderr)
             continue
         key = tuple(parts[1:5])
-        if b.get("run_type") == "aggregate":
-            kind = b.get("aggregate_name")
-            if kind not in ("median", "mean") or b.get("aggregate_unit", "time") != "time":
-                continue
-        else:
-            kind = "iteration"
+        kind = sample_kind(b)
+        if kind is None:
+            continue
         found[key][kind].append(b["real_time"] * TO_MS[b.get("time_unit", "ns")])
         if "layers" in b:
             counts[key[2:]] = int(round(b["layers"]))
         if b.get("label"):
             labels[key] = b["label"]
-    times = {}
-    for key, kinds in found.items():
-        vals = kinds.get("median") or kinds.get("mean") or kinds.get("iteration")
-        times[key] = sum(vals) / len(vals)
+    times = {key: sum(vals) / len(vals) for key, vals in preferred_samples(found).items()}
     return data.get("context", {}), times, counts, labels
 
 

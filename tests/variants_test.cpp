@@ -154,10 +154,12 @@ TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThreshold) {
         << "this test assumes one threshold for forward and backward";
     const int64_t limit = split_max_plane(false);
     if (limit > 0) {
-        // A plane of exactly the threshold splits (a 1 x limit plane).
-        EXPECT_EQ(training_kernels({2, 3, 1, limit}), kSplit);
+        // A plane of exactly the threshold splits (a 1 x limit plane), with 16 channels or
+        // more; fewer run fused (the split kernels parallelize over channels only).
+        EXPECT_EQ(training_kernels({2, 16, 1, limit}), kSplit);
+        EXPECT_EQ(training_kernels({2, 15, 1, limit}), kFused);
     }
-    EXPECT_EQ(training_kernels({2, 3, 1, limit + 1}), kFused);
+    EXPECT_EQ(training_kernels({2, 16, 1, limit + 1}), kFused);
 }
 
 TEST(Strategy, SettingOverridesTheThreshold) {

@@ -206,6 +206,10 @@ void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
          b.grad_bias_in, b.grad_weight, b.grad_bias, b.grad_sums);
 }
 
+// The split kernels run their channel groups in parallel, nothing finer: with fewer channels
+// than this, automatic leaves the call to the fused kernels, which also split inside channels.
+constexpr int64_t kSplitMinChannels = 16;
+
 bool split_strategy(const Call &c, bool backward) {
     if (c.device != Device::CPU || c.large || c.layout != Layout::nchw) return false;
     switch (cpu_strategy()) {
@@ -213,7 +217,8 @@ bool split_strategy(const Call &c, bool backward) {
     case CpuStrategy::split: return true;
     case CpuStrategy::automatic: break;
     }
-    return c.x.size(2) * c.x.size(3) <= split_max_plane(backward);
+    return c.x.size(1) >= kSplitMinChannels &&
+           c.x.size(2) * c.x.size(3) <= split_max_plane(backward);
 }
 
 void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,

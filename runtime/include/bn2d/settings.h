@@ -74,7 +74,9 @@ int64_t streaming_threshold_bytes();
 //   split:  two kernels that both read in memory order: the per-channel sums, then the
 //           pointwise pass (SyncBatchNorm2d's path with one process); x is read twice
 //   automatic (default): split where the planes (H*W) are short, at most the machine file's
-//           runtime.<op>.split_max_plane (schedules/machines/*.params), else fused
+//           runtime.<op>.split_max_plane (schedules/machines/*.params), and there are at
+//           least 16 channels (the split kernels parallelize over channel groups only); else
+//           fused
 // Channels_last, strided, 64-bit-indexed and GPU calls always run their one kernel.
 // BN2D_VERBOSE names the kernels that ran (split_stats, split_bwd_sums). Environment:
 // BN2D_CPU_STRATEGY=auto|fused|split, read at the first call.
