@@ -117,6 +117,14 @@ def main():
             out.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 what, layout, fmt(o), fmt(p[0]), fmt(p[1]), fmt(f), ratio(o, f),
                 ratio(best, o)))
+    fused, split = total(["train_fwd", "bwd"], "ours_fused"), total(["train_fwd", "bwd"],
+                                                                      "ours_split")
+    if fused and split:
+        ours = summary[("training step (fwd + bwd)", "NCHW")][0]
+        out.append("")
+        out.append("NCHW training step under one CPU strategy for every layer: fused {} ms, split "
+                   "{} ms; the automatic choice {} ms ({} the fused-only time).".format(
+                       fmt(fused), fmt(split), fmt(ours), ratio(ours, fused) + "x"))
     out.append("")
     out.append("Each kind of layer (ms per layer; floor = min(streaming floor, ordinary-store "
                "bound), both also shown; strategy: what ours ran in NCHW):")

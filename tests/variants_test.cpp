@@ -125,44 +125,65 @@ TEST(Variants, VerboseNamesTheIsaThatRan) {
     set_max_cpu_isa(saved);
 }
 
-// The kernels a training forward and backward (full mask) of shape s ran, in order.
-std::vector<std::string> training_kernels(const Shape &s, const std::string &layout = "nchw") {
+// The kernels a training forward, then a training backward (full mask), of shape s ran.
+struct TrainingKernels {
+    std::vector<std::string> forward, backward;
+    bool operator==(const TrainingKernels &o) const {
+        return forward == o.forward && backward == o.backward;
+    }
+};
+std::ostream &operator<<(std::ostream &os, const TrainingKernels &k) {
+    os << "forward:";
+    for (const std::string &s : k.forward) os << " " << s;
+    os << "; backward:";
+    for (const std::string &s : k.backward) os << " " << s;
+    return os;
+}
+
+TrainingKernels training_kernels(const Shape &s, const std::string &layout = "nchw") {
     std::mt19937 rng(11);
     TypedTensor x(DType::float32, s, layout), y(DType::float32, s, layout);
     TypedTensor dy(DType::float32, s, layout), dx(DType::float32, s, layout);
     x.randomize(rng);
     dy.randomize(rng);
     BatchNorm2d bn(s.c);
-    std::vector<std::string> kernels;
-    for (const std::string &line : verbose_lines_of([&] {
-             bn.forward(x.view(), y.view());
-             bn.backward(dy.view(), dx.view());
-         })) {
-        const std::string k = split(line, ',')[3];
-        kernels.push_back(k.substr(0, k.find("_f32")));
-    }
-    return kernels;
+    auto kernels_of = [](const std::vector<std::string> &lines) {
+        std::vector<std::string> kernels;
+        for (const std::string &line : lines) {
+            const std::string k = split(line, ',')[3];
+            kernels.push_back(k.substr(0, k.find("_f32")));
+        }
+        return kernels;
+    };
+    TrainingKernels k;
+    k.forward = kernels_of(verbose_lines_of([&] { bn.forward(x.view(), y.view()); }));
+    k.backward = kernels_of(verbose_lines_of([&] { bn.backward(dy.view(), dx.view()); }));
+    return k;
 }
 
-const std::vector<std::string> kFused = {"train_fwd", "train_bwd"};
-const std::vector<std::string> kSplit = {"split_stats", "sync_merge", "eval_fwd", "split_bwd_sums",
-                                         "sync_bwd_input"};
+const std::vector<std::string> kFusedForward = {"train_fwd"}, kFusedBackward = {"train_bwd"};
+const std::vector<std::string> kSplitForward = {"split_stats", "sync_merge", "eval_fwd"};
+const std::vector<std::string> kSplitBackward = {"split_bwd_sums", "sync_bwd_input"};
+const TrainingKernels kFused{kFusedForward, kFusedBackward};
+const TrainingKernels kSplit{kSplitForward, kSplitBackward};
 
-TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThreshold) {
+TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThresholds) {
     StrategyGuard automatic(CpuStrategy::automatic);
-    ASSERT_EQ(split_max_plane(false), split_max_plane(true))
-        << "this test assumes one threshold for forward and backward";
-    const int64_t limit = split_max_plane(false);
-    if (limit > 0) {
-        // A plane of exactly the threshold splits (a 1 x limit plane), with 16 channels or
-        // more; fewer run fused (the split kernels parallelize over channels only).
-        EXPECT_EQ(training_kernels({2, 16, 1, limit}), kSplit);
-        EXPECT_EQ(training_kernels({2, 15, 1, limit}), kFused);
+    // A plane of exactly a threshold splits (a 1 x limit plane), one value more does not; with
+    // 16 channels or more: fewer run fused (the split kernels parallelize over channels only).
+    for (bool backward : {false, true}) {
+        SCOPED_TRACE(backward ? "backward" : "forward");
+        const int64_t limit = split_max_plane(backward);
+        auto of = [&](const TrainingKernels &k) { return backward ? k.backward : k.forward; };
+        if (limit > 0) {
+            EXPECT_EQ(of(training_kernels({2, 16, 1, limit})), of(kSplit));
+            EXPECT_EQ(of(training_kernels({2, 15, 1, limit})), of(kFused));
+        }
+        EXPECT_EQ(of(training_kernels({2, 16, 1, limit + 1})), of(kFused));
     }
-    EXPECT_EQ(training_kernels({2, 16, 1, limit + 1}), kFused);
 }
 
-TEST(Strategy, SettingOverridesTheThreshold) {
+TEST(Strategy, SettingOverridesTheThresholds) {
     {
         StrategyGuard split(CpuStrategy::split);
         EXPECT_EQ(cpu_strategy(), CpuStrategy::split);
@@ -170,7 +191,7 @@ TEST(Strategy, SettingOverridesTheThreshold) {
         EXPECT_EQ(training_kernels({2, 3, 40, 41}), kSplit);
     }
     StrategyGuard fused(CpuStrategy::fused);
-    EXPECT_EQ(training_kernels({2, 3, 5, 7}), kFused);
+    EXPECT_EQ(training_kernels({2, 16, 5, 7}), kFused);
 }
 
 TEST(Strategy, LayoutsWithoutSplitKernelsRunTheirOwn) {

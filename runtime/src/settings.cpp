@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
+
 #include <unistd.h>
 
 #include "bn2d_kernel_table.h"
@@ -87,6 +90,23 @@ std::string isa_names() {
     return s;
 }
 
+// An environment variable naming one of `choices`: its value into `setting`. An unknown name
+// must not make every call fail: it is reported once and ignored.
+void read_choice(const char *variable, const std::vector<std::pair<std::string, int>> &choices,
+                 std::atomic<int> &setting) {
+    const char *env = std::getenv(variable);
+    if (!env || !*env) return;
+    std::string expected;
+    for (const auto &[name, value] : choices) {
+        if (env == name) {
+            setting = value;
+            return;
+        }
+        expected += (expected.empty() ? "" : ", ") + name;
+    }
+    std::fprintf(stderr, "bn2d: ignoring %s=%s (expected %s)\n", variable, env, expected.c_str());
+}
+
 }  // namespace
 
 namespace detail {
@@ -104,33 +124,16 @@ void init_settings_from_environment() {
         else
             g_max_isa = effective_isa(found);
     }
-    if (const char *env = std::getenv("BN2D_STREAMING_STORES"); env && *env) {
-        const std::string v = env;
-        if (v == "auto")
-            g_streaming = static_cast<int>(StreamingStores::automatic);
-        else if (v == "always")
-            g_streaming = static_cast<int>(StreamingStores::always);
-        else if (v == "never")
-            g_streaming = static_cast<int>(StreamingStores::never);
-        else
-            std::fprintf(stderr,
-                         "bn2d: ignoring BN2D_STREAMING_STORES=%s (expected auto, always "
-                         "or never)\n",
-                         env);
-    }
-    if (const char *env = std::getenv("BN2D_CPU_STRATEGY"); env && *env) {
-        const std::string v = env;
-        if (v == "auto")
-            g_strategy = static_cast<int>(CpuStrategy::automatic);
-        else if (v == "fused")
-            g_strategy = static_cast<int>(CpuStrategy::fused);
-        else if (v == "split")
-            g_strategy = static_cast<int>(CpuStrategy::split);
-        else
-            std::fprintf(stderr,
-                         "bn2d: ignoring BN2D_CPU_STRATEGY=%s (expected auto, fused or split)\n",
-                         env);
-    }
+    read_choice("BN2D_STREAMING_STORES",
+                {{"auto", static_cast<int>(StreamingStores::automatic)},
+                 {"always", static_cast<int>(StreamingStores::always)},
+                 {"never", static_cast<int>(StreamingStores::never)}},
+                g_streaming);
+    read_choice("BN2D_CPU_STRATEGY",
+                {{"auto", static_cast<int>(CpuStrategy::automatic)},
+                 {"fused", static_cast<int>(CpuStrategy::fused)},
+                 {"split", static_cast<int>(CpuStrategy::split)}},
+                g_strategy);
     if (const char *env = std::getenv("BN2D_VERBOSE"); env && *env && std::string(env) != "0") {
         g_verbose = true;
         const BuildInfo &b = build_info();
