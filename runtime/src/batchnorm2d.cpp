@@ -310,13 +310,10 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
 void BatchNorm2d::split_forward(ForwardPlan &p, const Tensor &x) {
     State &s = *s_;
     const detail::Call call = p.call(s, x);
-    if (!s.partial.data()) s.partial = s.scratch(3);
-    if (!s.merged_var.data()) {
-        s.merged_var = s.allocate();
-        detail::sync_to_device(s.merged_var, s.device, "allocating scratch on the device");
-    }
-    detail::run_split_stats(call, p.hx, s.partial);
-    Buf one_process = s.partial.embedded(2);  // (C, 3, 1): the merge's gathered input
+    Buf &partial = s.partial_buffer();
+    s.merged_var_buffer();
+    detail::run_split_stats(call, p.hx, partial);
+    Buf one_process = partial.embedded(2);  // (C, 3, 1): the merge's gathered input
     const Tensor per_channel_type(nullptr, detail::per_channel_dtype(call.x.dtype()),
                                   {1, s.C, 1, 1});
     detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, "train_fwd",

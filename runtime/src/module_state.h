@@ -97,6 +97,17 @@ struct BatchNorm2d::State {
         if (!grad_sums.data()) grad_sums = scratch(2);
         return grad_sums;
     }
+    Buf &partial_buffer() {
+        if (!partial.data()) partial = scratch(3);
+        return partial;
+    }
+    Buf &merged_var_buffer() {
+        if (!merged_var.data()) {
+            merged_var = allocate();
+            detail::sync_to_device(merged_var, device, "allocating scratch on the device");
+        }
+        return merged_var;
+    }
     void drop_scratch() { grad_sums = partial = gathered = merged_var = Buf(); }
 
     std::vector<Buf *> all_buffers() {

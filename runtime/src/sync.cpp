@@ -197,12 +197,9 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
         plan.emplace(plan_forward(x, residual, out, true));
         check_memory(comm, s.device);
         const int P = comm.size();
-        if (!s.partial.data()) s.partial = s.scratch(3);
+        s.partial_buffer();
         if (!s.gathered.data() || s.gathered.dim(2).extent() != P) s.gathered = s.scratch(3, P);
-        if (!s.merged_var.data()) {
-            s.merged_var = s.allocate();
-            detail::sync_to_device(s.merged_var, s.device, "allocating scratch on the device");
-        }
+        s.merged_var_buffer();
         if (!plan->empty) {
             count = plan->per_channel;
             detail::run_sync_stats(plan->call(s, x), plan->hx, s.partial);
