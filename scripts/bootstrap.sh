@@ -22,6 +22,15 @@ debs=(
   nlohmann-json3-dev=3.11.2-2          # the safetensors header's JSON
   qemu-user=1:7.2+dfsg-7+deb12u18+b3  # the emulated-CPU tests (AVX2 without AVX-512, SSE4.1)
   clang-format=1:14.0-55.7~deb12u1     # scripts/format.sh, checked by CI
+  # The Python package (python/, scripts/install_python.sh): Debian's torch for /usr/bin/python3
+  # (CPU, the build of libtorch-dev), the extension's headers, and what its tests and examples use.
+  python3-torch=1.13.1+dfsg-4
+  python3-torchvision=0.14.1-2
+  python3-sklearn=1.2.1+dfsg-1
+  python3-pytest=7.2.1-2
+  python3-matplotlib=3.6.3-1+b1
+  python3-dev=3.11.2-1+b1
+  pybind11-dev=2.10.3-1
 )
 
 missing=()
@@ -32,7 +41,9 @@ for pin in "${debs[@]}"; do
   fi
 done
 # python3 -m venv needs ensurepip; a non-Debian python3 (pyenv) has it without python3-venv.
-if python3 -c "import ensurepip, venv" 2>/dev/null; then
+# Debian's /usr/bin/python3 needs it too, for .venv-python (scripts/install_python.sh).
+if python3 -c "import ensurepip, venv" 2>/dev/null &&
+  /usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null; then
   tmp=(); for p in "${missing[@]}"; do [[ "$p" == python3-venv=* ]] || tmp+=("$p"); done
   missing=("${tmp[@]+"${tmp[@]}"}")
 fi

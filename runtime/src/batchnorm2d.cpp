@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "argument_checks.h"
 #include "bn2d/device.h"
 #include "internal.h"
 #include "module_state.h"
@@ -21,6 +22,8 @@ using detail::storage_view;
 namespace {
 
 [[noreturn]] void fail(const std::string &msg) { throw Error("BatchNorm2d: " + msg); }
+
+const detail::ArgumentChecks check{"BatchNorm2d"};
 
 void check_eps(double eps) {
     if (!std::isfinite(eps) || eps < 0)
@@ -91,77 +94,6 @@ bool BatchNorm2d::is_training() const { return s_->training; }
 
 namespace {
 
-// Validates a 4-D tensor argument against the module; `expect` is the shape it must have
-// (empty: any N, H, W with C = num_features).
-void check_tensor(const char *name, const Tensor &t, int64_t C, Device device,
-                  const std::vector<int64_t> &expect) {
-    // Null data is fine only for an empty tensor (PyTorch accepts empty batches).
-    if (!t.defined() && (t.dim() != 4 || t.numel() > 0))
-        fail(std::string(name) + " is null (no data pointer)");
-    if (t.dim() != 4)
-        fail(std::string(name) + " must be 4-D (N, C, H, W), got " + std::to_string(t.dim()) +
-             "-D " + t.shape_string());
-    for (int i = 0; i < 4; ++i)
-        if (t.size(i) < 0) fail(std::string(name) + " has a negative size " + t.shape_string());
-    try {
-        detail::element_span(t);  // the element count and every reach fit int64
-    } catch (const Error &e) {
-        fail(std::string(name) + ": " + e.what());
-    }
-
-    if (!expect.empty() && t.sizes() != expect) {
-        Tensor e(nullptr, expect);
-        fail(std::string(name) + " has shape " + t.shape_string() + ", expected " +
-             e.shape_string());
-    }
-    if (t.size(1) != C)
-        fail(std::string(name) + ": expected " + std::to_string(C) +
-             " channels (num_features), got C = " + std::to_string(t.size(1)) + " in " +
-             t.shape_string());
-    if (t.device() != device)
-        fail(std::string(name) + " is on " + device_name(t.device()) + " but the module is on " +
-             device_name(device) + " (use to())");
-    if (t.device() == Device::OpenCL)
-        for (int i = 0; i < 4; ++i)
-            if (t.size(i) > 1 && t.stride(i) < 0)
-                fail(std::string(name) + ": negative strides are not supported on opencl");
-}
-
-// PyTorch's rule: an input of the parameters' dtype, or bfloat16/float16 with float32
-// parameters (mixed precision).
-void check_input_dtype(const char *name, const Tensor &t, DType params) {
-    const DType d = t.dtype();
-    const bool mixed = params == DType::float32 && (d == DType::bfloat16 || d == DType::float16);
-    if (d != params && !mixed)
-        fail(std::string(name) + " is " + dtype_name(d) + " but the module's parameters are " +
-             dtype_name(params) + " (inputs must have the parameters' dtype, or be bfloat16 or " +
-             "float16 with float32 parameters)");
-}
-
-void check_same_dtype(const char *name, const Tensor &t, const char *ref_name, const Tensor &ref) {
-    if (t.dtype() != ref.dtype())
-        fail(std::string(name) + " is " + dtype_name(t.dtype()) + " but " + ref_name + " is " +
-             dtype_name(ref.dtype()));
-}
-
-// An output must not write two of its elements to one address: PyTorch's "unsupported
-// operation: more than one element of the written-to tensor refers to a single memory location".
-void check_no_self_overlap(const char *name, const Tensor &t) {
-    if (detail::self_overlaps(t))
-        fail(std::string(name) + " has overlapping elements (strides " +
-             Tensor(nullptr, t.strides()).shape_string() + " for shape " + t.shape_string() +
-             "); an output must not overlap itself");
-}
-
-// Outputs must not alias inputs: a channel group's statistics are read from x after other
-// groups may have written their outputs.
-void check_no_alias(const char *out_name, const Tensor &out, const char *in_name,
-                    const Tensor &in) {
-    if (detail::overlaps(out, in))
-        fail(std::string(out_name) + " overlaps " + in_name +
-             " in memory; in-place operation is not supported");
-}
-
 // A call's tensor over the module's own storage: an output there would corrupt the state, and
 // an input there that the call updates would change under the saved forward input.
 // `which`: the views of visible_storage() to check, by name (empty: all).
@@ -174,17 +106,6 @@ void check_not_state(const char *name, const Tensor &t, const std::vector<StateV
             fail(std::string(name) + " overlaps the module's " + sv.name +
                  " in memory; a call's tensors must not alias state it writes");
     }
-}
-
-// The layout of a call's tensors and whether all of them fuse their dense dimensions.
-struct Placement {
-    detail::Layout layout;
-    bool fuse;
-};
-Placement place(const std::vector<const Tensor *> &tensors) {
-    Placement p{detail::common_layout(tensors), true};
-    for (const Tensor *t : tensors) p.fuse = p.fuse && detail::fusable(*t, p.layout);
-    return p;
 }
 
 }  // namespace
@@ -201,16 +122,16 @@ void BatchNorm2d::forward_add(const Tensor &x, const Tensor &residual, const Ten
 BatchNorm2d::ForwardPlan BatchNorm2d::plan_forward(const Tensor &x, const Tensor *residual,
                                                    const Tensor &out, bool synced) {
     State &s = *s_;
-    check_tensor("input", x, s.C, s.device, {});
-    check_tensor("out", out, s.C, s.device, x.sizes());
-    check_input_dtype("input", x, s.dtype);
-    check_same_dtype("out", out, "input", x);
-    check_no_self_overlap("out", out);
-    check_no_alias("out", out, "input", x);
+    check.tensor("input", x, s.C, s.device, {});
+    check.tensor("out", out, s.C, s.device, x.sizes());
+    check.input_dtype("input", x, s.dtype);
+    check.same_dtype("out", out, "input", x);
+    check.no_self_overlap("out", out);
+    check.no_alias("out", out, "input", x);
     if (residual) {
-        check_tensor("residual", *residual, s.C, s.device, x.sizes());
-        check_same_dtype("residual", *residual, "input", x);
-        check_no_alias("out", out, "residual", *residual);
+        check.tensor("residual", *residual, s.C, s.device, x.sizes());
+        check.same_dtype("residual", *residual, "input", x);
+        check.no_alias("out", out, "residual", *residual);
     }
 
     ForwardPlan p;
@@ -245,7 +166,7 @@ BatchNorm2d::ForwardPlan BatchNorm2d::plan_forward(const Tensor &x, const Tensor
 
     std::vector<const Tensor *> tensors{&x, &out};
     if (residual) tensors.push_back(residual);
-    const Placement place_ = place(tensors);
+    const detail::Placement place_ = detail::place(tensors);
     p.layout = place_.layout;
     p.hx = detail::tensor_buffer(x, p.layout, place_.fuse);
     p.hy = detail::tensor_buffer(out, p.layout, place_.fuse);
@@ -283,13 +204,11 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
         const detail::Call call = p.call(s, x);
         // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
         if (p.batch_stats) {
-            if (detail::split_strategy(call, false))
-                split_forward(p, x);
-            else
-                detail::run_train_forward(call, p.hx, p.epilogue(), s.weight, s.bias,
-                                          s.running_mean, s.running_var, s.eps, p.factor, p.hy,
-                                          s.saved_mean_next, s.saved_invstd_next,
-                                          s.running_mean_next, s.running_var_next);
+            detail::train_forward(call, p.hx, p.epilogue(),
+                                  {s.weight, s.bias, s.running_mean, s.running_var,
+                                   s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
+                                   s.running_var_next},
+                                  s.eps, p.factor, p.hy, s.partial, s.merged_var);
             if (p.update_running) {
                 s.commit(s.running_mean, s.running_mean_next);
                 s.commit(s.running_var, s.running_var_next);
@@ -304,33 +223,13 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
     record_forward(p, x, residual != nullptr, out, -1);
 }
 
-// The split strategy (bn2d::CpuStrategy): SyncBatchNorm2d's forward for a group of one, the
-// statistics, their merge (saved and running statistics) and eval forward's normalization with
-// them, into the same _next buffers as the fused kernel.
-void BatchNorm2d::split_forward(ForwardPlan &p, const Tensor &x) {
-    State &s = *s_;
-    const detail::Call call = p.call(s, x);
-    Buf &partial = s.partial_buffer();
-    s.merged_var_buffer();
-    detail::run_split_stats(call, p.hx, partial);
-    Buf one_process = partial.embedded(2);  // (C, 3, 1): the merge's gathered input
-    const Tensor per_channel_type(nullptr, detail::per_channel_dtype(call.x.dtype()),
-                                  {1, s.C, 1, 1});
-    detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, "train_fwd",
-                           one_process, s.running_mean, s.running_var, s.eps, p.factor,
-                           s.saved_mean_next, s.merged_var, s.saved_invstd_next,
-                           s.running_mean_next, s.running_var_next);
-    detail::run_eval_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.saved_mean_next,
-                             s.merged_var, s.eps, p.hy);
-}
-
 std::vector<float> BatchNorm2d::forward(const Tensor &x) {
     if (s_->device != Device::CPU || x.device() != Device::CPU)
         fail("forward(x) allocates on the host; use forward(x, out) for device tensors");
     if (x.dtype() != DType::float32)
         fail("forward(x) returns float32; use forward(x, out) for " +
              std::string(dtype_name(x.dtype())) + " tensors");
-    check_tensor("input", x, s_->C, s_->device, {});
+    check.tensor("input", x, s_->C, s_->device, {});
     std::vector<float> out = host_output(x.numel(), "forward(x)");
     forward(x, Tensor(out.data(), x.sizes()));
     return out;
@@ -363,24 +262,24 @@ BatchNorm2d::BackwardPlan BatchNorm2d::plan_backward(const Tensor &grad_out,
     // The ReLU's mask is read from the forward's output.
     p.relu = s.forward_activation == Activation::relu;
     const Tensor &y = s.forward_out;
-    check_tensor("grad_out", grad_out, s.C, s.device, shape);
-    check_same_dtype("grad_out", grad_out, "the forward input", s.forward_x);
+    check.tensor("grad_out", grad_out, s.C, s.device, shape);
+    check.same_dtype("grad_out", grad_out, "the forward input", s.forward_x);
     if (mask.input) {
-        check_tensor("grad_input", grad_input, s.C, s.device, shape);
-        check_same_dtype("grad_input", grad_input, "the forward input", s.forward_x);
-        check_no_self_overlap("grad_input", grad_input);
-        check_no_alias("grad_input", grad_input, "grad_out", grad_out);
-        check_no_alias("grad_input", grad_input, "the forward input", s.forward_x);
-        if (p.relu) check_no_alias("grad_input", grad_input, "the forward output", y);
+        check.tensor("grad_input", grad_input, s.C, s.device, shape);
+        check.same_dtype("grad_input", grad_input, "the forward input", s.forward_x);
+        check.no_self_overlap("grad_input", grad_input);
+        check.no_alias("grad_input", grad_input, "grad_out", grad_out);
+        check.no_alias("grad_input", grad_input, "the forward input", s.forward_x);
+        if (p.relu) check.no_alias("grad_input", grad_input, "the forward output", y);
     }
     if (grad_residual) {
-        check_tensor("grad_residual", *grad_residual, s.C, s.device, shape);
-        check_same_dtype("grad_residual", *grad_residual, "the forward input", s.forward_x);
-        check_no_self_overlap("grad_residual", *grad_residual);
-        check_no_alias("grad_residual", *grad_residual, "grad_out", grad_out);
-        check_no_alias("grad_residual", *grad_residual, "the forward input", s.forward_x);
-        if (p.relu) check_no_alias("grad_residual", *grad_residual, "the forward output", y);
-        if (mask.input) check_no_alias("grad_residual", *grad_residual, "grad_input", grad_input);
+        check.tensor("grad_residual", *grad_residual, s.C, s.device, shape);
+        check.same_dtype("grad_residual", *grad_residual, "the forward input", s.forward_x);
+        check.no_self_overlap("grad_residual", *grad_residual);
+        check.no_alias("grad_residual", *grad_residual, "grad_out", grad_out);
+        check.no_alias("grad_residual", *grad_residual, "the forward input", s.forward_x);
+        if (p.relu) check.no_alias("grad_residual", *grad_residual, "the forward output", y);
+        if (mask.input) check.no_alias("grad_residual", *grad_residual, "grad_input", grad_input);
     }
     p.params = mask.params && s.affine;
     p.training = s.forward_batch_stats;
@@ -399,7 +298,7 @@ BatchNorm2d::BackwardPlan BatchNorm2d::plan_backward(const Tensor &grad_out,
     if (mask.input) tensors.push_back(&grad_input);
     if (p.relu) tensors.push_back(&y);
     if (grad_residual) tensors.push_back(grad_residual);
-    const Placement place_ = place(tensors);
+    const detail::Placement place_ = detail::place(tensors);
     p.layout = place_.layout;
     p.hx = detail::tensor_buffer(s.forward_x, p.layout, place_.fuse);
     p.hdy = detail::tensor_buffer(grad_out, p.layout, place_.fuse);
@@ -444,19 +343,7 @@ void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input
                               s.grad_weight_next,
                               s.grad_bias_next,
                               s.grad_sums_buffer()};
-    const detail::Call call = p.call(s);
-    if (p.training && detail::split_strategy(call, true)) {
-        // The split strategy: the sums (and parameter gradients), then grad_input from them,
-        // as SyncBatchNorm2d's backward for a group of one.
-        detail::BackwardBuffers sums = b;
-        sums.grad_input = nullptr;
-        detail::run_split_bwd_sums(call, s.eps, sums);
-        if (mask.input)
-            detail::run_sync_grad_input(call, "train_bwd", b, b.grad_sums,
-                                        static_cast<double>(grad_out.numel() / s.C));
-    } else {
-        detail::run_backward(call, p.training, p.params, s.eps, b);
-    }
+    detail::backward(p.call(s), p.training, p.params, s.eps, b, grad_out.numel() / s.C);
     if (p.params) {
         s.commit(s.grad_weight, s.grad_weight_next);
         s.commit(s.grad_bias, s.grad_bias_next);
@@ -469,7 +356,7 @@ std::vector<float> BatchNorm2d::backward(const Tensor &grad_out) {
     if (grad_out.dtype() != DType::float32)
         fail("backward(grad_out) returns float32; use backward(grad_out, grad_input) for " +
              std::string(dtype_name(grad_out.dtype())) + " tensors");
-    check_tensor("grad_out", grad_out, s_->C, s_->device, {});
+    check.tensor("grad_out", grad_out, s_->C, s_->device, {});
     std::vector<float> dx = host_output(grad_out.numel(), "backward(grad_out)");
     backward(grad_out, Tensor(dx.data(), grad_out.sizes()));
     return dx;

@@ -248,4 +248,41 @@ void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t
          relu ? relu_out : grad_out, ones, ones, 0.0, relu, ones, grad_residual);
 }
 
+void train_forward(const Call &c, halide_buffer_t *x, const Epilogue &epilogue,
+                   const TrainForwardBuffers &b, double eps, double factor, halide_buffer_t *y,
+                   HalideBuffer &partial, HalideBuffer &merged_var) {
+    if (!split_strategy(c, false)) {
+        run_train_forward(c, x, epilogue, b.weight, b.bias, b.running_mean, b.running_var, eps,
+                          factor, y, b.saved_mean, b.saved_invstd, b.running_mean_out,
+                          b.running_var_out);
+        return;
+    }
+    // SyncBatchNorm2d's forward for a group of one: this batch's {count, mean, M2}, their merge
+    // (saved and running statistics), and eval forward's normalization with them.
+    const int C = static_cast<int>(c.x.size(1));
+    const DType per_channel = per_channel_dtype(c.x.dtype());
+    if (!partial.data()) partial = HalideBuffer(halide_type_t(halide_type_float, 64), C, 3);
+    if (!merged_var.data()) merged_var = HalideBuffer(element_type(per_channel), C);
+    run_split_stats(c, x, partial);
+    HalideBuffer one_process = partial.embedded(2);  // (C, 3, 1): the merge's gathered input
+    const Tensor per_channel_type(nullptr, per_channel, {1, C, 1, 1});
+    run_sync_merge({c.device, Layout::nchw, per_channel_type}, "train_fwd", one_process,
+                   b.running_mean, b.running_var, eps, factor, b.saved_mean, merged_var,
+                   b.saved_invstd, b.running_mean_out, b.running_var_out);
+    run_eval_forward(c, x, epilogue, b.weight, b.bias, b.saved_mean, merged_var, eps, y);
+}
+
+void backward(const Call &c, bool training, bool want_params, double eps, const BackwardBuffers &b,
+              int64_t per_channel) {
+    if (!training || !split_strategy(c, true)) {
+        run_backward(c, training, want_params, eps, b);
+        return;
+    }
+    BackwardBuffers sums = b;
+    sums.grad_input = nullptr;
+    run_split_bwd_sums(c, eps, sums);
+    if (b.grad_input)
+        run_sync_grad_input(c, "train_bwd", b, b.grad_sums, static_cast<double>(per_channel));
+}
+
 }  // namespace bn2d::detail

@@ -180,6 +180,23 @@ void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
                     halide_buffer_t *running_var_out);
 void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b,
                          halide_buffer_t *sums, double count);
+// ---- one op as the CPU strategy runs it: shared by BatchNorm2d and bn2d::functional ----
+// A training forward's per-channel buffers (the inputs, then the outputs).
+struct TrainForwardBuffers {
+    halide_buffer_t *weight, *bias, *running_mean, *running_var;
+    halide_buffer_t *saved_mean, *saved_invstd, *running_mean_out, *running_var_out;
+};
+// The fused train_fwd kernel, or the split strategy's three (split_stats, sync_merge,
+// eval_fwd). `partial` ((C, 3) float64) and `merged_var` (C) are the split's scratch, host
+// buffers allocated here when empty.
+void train_forward(const Call &c, halide_buffer_t *x, const Epilogue &epilogue,
+                   const TrainForwardBuffers &b, double eps, double factor, halide_buffer_t *y,
+                   HalideBuffer &partial, HalideBuffer &merged_var);
+// run_backward, or for a training call under the split strategy its sums (and parameter
+// gradients) then grad_input from them. `per_channel`: N*H*W.
+void backward(const Call &c, bool training, bool want_params, double eps, const BackwardBuffers &b,
+              int64_t per_channel);
+
 // The gradient of a fused forward's residual: grad_out through the ReLU (relu_out non-null),
 // else grad_out itself. `ones`: C per-channel values of 1.
 void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,

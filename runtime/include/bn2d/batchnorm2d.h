@@ -154,8 +154,6 @@ private:
     BackwardPlan plan_backward(const Tensor &grad_out, const Tensor &grad_input,
                                const Tensor *grad_residual, BackwardMask mask);
     void residual_gradient(BackwardPlan &p);
-    // The split CPU strategy's training forward (bn2d::CpuStrategy).
-    void split_forward(ForwardPlan &p, const Tensor &x);
     // SyncBatchNorm2d's training steps (runtime/src/sync.cpp).
     void sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out);
     void sync_backward(const Tensor &grad_out, const Tensor &grad_input,
