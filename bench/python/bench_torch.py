@@ -115,12 +115,17 @@ def bench_modules(shapes, layouts, reps, min_seconds):
 def bench_overhead(reps):
     shape = (2, 4, 2, 2)
     ref, ours = bn_pair(4)
-    cases = [("torch", module_step(ref, shape, False)), ("bn2d", module_step(ours, shape, False))]
-    with torch.no_grad():
-        x = torch.randn(shape)
-        cases += [("torch_inference", lambda: ref.eval()(x)),
-                  ("bn2d_inference", lambda: ours.eval()(x))]
-        t = interleaved(cases, reps, 0.2)
+    ref_eval, ours_eval = copy.deepcopy(ref).eval(), copy.deepcopy(ours).eval()
+    x = torch.randn(shape)
+
+    def inference(module):
+        def call():
+            with torch.no_grad():
+                module(x)
+        return call
+    cases = [("torch", module_step(ref, shape, False)), ("bn2d", module_step(ours, shape, False)),
+             ("torch_inference", inference(ref_eval)), ("bn2d_inference", inference(ours_eval))]
+    t = interleaved(cases, reps, 0.2)
     return {k: v * 1e6 for k, v in t.items()}  # microseconds
 
 

@@ -22,25 +22,25 @@ Error = _bn2d.Error
 _empty_like = torch.empty_like
 _empty = torch.empty
 
-_DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.bfloat16: "bfloat16",
-    torch.float16: "float16",
-}
+# The extension's dtype codes (kDtypes in python/src/bn2d_python.cpp).
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 
 
 def _descriptor(t, name):
-    """The extension's view of a tensor (None stays None)."""
+    """The extension's view of a tensor, (data_ptr, dtype code, sizes, strides); None stays
+    None. On the per-call path of every call: kept to attribute reads."""
     if t is None:
         return None
-    if t.device.type != "cpu":
-        raise Error(f"bn2d.torch: {name} is on {t.device}: this build of bn2d runs CPU tensors")
-    dtype = _DTYPE_NAMES.get(t.dtype)
-    if dtype is None:
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None:
         raise Error(f"bn2d.torch: {name} is {t.dtype}; bn2d runs float32, bfloat16, float16 "
                     "and float64 tensors")
-    return (t.data_ptr(), dtype, tuple(t.shape), t.stride())
+    if not t.is_cpu:
+        raise Error(f"bn2d.torch: {name} is on {t.device}: this build of bn2d runs CPU tensors")
+    return (t.data_ptr(), code, t.shape, t.stride())
+
+
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _channel_dtype(input_dtype):
@@ -52,9 +52,7 @@ def _per_channel(t, input_dtype):
     """Per-channel tensor as the kernels take it. 16-bit parameters with 16-bit inputs (a module
     moved to bfloat16 as a whole) compute in float32, as PyTorch does: a float32 copy of C values.
     Any other mix is passed as it is, for bn2d to refuse with its message."""
-    if t is None:
-        return None
-    if t.dtype == input_dtype and t.dtype in (torch.bfloat16, torch.float16):
+    if t is not None and t.dtype in _HALF_DTYPES and t.dtype == input_dtype:
         return t.float()
     return t
 
@@ -125,7 +123,7 @@ class _BatchNormFunction(torch.autograd.Function):
             _descriptor(grad_weight, "grad_weight"), _descriptor(grad_bias, "grad_bias"),
             _descriptor(grad_residual, "grad_residual"))
         # Gradients in the parameters' own dtype (16-bit parameters were computed in float32).
-        if ctx.weight_dtype is not None:
+        if ctx.weight_dtype in _HALF_DTYPES:
             grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(ctx.weight_dtype)
         return (grad_input, grad_weight, grad_bias, None, None, None, None, None, None,
@@ -137,8 +135,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """``torch.nn.functional.batch_norm`` on bn2d's kernels: same signature and semantics
     (running statistics updated in place when training). bn2d's fused tails as keywords:
     ``relu=True`` gives relu(bn(input)), ``residual=z`` bn(input) + z (relu(...) with both)."""
-    needs_graph = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias, residual))
+    needs_graph = torch.is_grad_enabled() and (
+        input.requires_grad or (weight is not None and weight.requires_grad) or
+        (bias is not None and bias.requires_grad) or
+        (residual is not None and residual.requires_grad))
     if not needs_graph:  # inference: no autograd node, nothing saved
         return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
                         relu, residual)[0]
@@ -247,7 +247,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             grad_input = _empty_like(input)
             _bn2d.batch_norm_sync_backward(*common, _descriptor(grad_input, "grad_input"),
                                            None, None, _descriptor(sums, "sums"), ctx.count)
-        if ctx.weight_dtype is not None:
+        if ctx.weight_dtype in _HALF_DTYPES:
             grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(ctx.weight_dtype)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None

@@ -1,15 +1,14 @@
 // bn2d._bn2d: the Python extension over bn2d::functional and the library's settings.
 //
-// Tensors cross as plain descriptors, (data_ptr, dtype name, sizes, strides), that
+// Tensors cross as plain descriptors, (data_ptr, dtype code, sizes, strides), that
 // python/bn2d/torch.py reads off torch tensors: the extension links no torch, so one build
 // serves every torch version whose tensors expose those (no C++ ABI coupling).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <optional>
+#include <iterator>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "bn2d/bn2d.h"
@@ -18,18 +17,36 @@ namespace py = pybind11;
 
 namespace {
 
-// (data_ptr, dtype, sizes, strides), or None for a tensor left out.
-using Descriptor =
-    std::optional<std::tuple<uintptr_t, std::string, std::vector<int64_t>, std::vector<int64_t>>>;
+// The dtype codes of python/bn2d/torch.py's descriptors.
+constexpr bn2d::DType kDtypes[] = {bn2d::DType::float32, bn2d::DType::bfloat16,
+                                   bn2d::DType::float16, bn2d::DType::float64};
 
-bn2d::Tensor tensor(const Descriptor &d) {
-    if (!d) return {};
-    const auto &[ptr, dtype, sizes, strides] = *d;
-    if (sizes.size() != strides.size())
-        throw bn2d::Error("tensor descriptor: " + std::to_string(sizes.size()) + " sizes but " +
-                          std::to_string(strides.size()) + " strides");
-    return bn2d::Tensor(reinterpret_cast<void *>(ptr), bn2d::dtype_from_name(dtype), sizes,
-                        strides);
+std::vector<int64_t> int64s(PyObject *tuple, const char *what) {
+    if (!PyTuple_Check(tuple))
+        throw bn2d::Error(std::string("tensor descriptor: ") + what + " must be a tuple");
+    std::vector<int64_t> v(static_cast<size_t>(PyTuple_GET_SIZE(tuple)));
+    for (size_t i = 0; i < v.size(); ++i) {
+        v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i));
+        if (v[i] == -1 && PyErr_Occurred()) throw py::error_already_set();
+    }
+    return v;
+}
+
+// A descriptor (data_ptr, dtype code, sizes, strides), or None for a tensor left out. Parsed
+// with the C API: this is most of the per-call cost of a tiny tensor.
+bn2d::Tensor tensor(py::handle descriptor) {
+    if (descriptor.is_none()) return {};
+    PyObject *d = descriptor.ptr();
+    if (!PyTuple_Check(d) || PyTuple_GET_SIZE(d) != 4)
+        throw bn2d::Error("tensor descriptor: expected (data_ptr, dtype, sizes, strides)");
+    const unsigned long long ptr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(d, 0));
+    const long code = PyLong_AsLong(PyTuple_GET_ITEM(d, 1));
+    if (PyErr_Occurred()) throw py::error_already_set();
+    if (code < 0 || code >= static_cast<long>(std::size(kDtypes)))
+        throw bn2d::Error("tensor descriptor: unknown dtype code " + std::to_string(code));
+    return bn2d::Tensor(reinterpret_cast<void *>(static_cast<uintptr_t>(ptr)), kDtypes[code],
+                        int64s(PyTuple_GET_ITEM(d, 2), "sizes"),
+                        int64s(PyTuple_GET_ITEM(d, 3), "strides"));
 }
 
 bn2d::Activation activation(bool relu) {
@@ -68,10 +85,9 @@ PYBIND11_MODULE(_bn2d, m) {
     // Kernels run without the GIL: other Python threads (a DataLoader's, a second model's) go on.
     m.def(
         "batch_norm",
-        [](const Descriptor &input, const Descriptor &residual, const Descriptor &weight,
-           const Descriptor &bias, const Descriptor &running_mean, const Descriptor &running_var,
-           bool training, double momentum, double eps, bool relu, const Descriptor &out,
-           const Descriptor &save_mean, const Descriptor &save_invstd) {
+        [](py::handle input, py::handle residual, py::handle weight, py::handle bias,
+           py::handle running_mean, py::handle running_var, bool training, double momentum,
+           double eps, bool relu, py::handle out, py::handle save_mean, py::handle save_invstd) {
             bn2d::functional::ForwardArgs a{tensor(input),
                                             tensor(residual),
                                             tensor(weight),
@@ -94,11 +110,10 @@ PYBIND11_MODULE(_bn2d, m) {
         py::arg("save_invstd"));
     m.def(
         "batch_norm_backward",
-        [](const Descriptor &grad_out, const Descriptor &input, const Descriptor &output,
-           const Descriptor &weight, const Descriptor &running_mean, const Descriptor &running_var,
-           const Descriptor &save_mean, const Descriptor &save_invstd, bool training, double eps,
-           bool relu, const Descriptor &grad_input, const Descriptor &grad_weight,
-           const Descriptor &grad_bias, const Descriptor &grad_residual) {
+        [](py::handle grad_out, py::handle input, py::handle output, py::handle weight,
+           py::handle running_mean, py::handle running_var, py::handle save_mean,
+           py::handle save_invstd, bool training, double eps, bool relu, py::handle grad_input,
+           py::handle grad_weight, py::handle grad_bias, py::handle grad_residual) {
             bn2d::functional::BackwardArgs a{tensor(grad_out),
                                              tensor(input),
                                              tensor(output),
@@ -124,15 +139,14 @@ PYBIND11_MODULE(_bn2d, m) {
         py::arg("grad_residual"));
 
     // ---- SyncBatchNorm's steps (bn2d/functional.h) ----
-    m.def("batch_norm_stats", [](const Descriptor &input, const Descriptor &partial) {
+    m.def("batch_norm_stats", [](py::handle input, py::handle partial) {
         const bn2d::Tensor x = tensor(input), p = tensor(partial);
         py::gil_scoped_release unlocked;
         bn2d::functional::batch_norm_stats(x, p);
     });
     m.def("batch_norm_gather_stats",
-          [](const Descriptor &gathered, const Descriptor &running_mean,
-             const Descriptor &running_var, double momentum, double eps,
-             const Descriptor &save_mean, const Descriptor &save_invstd, const Descriptor &var) {
+          [](py::handle gathered, py::handle running_mean, py::handle running_var, double momentum,
+             double eps, py::handle save_mean, py::handle save_invstd, py::handle var) {
               bn2d::functional::GatherStatsArgs a{
                   tensor(gathered),  tensor(running_mean), tensor(running_var), momentum, eps,
                   tensor(save_mean), tensor(save_invstd),  tensor(var)};
@@ -141,10 +155,9 @@ PYBIND11_MODULE(_bn2d, m) {
           });
     // grad_input null: backward_reduce (grad_weight, grad_bias, sums); else backward_elemt.
     m.def("batch_norm_sync_backward",
-          [](const Descriptor &grad_out, const Descriptor &input, const Descriptor &weight,
-             const Descriptor &save_mean, const Descriptor &save_invstd, double eps,
-             const Descriptor &grad_input, const Descriptor &grad_weight,
-             const Descriptor &grad_bias, const Descriptor &sums, int64_t count) {
+          [](py::handle grad_out, py::handle input, py::handle weight, py::handle save_mean,
+             py::handle save_invstd, double eps, py::handle grad_input, py::handle grad_weight,
+             py::handle grad_bias, py::handle sums, int64_t count) {
               bn2d::functional::BackwardArgs a;
               a.grad_out = tensor(grad_out);
               a.input = tensor(input);

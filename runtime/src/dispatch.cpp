@@ -10,6 +10,11 @@
 namespace bn2d::detail {
 namespace {
 
+// CPU calls on tensors of at most this many elements run on the calling thread: one pass over
+// them costs about what waking the thread pool does (bench/results/python_*: the per-call
+// overhead).
+constexpr int64_t kSerialMaxElements = 16384;
+
 // CPU: one single-target library per kernel and ISA (cmake/Bn2dKernels.cmake); the ISA is
 // chosen per call by select_cpu_isa() (Halide's feature check under the cap), so the cap holds
 // and BN2D_VERBOSE can say what ran. (A multitarget wrapper decides once per process.)
@@ -97,6 +102,7 @@ void call_with(const Call &c, bool streamed, const char *op,
                     " tensors in this build (generators/variants.cmake)");
     if (c.device == Device::CPU) set_last_call_streamed(streamed);
     HalideCall call;  // the kernel's user_context: its error message, its CUDA stream
+    call.serial = c.device == Device::CPU && c.x.numel() <= kSerialMaxElements;
     auto check = [&](int rc) {
         if (rc == 0) return;
         std::string what = std::string(op) + " (" + device_name(c.device) + ")";

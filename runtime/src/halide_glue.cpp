@@ -36,6 +36,18 @@ void capture_error(void *user_context, const char *msg) {
         std::fprintf(stderr, "bn2d: Halide error outside a bn2d call: %s\n", trimmed(msg).c_str());
 }
 
+// Parallel loops: a serial call's tasks run in order on the calling thread; every other loop
+// goes to the thread pool (Halide's, or the one an application installed before us).
+halide_do_par_for_t g_pool_do_par_for = nullptr;
+
+int do_par_for(void *user_context, halide_task_t task, int min, int size, uint8_t *closure) {
+    const HalideCall *call = HalideCall::from(user_context);
+    if (!call || !call->serial) return g_pool_do_par_for(user_context, task, min, size, closure);
+    for (int i = min; i < min + size; ++i)
+        if (int rc = halide_do_task(user_context, task, i, closure)) return rc;
+    return 0;
+}
+
 #if BN2D_HAVE_GPU
 // CUDA: each call runs in the context and stream its thread chose (use_cuda_context), else in
 // Halide's own (the defaults, kept when the hooks are installed).
@@ -93,6 +105,7 @@ void init_runtime() {
     static std::once_flag once;
     std::call_once(once, [] {
         halide_set_error_handler(capture_error);
+        g_pool_do_par_for = halide_set_custom_do_par_for(do_par_for);
 #if BN2D_HAVE_GPU
         install_cuda_hooks();
 #endif

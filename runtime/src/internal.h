@@ -72,6 +72,9 @@ public:
     void record_error(const std::string &message);
     // The calling thread's CUDA context and stream when the call was made (null: Halide's own).
     void *cu_context = nullptr, *cu_stream = nullptr;
+    // Run the kernel's parallel loops on the calling thread: for tiny calls, where waking the
+    // thread pool costs more than the work (kSerialMaxElements in dispatch.cpp).
+    bool serial = false;
     // Whether `user_context` is a live HalideCall (an application's pipelines may share this
     // Halide runtime and pass pointers of their own).
     static HalideCall *from(void *user_context);
