@@ -323,3 +323,75 @@ def convert(module):
         if converted is not child:
             module.add_module(name, converted)
     return module
+
+
+def _is_relu(node, modules):
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (torch.relu, torch.relu_, nn.functional.relu)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _only_user_of(node, modules, kinds):
+    """Whether `node` is a batch norm module call of one of `kinds` with a single user."""
+    return (node.op == "call_module" and type(modules.get(node.target)) in kinds and
+            len(node.users) == 1)
+
+
+def fuse(model):
+    """Rewrites ``bn -> relu`` into ``BatchNormReLU2d(x)`` and ``bn + z -> relu`` (the tail of
+    torchvision's BasicBlock and Bottleneck) into ``BatchNormReLU2d(x, z)``: one pass over the
+    data instead of two or three. Traces ``model`` with torch.fx and returns the rewritten
+    ``torch.fx.GraphModule``; the fused modules keep the batch norms' names, parameters and
+    buffers (the same ``state_dict``). Batch norms (PyTorch's or bn2d's) that no ReLU follows
+    become bn2d's ``BatchNorm2d``. A ReLU's result must be the batch norm's (or the sum's) only
+    use, else that pair is left as it is. Like ``convert``, it replaces submodules of ``model``
+    itself (the graph module shares them): pass a copy to keep the original."""
+    import operator
+
+    import torch.fx
+
+    graph_module = torch.fx.symbolic_trace(model)
+    graph = graph_module.graph
+    modules = dict(graph_module.named_modules())
+    kinds = (nn.BatchNorm2d, BatchNorm2d)
+
+    def install(target, module):
+        parent, _, name = target.rpartition(".")
+        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, module)
+        modules[target] = module
+
+    for node in list(graph.nodes):
+        if not _is_relu(node, modules) or not node.args:
+            continue
+        source, residual, add = node.args[0], None, None
+        if not isinstance(source, torch.fx.Node):
+            continue
+        if source.op == "call_function" and source.target in (operator.add, torch.add) and \
+                len(source.users) == 1 and len(source.args) == 2 and not source.kwargs:
+            add = source
+            a, b = add.args
+            if isinstance(b, torch.fx.Node) and _only_user_of(a, modules, kinds):
+                source, residual = a, b
+            elif isinstance(a, torch.fx.Node) and _only_user_of(b, modules, kinds):
+                source, residual = b, a
+            else:
+                continue
+        elif not _only_user_of(source, modules, kinds):
+            continue
+        install(source.target, _replacement(modules[source.target], BatchNormReLU2d))
+        with graph.inserting_before(node):
+            args = (source.args[0],) if residual is None else (source.args[0], residual)
+            fused = graph.call_module(source.target, args)
+        node.replace_all_uses_with(fused)
+        for dead in (node, add, source):
+            if dead is not None:
+                graph.erase_node(dead)
+    for target, module in list(modules.items()):
+        if type(module) is nn.BatchNorm2d:
+            install(target, _replacement(module, BatchNorm2d))
+    graph.lint()
+    graph_module.recompile()
+    return graph_module
+

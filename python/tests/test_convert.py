@@ -53,6 +53,16 @@ def train_side_by_side(ref, ours, dtype, steps, check_step):
             opt.step()
 
 
+def equal_in_float64(ref, ours):
+    """A train_side_by_side check: equal losses and gradients, up to float64 rounding."""
+    def check(step, losses):
+        assert abs(losses[1] - losses[0]) < 1e-10 * abs(losses[0]), (step, losses)
+        for (name, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
+            torch.testing.assert_close(p_o.grad, p_r.grad, rtol=1e-7, atol=1e-9,
+                                       msg=lambda m: f"step {step} {name}: {m}")
+    return check
+
+
 def test_training_steps_match_the_original_float64():
     """In float64 every loss, gradient, parameter and running statistic of the converted model
     equals the original's over several steps (float64 leaves no ReLU or max-pool decision to
@@ -60,13 +70,7 @@ def test_training_steps_match_the_original_float64():
     ref = resnet18().double()
     ours = bt.convert(copy.deepcopy(ref))
 
-    def check(step, losses):
-        assert abs(losses[1] - losses[0]) < 1e-10 * abs(losses[0]), (step, losses)
-        for (name, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
-            torch.testing.assert_close(p_o.grad, p_r.grad, rtol=1e-7, atol=1e-9,
-                                       msg=lambda m: f"step {step} {name}: {m}")
-
-    train_side_by_side(ref, ours, torch.float64, 4, check)
+    train_side_by_side(ref, ours, torch.float64, 4, equal_in_float64(ref, ours))
     for r, o in zip(bn_modules(ref), bn_modules(ours)):
         torch.testing.assert_close(o.running_mean, r.running_mean, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(o.running_var, r.running_var, rtol=1e-9, atol=1e-12)
@@ -104,3 +108,34 @@ def test_state_dict_round_trip_both_ways():
     for key, value in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
         assert torch.equal(back.state_dict()[key], value), key
+
+
+def fused_counts(model):
+    kinds = [type(m) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return kinds.count(bt.BatchNormReLU2d), kinds.count(bt.BatchNorm2d)
+
+
+def test_fuse_resnet18_trains_as_the_original_float64():
+    """fuse() on ResNet-18: the stem's and every block's bn -> relu and bn + identity -> relu
+    become BatchNormReLU2d (17), the downsample branches' batch norms stay plain (3); four
+    float64 training steps give the original's losses and gradients; state_dict keys are kept."""
+    ref = resnet18().double()
+    fused = bt.fuse(copy.deepcopy(ref))
+    assert fused_counts(fused) == (17, 3)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+
+    train_side_by_side(ref, fused, torch.float64, 4, equal_in_float64(ref, fused))
+
+
+def test_fuse_resnet50_bottlenecks():
+    """Bottleneck blocks: bn1/bn2 -> relu and bn3 + identity -> relu (49 fused, 4 plain); the
+    forward equals the original's in training and eval mode."""
+    ref = torchvision.models.resnet50(weights=None, num_classes=10).double()
+    fused = bt.fuse(copy.deepcopy(ref))
+    assert fused_counts(fused) == (49, 4)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-8, atol=1e-10)
+    ref.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-8, atol=1e-10)
+

@@ -74,6 +74,17 @@ void check_eps(const detail::ArgumentChecks &check, double eps) {
         check.fail("eps must be finite and >= 0, got " + std::to_string(eps));
 }
 
+// Whether a call updates running statistics (both given, or neither), and a finite momentum.
+bool check_running_update(const detail::ArgumentChecks &check, double momentum,
+                          const Tensor &running_mean, const Tensor &running_var) {
+    if (!std::isfinite(momentum))
+        check.fail("momentum must be finite, got " + std::to_string(momentum));
+    const bool running = running_mean.defined() || running_var.defined();
+    if (running && !(running_mean.defined() && running_var.defined()))
+        check.fail("running_mean and running_var go together: got only one of them");
+    return running;
+}
+
 // The channel count of a 4-D input (0 when it is not 4-D: check.tensor then says so).
 int64_t channels_of(const Tensor &t) { return t.dim() == 4 ? t.size(1) : 0; }
 
@@ -105,11 +116,7 @@ void batch_norm(const ForwardArgs &a) {
     }
     check_eps(check, a.eps);
     check_activation(check, a.activation);
-    if (!std::isfinite(a.momentum))
-        check.fail("momentum must be finite, got " + std::to_string(a.momentum));
-    const bool running = a.running_mean.defined() || a.running_var.defined();
-    if (running && !(a.running_mean.defined() && a.running_var.defined()))
-        check.fail("running_mean and running_var go together: got only one of them");
+    const bool running = check_running_update(check, a.momentum, a.running_mean, a.running_var);
     if (!a.training && !running)
         check.fail("running_mean and running_var are required when training is false");
 
@@ -356,11 +363,7 @@ void batch_norm_gather_stats(const GatherStatsArgs &a) {
     const int64_t P = a.gathered.size(0), C = a.gathered.size(2);
     Buf gathered = float64_rows(check, "gathered", a.gathered, {P, 3, C});
     check_eps(check, a.eps);
-    if (!std::isfinite(a.momentum))
-        check.fail("momentum must be finite, got " + std::to_string(a.momentum));
-    const bool running = a.running_mean.defined() || a.running_var.defined();
-    if (running && !(a.running_mean.defined() && a.running_var.defined()))
-        check.fail("running_mean and running_var go together: got only one of them");
+    const bool running = check_running_update(check, a.momentum, a.running_mean, a.running_var);
     // The per-channel dtype is the outputs': float32, or float64 for float64 inputs.
     const Channels ch{check, C, a.save_mean.dtype()};
     if (ch.dtype != DType::float32 && ch.dtype != DType::float64)
