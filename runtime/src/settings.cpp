@@ -250,8 +250,11 @@ void set_num_threads(int n) {
 
 int num_threads() {
     detail::init_runtime();
-    // halide_set_num_threads returns the previous value; set it back unchanged.
+    // halide_set_num_threads returns the previous value and takes 0 as "one per core"; a pool
+    // nothing has configured or started yet (tiny calls run on the caller's thread) reports 0,
+    // which means that default: the second call returns the count the first one set.
     int n = halide_set_num_threads(0);
+    if (n == 0) n = halide_set_num_threads(0);
     halide_set_num_threads(n);
     return n;
 }
