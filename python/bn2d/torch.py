@@ -57,6 +57,21 @@ def _per_channel(t, input_dtype):
     return t
 
 
+def _store_back(buffers, used):
+    """16-bit running statistics were updated in a float32 copy (_per_channel): store them back,
+    rounded to their dtype."""
+    for buffer, copy in zip(buffers, used):
+        if buffer is not None and copy is not buffer:
+            buffer.copy_(copy)
+
+
+def _in_dtype(gradients, dtype):
+    """Parameter gradients in the parameters' own dtype (16-bit parameters compute in float32)."""
+    if dtype not in _HALF_DTYPES:
+        return gradients
+    return tuple(None if g is None else g.to(dtype) for g in gradients)
+
+
 def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps, relu,
              residual):
     """Runs the forward kernel; returns (out, save_mean, save_invstd) and the per-channel
@@ -76,10 +91,8 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         _descriptor(rm, "running_mean"), _descriptor(rv, "running_var"),
         bool(training), float(momentum), float(eps), bool(relu), _descriptor(out, "out"),
         _descriptor(save_mean, "save_mean"), _descriptor(save_invstd, "save_invstd"))
-    # 16-bit running statistics were updated in a float32 copy: store them back, rounded.
-    for buffer, used in ((running_mean, rm), (running_var, rv)):
-        if training and buffer is not None and used is not buffer:
-            buffer.copy_(used)
+    if training:
+        _store_back((running_mean, running_var), (rm, rv))
     return out, save_mean, save_invstd, w, rm, rv
 
 
@@ -122,10 +135,7 @@ class _BatchNormFunction(torch.autograd.Function):
             ctx.training, ctx.eps, ctx.relu, _descriptor(grad_input, "grad_input"),
             _descriptor(grad_weight, "grad_weight"), _descriptor(grad_bias, "grad_bias"),
             _descriptor(grad_residual, "grad_residual"))
-        # Gradients in the parameters' own dtype (16-bit parameters were computed in float32).
-        if ctx.weight_dtype in _HALF_DTYPES:
-            grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
-            grad_bias = None if grad_bias is None else grad_bias.to(ctx.weight_dtype)
+        grad_weight, grad_bias = _in_dtype((grad_weight, grad_bias), ctx.weight_dtype)
         return (grad_input, grad_weight, grad_bias, None, None, None, None, None, None,
                 grad_residual)
 
@@ -212,9 +222,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             _descriptor(rv, "running_var"), float(momentum), float(eps),
             _descriptor(save_mean, "save_mean"), _descriptor(save_invstd, "save_invstd"),
             _descriptor(var, "var"))
-        for buffer, used in ((running_mean, rm), (running_var, rv)):
-            if buffer is not None and used is not buffer:
-                buffer.copy_(used)
+        _store_back((running_mean, running_var), (rm, rv))
         # The normalization with the group's statistics is an eval-mode forward's.
         w, b = _per_channel(weight, input.dtype), _per_channel(bias, input.dtype)
         out = _empty_like(input)
@@ -247,9 +255,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             grad_input = _empty_like(input)
             _bn2d.batch_norm_sync_backward(*common, _descriptor(grad_input, "grad_input"),
                                            None, None, _descriptor(sums, "sums"), ctx.count)
-        if ctx.weight_dtype in _HALF_DTYPES:
-            grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
-            grad_bias = None if grad_bias is None else grad_bias.to(ctx.weight_dtype)
+        grad_weight, grad_bias = _in_dtype((grad_weight, grad_bias), ctx.weight_dtype)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
 
 
