@@ -1,6 +1,6 @@
 // The streaming bound and the floor: an op's bytes moved by one multiply-add per element on a
 // pool of threads, with ordinary stores (bound) or non-temporal stores (floor). Shared by the
-// CPU benchmark (bench/bench_bn2d.cpp) and the tuner (tools/bn2d_tune.cpp), so both measure
+// CPU benchmark (bench/bench_bn2d.cpp) and the tuner (tools/tune/measure.cpp), so both measure
 // against the same floor.
 #pragma once
 

@@ -29,7 +29,7 @@ namespace bn2d {
 // strides are unknown) and nhwc (channels_last: C innermost, reductions vectorize over C).
 enum class Layout { nchw, nhwc };
 
-// A knob as the tuner sees it (tools/bn2d_tune.cpp): the value its schedule uses when no machine
+// A knob as the tuner sees it (tools/tune/): the value its schedule uses when no machine
 // file sets it, and the values worth trying, ascending. Every value in `values` gives a correct
 // kernel on every target of the backend (any ISA, dtype, layout): the tuner may write any of
 // them.

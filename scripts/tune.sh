@@ -8,7 +8,7 @@
 #   scripts/tune.sh --budget-seconds 120 --out /tmp/t.params # -> /tmp/t.params, /tmp/t.tune.md
 #   scripts/tune.sh --budget-seconds 300 --backend opencl --kernels train_fwd --shapes my.txt
 #
-# Options (tools/bn2d_tune.cpp; --help lists them all): --budget-seconds N (whole run, required),
+# Options (tools/tune/options.cpp; --help lists them all): --budget-seconds N (whole run, required),
 # --out FILE, --machine NAME, --shapes FILE, --kernels LIST, --backend cpu|cuda|opencl,
 # --dtypes LIST, --search descent|random, --autoschedulers LIST|none, --report PREFIX.
 # Interrupted (Ctrl-C), the same command resumes from <out>.journal with the budget left.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns the tuner's results (<report>.json from tools/bn2d_tune.cpp, via scripts/tune.sh) into
+"""Turns the tuner's results (<report>.json from tools/tune/report.cpp, via scripts/tune.sh) into
 a markdown table and a PNG plot: per kernel and problem, time / floor of the default schedule,
 the tuned one and Halide's autoschedulers, all measured in one run, interleaved.
 

@@ -1,4 +1,4 @@
-# ctest script: the tuner (tools/bn2d_tune.cpp) on a tiny budget, interrupted and resumed, then
+# ctest script: the tuner (tools/tune/) on a tiny budget, interrupted and resumed, then
 # the kernel libraries' generator building kernels from the file it wrote.
 #   1. CPU: a run killed with SIGINT after a few seconds, then the same command again: it resumes
 #      from the journal (candidates replayed, budget counted from the first run), starts no

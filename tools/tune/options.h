@@ -1,0 +1,32 @@
+// The tuner's command line (`--help` lists it): parsed and checked here; main fills the defaults
+// that need the target (--machine, --out, --report, --base when --out exists).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace bn2d::tune {
+
+inline const std::vector<std::string> kAllKernels = {
+    "train_fwd",      "eval_fwd",      "train_bwd",      "eval_bwd",
+    "train_fwd_nhwc", "eval_fwd_nhwc", "train_bwd_nhwc", "eval_bwd_nhwc"};
+inline const std::vector<std::string> kAllAutoschedulers = {"Mullapudi2016", "Adams2019", "Li2018"};
+
+struct Options {
+    double budget_seconds = 0;
+    std::string out, machine, shapes_file, backend = "cpu", search = "descent", base, report;
+    std::string target;  // Halide target; default host (+ the GPU API)
+    std::vector<std::string> kernels = kAllKernels, dtypes = {"f32"};
+    std::vector<std::string> autoschedulers = kAllAutoschedulers;  // the baselines
+    int reps = 5, seed = 1;
+    std::string halide_lib_dir;
+    bool print_report_prefix = false;
+};
+
+// A mistake on the command line: thrown, and main prints it.
+[[noreturn]] void usage_error(const std::string &what);
+
+// --help prints the help and exits.
+Options parse_options(int argc, char **argv, const std::string &source_dir);
+
+}  // namespace bn2d::tune
