@@ -27,14 +27,13 @@ namespace {
 using namespace Halide;
 using bn2d::ScheduleParams;
 
-// The schedule kernels a machine file may name (schedules/schedule_params.h). NHWC kernels
-// have schedules (and knobs) of their own; the strided layout uses the NCHW schedules.
-const bn2d::ScheduleVocabulary kVocabulary{{"train_fwd", "eval_fwd", "train_bwd", "eval_bwd",
-                                            "train_fwd_nhwc", "eval_fwd_nhwc", "train_bwd_nhwc",
-                                            "eval_bwd_nhwc"},
-                                           bn2d::cpu::kKnobs,
-                                           bn2d::gpu::kKnobs,
-                                           {"split_max_plane"}};
+// The schedule kernels a machine file may name (schedules/schedule_params.h), from the variant
+// table: NHWC kernels have schedules (and knobs) of their own; strided uses the NCHW schedules.
+const bn2d::ScheduleVocabulary kVocabulary{
+    {std::begin(bn2d::vocabulary::kScheduleKernels), std::end(bn2d::vocabulary::kScheduleKernels)},
+    bn2d::cpu::kKnobs,
+    bn2d::gpu::kKnobs,
+    {"split_max_plane"}};
 
 // Seed problem (20x100x35x45) as estimates, for the autoschedulers and the autotuner.
 constexpr int kEstN = 20, kEstC = 100, kEstH = 35, kEstW = 45;
@@ -49,7 +48,7 @@ using Vector1 = GeneratorInput<Buffer<>>;
 using Tensor4Out = GeneratorOutput<Buffer<>>;
 using Vector1Out = GeneratorOutput<Buffer<>>;
 
-// Common to every kernel: dtype, layout, schedule file and accumulator type, and the
+// Common to every kernel: dtype, layout and schedule file, and the
 // constructors of typed inputs and outputs (called from configure(), in signature order).
 template<typename Self>
 class Bn2dGenerator : public Generator<Self> {
@@ -57,8 +56,6 @@ public:
     GeneratorParam<std::string> dtype{"dtype", "f32"};
     GeneratorParam<std::string> layout{"layout", "nchw"};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
-    // Type of the per-channel sums (see bn2d::Extents in bn2d_algorithm.h).
-    GeneratorParam<std::string> accumulator{"accumulator", "float64"};
     // The streaming-store build of a kernel (cmake/Bn2dKernels.cmake, STREAMING in
     // generators/variants.cmake): tools/streaming_stores.py marks the vector stores of its
     // tensor output non-temporal, which x86 only allows on addresses aligned to the vector.
@@ -78,33 +75,21 @@ protected:
     // Per-channel values and arithmetic: float32, or float64 for float64 tensors.
     Type compute_type() const { return element_type() == Float(64) ? Float(64) : Float(32); }
 
-    Type accumulator_type() const {
-        const std::string a = accumulator;
-        Type t;
-        if (a == "float32")
-            t = Float(32);
-        else if (a == "float64")
-            t = Float(64);
-        else
-            throw std::runtime_error("accumulator must be float32 or float64, got '" + a + "'");
-        return t.bits() < compute_type().bits() ? compute_type() : t;  // never below compute
-    }
+    // Type of the per-channel sums (see bn2d::Extents in bn2d_algorithm.h): float64 for every
+    // dtype, so that a channel's sums stay exact enough over any batch (docs/numerics.md).
+    Type accumulator_type() const { return Float(64); }
 
-    bool nhwc() const { return check_layout() == "nhwc"; }
-    std::string check_layout() const {
-        const std::string l = layout;
-        if (l != "nchw" && l != "nhwc" && l != "strided")
-            throw std::runtime_error("layout must be nchw, nhwc or strided, got '" + l + "'");
-        return l;
-    }
+    bn2d::Layout layout_value() const { return bn2d::layout_from_name(layout); }
+    bool nhwc() const { return layout_value() == bn2d::Layout::nhwc; }
 
     // A 4-D tensor argument (w, h, c, n) of the element type, with the layout's stride rule.
     template<typename T>
     void constrain(T &t) {
-        const std::string l = check_layout();
-        if (l == "nchw") return;  // Halide's default: dim 0 (W) stride 1
-        t.dim(0).set_stride(Expr());
-        if (l == "nhwc") t.dim(2).set_stride(1);
+        switch (layout_value()) {
+        case bn2d::Layout::nchw: return;  // Halide's default: dim 0 (W) stride 1
+        case bn2d::Layout::nhwc: t.dim(0).set_stride(Expr()), t.dim(2).set_stride(1); return;
+        case bn2d::Layout::strided: t.dim(0).set_stride(Expr()); return;
+        }
     }
     // bfloat16 tensors are uint16 bit patterns (bn2d::Extents::storage).
     Type storage_type() const { return bn2d::Extents::storage_type(element_type()); }
@@ -233,8 +218,8 @@ protected:
         ScheduleParams sp = ScheduleParams::load(schedule_file);
         sp.validate(kVocabulary);
         const std::string be = backend();
-        const std::string kernel = nhwc() ? op + "_nhwc" : op;
-        const bn2d::Layout l = nhwc() ? bn2d::Layout::nhwc : bn2d::Layout::nchw;
+        const bn2d::Layout l = bn2d::schedule_layout(layout_value());
+        const std::string kernel = bn2d::schedule_kernel(op, l);
         if (be == "cpu") {
             cpu_schedule(sp, kernel, l);
             // Row chunks start at multiples of `chunk` (or end at the row's end): whole lines.
@@ -357,10 +342,6 @@ public:
     // grad_input from every process's, given as `sums` over `count` values per channel.
     GeneratorParam<bool> with_sums{"with_sums", false};
     GeneratorParam<bool> global_sums{"global_sums", false};
-    // Gradient sums in two levels, each row in float32 and the rows in float64 (bn2d::grad_sums),
-    // where they apply: CPU kernels of NCHW and strided float32 and 16-bit tensors. false: every
-    // value added in `accumulator` (the GPU kernels' and NHWC kernels' way).
-    GeneratorParam<bool> float32_rows{"float32_rows", true};
     // by_channel: the sums per channel group, channel by channel (every kernel but the split
     // strategy's); memory: in memory order, one partial sum per row position
     // (bn2d::cpu::schedule_channel_sums_in_memory_order; CPU, NCHW, one-level sums).
@@ -427,8 +408,11 @@ public:
         const bool memory_order = sums_order == SumsOrder::Memory;
         if (memory_order) require_memory_order_target();
         bn2d::Extents e = extents_of(*x);
-        if (float32_rows && !memory_order && backend() == "cpu" && !nhwc() &&
-            e.compute == Float(32) && e.acc == Float(64))
+        // Gradient sums in two levels, each row in float32 and the rows in float64
+        // (bn2d::grad_sums), where they apply: CPU kernels of NCHW and strided float32 and
+        // 16-bit tensors (GPU and NHWC kernels add every value in float64).
+        if (!memory_order && backend() == "cpu" && !nhwc() && e.compute == Float(32) &&
+            e.acc == Float(64))
             e.row_lanes = cpu_accumulator_width(want.training ? "train_bwd" : "eval_bwd");
         bn2d::Backward p = bn2d::backward(want, *x, *grad_out, *mean, *stat, *eps, *weight, gw_in,
                                           gb_in, e, v, {*y, *relu});

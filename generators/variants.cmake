@@ -1,10 +1,30 @@
 # The kernel variant table: the one list of what is built and dispatched.
 #
-# cmake/Bn2dKernels.cmake reads it to add one Halide library per kernel and backend
-# (bn2d_<kernel>_<dtype>_<layout>_<backend>, e.g. bn2d_train_fwd_f32_nchw_cpu) and to generate
-# the runtime's dispatch table (bn2d_kernel_table.h), the public list of CPU ISAs
-# (bn2d/cpu_isa.h) and the per-ISA entry points. Tests, benchmarks and BN2D_VERBOSE name
-# kernels and ISAs from what it generates. Adding a variant or a target is one line here.
+# cmake/Bn2dKernels.cmake reads it to add one Halide library per kernel and target
+# (bn2d_<kernel>_<dtype>_<layout>_<backend>[_<isa>], e.g. bn2d_train_fwd_f32_nchw_cpu_avx2) and
+# to generate what the other layers name from it:
+#   bn2d_vocabulary.h     dtypes, layouts (enum), schedule kernels, every kernel's generator and
+#                         parameters: for the generators, the schedules' machine-file checks,
+#                         the tuner and the runtime (which checks its DType order against it)
+#   bn2d_kernel_table.h   the runtime's dispatch table: one KernelSet per CPU ISA and GPU backend
+#   bn2d_kernel_args.h    one struct of named arguments per kernel (from the generated
+#                         functions' signatures: cmake/Bn2dKernelArgs.cmake)
+#   bn2d/cpu_isa.h        public: enum class CpuIsa
+# Tests, benchmarks and BN2D_VERBOSE name kernels and ISAs from what it generates. Adding a
+# variant or a target is one line here; a dtype or layout is its name here plus the code that
+# truly differs (its element type in the generator, its stride rule, the runtime's enum).
+
+# ---- the vocabulary ------------------------------------------------------------------------
+# dtypes and layouts, in the order of the runtime's enums (bn2d::DType, checked at compile time;
+# the Layout enum is generated from this list).
+set(BN2D_DTYPES f32 bf16 f16 f64)
+set(BN2D_LAYOUTS nchw nhwc strided)
+# The ops whose schedules have knobs of their own, and the layouts whose schedules are their own:
+# a machine file's kernel is <op> for the first layout (and every layout not listed: strided
+# runs the NCHW schedule) and <op>_<layout> for the others (train_fwd_nhwc). Every other kernel
+# of the table takes its schedule op's knobs (*_bwd_* kernels: train_bwd's or eval_bwd's).
+set(BN2D_SCHEDULE_OPS train_fwd eval_fwd train_bwd eval_bwd)
+set(BN2D_SCHEDULE_LAYOUTS nchw nhwc)
 #
 # Options that cost nothing at run time are not variants: a non-affine module passes weight 1
 # and bias 0; training backward without parameter gradients runs train_bwd (the sums are needed
@@ -29,8 +49,8 @@
 #   ISAs and dtypes keep ordinary stores; each build is a generator run per ISA). The runtime
 #   runs it when the call's tensors do not fit the last-level cache and the output's lines are
 #   aligned (bn2d::set_streaming_stores); in cache, ordinary stores are faster.
-set(all_dtypes f32 bf16 f16 f64)
-set(all_layouts nchw nhwc strided)
+set(all_dtypes ${BN2D_DTYPES})
+set(all_layouts ${BN2D_LAYOUTS})
 set(BN2D_STREAMING_DTYPES f32 bf16)
 set(BN2D_STREAMING_LAYOUTS nchw nhwc)
 set(BN2D_STREAMING_ISAS avx512 avx2)

@@ -39,11 +39,9 @@ using Halide::Target;
 using Halide::Var;
 
 // The knobs a machine file may set for CPU kernels (schedules/machines/*.params), their
-// defaults and the values the tuner tries. vector_lanes is not searched: a machine file applies
-// to every ISA of the multi-target library, and each ISA's natural width (its default) is right
-// for it.
+// defaults and the values the tuner tries. The vector width is not a knob: a machine file
+// applies to every ISA built, and each ISA's natural width is right for it.
 inline const std::vector<KnobRange> kKnobRanges = {
-    {"vector_lanes", 0, {}},  // 0: the target's natural width
     {"accumulators", 4, {1, 2, 4, 8}},
     {"chunk", 16384, {1024, 2048, 4096, 8192, 16384, 32768, 65536}},
     {"grain", 65536, {8192, 16384, 32768, 65536, 131072, 262144, 524288}},
@@ -62,9 +60,8 @@ inline const std::vector<std::string> kKnobs = knob_names(kKnobRanges);
 // tuner measures JIT-compiled kernels, which have ordinary stores, and the prefetch pays only
 // beside streaming stores (schedule_per_channel); set it from the benchmark.
 inline std::vector<std::string> searched_knobs(const std::string &kernel) {
-    const bool nhwc = kernel.size() > 5 && kernel.substr(kernel.size() - 5) == "_nhwc";
-    const std::string op = nhwc ? kernel.substr(0, kernel.size() - 5) : kernel;
-    if (nhwc) {
+    const auto [op, layout] = parse_schedule_kernel(kernel);
+    if (layout == Layout::nhwc) {
         if (op == "eval_fwd") return {"grain"};
         return {"accumulators", "block_rows", "grain"};
     }
@@ -90,7 +87,7 @@ inline Knobs knobs(const ScheduleParams &sp, const std::string &kernel, const Ta
         return sp.get("cpu", kernel, knob, knob_range(kKnobRanges, knob).fallback);
     };
     Knobs k;
-    k.lanes = sp.get("cpu", kernel, "vector_lanes", t.natural_vector_size<float>());
+    k.lanes = t.natural_vector_size<float>();
     k.accumulators = get("accumulators");
     k.chunk = get("chunk");
     k.grain = get("grain");

@@ -23,11 +23,49 @@
 #include <utility>
 #include <vector>
 
+#include "bn2d_vocabulary.h"  // generated from generators/variants.cmake
+
 namespace bn2d {
 
-// The layouts with schedules of their own: nchw (W innermost; also the strided kernels, whose
-// strides are unknown) and nhwc (channels_last: C innermost, reductions vectorize over C).
-enum class Layout { nchw, nhwc };
+// The layouts of the variant table. Schedules branch on nhwc (channels_last: C innermost,
+// reductions vectorize over C); nchw's schedule (W innermost) also runs strided kernels, whose
+// strides are unknown (vocabulary::kScheduleLayouts).
+using Layout = vocabulary::Layout;
+
+inline Layout layout_from_name(const std::string &name) {
+    for (int i = 0; i < vocabulary::kLayoutCount; ++i)
+        if (name == vocabulary::kLayouts[i]) return static_cast<Layout>(i);
+    std::string known;
+    for (const char *l : vocabulary::kLayouts)
+        known += (known.empty() ? "" : ", ") + std::string(l);
+    throw std::runtime_error("layout must be one of " + known + ", got '" + name + "'");
+}
+
+// The layout whose schedule a layout runs: itself when it has one, else the first.
+inline Layout schedule_layout(Layout layout) {
+    for (Layout l : vocabulary::kScheduleLayouts)
+        if (l == layout) return l;
+    return vocabulary::kScheduleLayouts[0];
+}
+
+// The kernel a machine file names for an op's schedule in a layout: train_fwd, train_fwd_nhwc.
+inline std::string schedule_kernel(const std::string &op, Layout layout) {
+    const Layout l = schedule_layout(layout);
+    if (l == vocabulary::kScheduleLayouts[0]) return op;
+    return op + "_" + vocabulary::kLayouts[static_cast<int>(l)];
+}
+
+// The op and layout of a machine file's kernel name (the inverse of schedule_kernel).
+struct ScheduleKernel {
+    std::string op;
+    Layout layout;
+};
+inline ScheduleKernel parse_schedule_kernel(const std::string &kernel) {
+    for (const char *op : vocabulary::kScheduleOps)
+        for (Layout l : vocabulary::kScheduleLayouts)
+            if (schedule_kernel(op, l) == kernel) return {op, l};
+    throw std::runtime_error("unknown schedule kernel '" + kernel + "'");
+}
 
 // A knob as the tuner sees it (tools/tune/): the value its schedule uses when no machine
 // file sets it, and the values worth trying, ascending. Every value in `values` gives a correct

@@ -4,28 +4,23 @@
 # 30-60% between runs. Builds training forward and backward (f32 NCHW, this CPU's best of
 # AVX-512 and AVX2, with streaming stores where the rows are whole lines, as the runtime picks)
 # from the project's generator, both ways:
-#   prefetch       pipelined_groups 1 against 4 (README, "Prefetching the next channel group")
-#   backward_sums  backward's gradient sums in one level of float64 (float32_rows=false)
-#                  against float32 rows (README, Numerics); forward is not built
-# Usage: scripts/kernel_ab.sh prefetch|backward_sums [repetitions]   (after scripts/build.sh)
+#   prefetch       pipelined_groups 1 against 4 (docs/schedules_and_tuning.md)
+# Usage: scripts/kernel_ab.sh prefetch [repetitions]   (after scripts/build.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BN2D_BUILD_DIR:-$root/build}"
 gen="$build/bn2d_generators"
 py="$root/.venv/bin/python"
 halide_include="$("$py" -c 'import halide, os; print(os.path.join(os.path.dirname(halide.__file__), "include"))')"
-mode="${1:?usage: scripts/kernel_ab.sh prefetch|backward_sums [repetitions]}"
+mode="${1:?usage: scripts/kernel_ab.sh prefetch [repetitions]}"
 work="$build/kernel_ab/$mode"
 mkdir -p "$work"
 if grep -q avx512f /proc/cpuinfo; then target=x86-64-linux-avx512_skylake; else target=x86-64-linux-avx2-fma-f16c; fi
 defaults="$root/schedules/machines/default.params"
 case "$mode" in
   prefetch)  # the default machine file with only pipelined_groups changed, for both ops
-    ops=(fwd bwd); labels=("no prefetch" "prefetch"); groups=(1 4); bwd_args=("" "");;
-  backward_sums)  # the default machine file as it is
-    ops=(bwd); labels=("float64 sums" "float32 rows"); groups=("" "")
-    bwd_args=("float32_rows=false" "float32_rows=true");;
-  *) echo "unknown mode '$mode' (prefetch or backward_sums)" >&2; exit 2;;
+    ops=(fwd bwd); labels=("no prefetch" "prefetch"); groups=(1 4);;
+  *) echo "unknown mode '$mode' (prefetch)" >&2; exit 2;;
 esac
 for v in 0 1; do
   side=$([[ $v == 0 ]] && echo a || echo b)
@@ -38,7 +33,7 @@ for v in 0 1; do
   fi
   for op in "${ops[@]}"; do
     if [[ $op == fwd ]]; then args=(-g bn2d_train_forward); output=y
-    else args=(-g bn2d_backward mode=train ${bwd_args[$v]}); output=grad_input; fi
+    else args=(-g bn2d_backward mode=train); output=grad_input; fi
     common=("${args[@]}" target=$target-no_runtime dtype=f32 layout=nchw "schedule_file=$work/$side.params")
     name="ab_${op}_${side}_nt"
     "$gen" -n "$name" -f "$name" -e bitcode,h -o "$work" "${common[@]}" streaming_stores=true

@@ -32,8 +32,11 @@ run_case(kernel_typo bn2d_eval_forward ${cpu} "cpu.*.chunk = 4096\ncpu.train_fwd
          "kernel_typo.params:2: unknown kernel 'train_fwdd' in 'cpu\\.train_fwdd\\.chunk'")
 run_case(backend_typo bn2d_eval_forward ${cpu} "\n\nmetal.*.threads = 1\n"
          "backend_typo.params:3: unknown backend 'metal'")
-run_case(cpu_knob_on_gpu bn2d_eval_forward ${cpu} "gpu.*.vector_lanes = 8\n"
-         "cpu_knob_on_gpu.params:1: unknown knob 'vector_lanes' in 'gpu\\.\\*\\.vector_lanes'")
+run_case(cpu_knob_on_gpu bn2d_eval_forward ${cpu} "gpu.*.accumulators = 8\n"
+         "cpu_knob_on_gpu.params:1: unknown knob 'accumulators' in 'gpu\\.\\*\\.accumulators'")
+# A knob that is gone: the vector width is each ISA's natural one.
+run_case(removed_knob bn2d_eval_forward ${cpu} "cpu.*.vector_lanes = 8\n"
+         "removed_knob.params:1: unknown knob 'vector_lanes' in 'cpu\\.\\*\\.vector_lanes'")
 run_case(set_twice bn2d_eval_forward ${cpu} "cpu.*.chunk = 4\ncpu.*.chunk = 8\n"
          "set_twice.params:2: 'cpu\\.\\*\\.chunk' is already set on line 1")
 run_case(not_an_integer bn2d_eval_forward ${cpu} "cpu.eval_fwd.grain = lots\n"

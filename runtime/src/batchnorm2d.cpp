@@ -53,6 +53,20 @@ std::vector<float> host_output(int64_t numel, const char *call) {
 
 }  // namespace
 
+// This process's batch: BatchNorm2d's statistics.
+class BatchNorm2d::LocalStatistics final : public Statistics {
+public:
+    const char *module_name() const override { return "BatchNorm2d"; }
+    void train_forward(BatchNorm2d &m, const Tensor &x, const Tensor *residual,
+                       const Tensor &out) override {
+        m.local_forward(x, residual, out);
+    }
+    void train_backward(BatchNorm2d &m, const Tensor &grad_out, const Tensor &grad_input,
+                        const Tensor *grad_residual, BackwardMask mask) override {
+        m.local_backward(grad_out, grad_input, grad_residual, mask);
+    }
+};
+
 BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_unique<State>()) {
     detail::init_runtime();
     // 0 is a module with no channels, as in PyTorch: it accepts [N, 0, H, W] and does nothing.
@@ -71,6 +85,7 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, const Options &o) : s_(std::make_
     if (o.activation != Activation::none && o.activation != Activation::relu)
         fail("unknown activation " + std::to_string(static_cast<int>(o.activation)));
     s_->activation = o.activation;
+    s_->statistics = std::make_shared<LocalStatistics>();
     for (Buf *b : s_->all_buffers()) *b = s_->allocate();
     s_->fill(s_->ones, 1.0);
     s_->fill(s_->grad_weight, 0.0);
@@ -193,22 +208,31 @@ void BatchNorm2d::record_forward(const ForwardPlan &p, const Tensor &x, bool res
     s.forward_count = synced_count;
 }
 
+void BatchNorm2d::set_statistics(std::shared_ptr<Statistics> statistics) {
+    if (!statistics) fail("set_statistics: null");
+    s_->statistics = std::move(statistics);
+    s_->forward_synced = false;
+}
+
+BatchNorm2d::Statistics &BatchNorm2d::statistics() const { return *s_->statistics; }
+
 void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out) {
+    if (s_->training)
+        s_->statistics->train_forward(*this, x, residual, out);
+    else
+        local_forward(x, residual, out);
+}
+
+void BatchNorm2d::local_forward(const Tensor &x, const Tensor *residual, const Tensor &out) {
     State &s = *s_;
-    if (s.comm && s.training) {
-        sync_forward(x, residual, out);
-        return;
-    }
     ForwardPlan p = plan_forward(x, residual, out, false);
     if (!p.empty) {
         const detail::Call call = p.call(s, x);
-        // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
         if (p.batch_stats) {
-            detail::train_forward(call, p.hx, p.epilogue(),
-                                  {s.weight, s.bias, s.running_mean, s.running_var,
-                                   s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
-                                   s.running_var_next},
-                                  s.eps, p.factor, p.hy, s.partial, s.merged_var);
+            detail::train_forward(call, p.buffers(s),
+                                  {s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
+                                   s.running_var_next, p.factor},
+                                  s.partial, s.merged_var);
             if (p.update_running) {
                 s.commit(s.running_mean, s.running_mean_next);
                 s.commit(s.running_var, s.running_var_next);
@@ -216,8 +240,7 @@ void BatchNorm2d::forward_impl(const Tensor &x, const Tensor *residual, const Te
             std::swap(s.saved_mean, s.saved_mean_next);
             std::swap(s.saved_invstd, s.saved_invstd_next);
         } else {
-            detail::run_eval_forward(call, p.hx, p.epilogue(), s.weight, s.bias, s.running_mean,
-                                     s.running_var, s.eps, p.hy);
+            detail::run_eval_forward(call, p.buffers(s));
         }
     }
     record_forward(p, x, residual != nullptr, out, -1);
@@ -321,12 +344,16 @@ void BatchNorm2d::residual_gradient(BackwardPlan &p) {
 
 void BatchNorm2d::backward_impl(const Tensor &grad_out, const Tensor &grad_input,
                                 const Tensor *grad_residual, BackwardMask mask) {
-    State &s = *s_;
     // As in PyTorch, only grad_input needs the other processes' sums.
-    if (s.comm && s.training && mask.input) {
-        sync_backward(grad_out, grad_input, grad_residual, mask);
-        return;
-    }
+    if (s_->training && mask.input)
+        s_->statistics->train_backward(*this, grad_out, grad_input, grad_residual, mask);
+    else
+        local_backward(grad_out, grad_input, grad_residual, mask);
+}
+
+void BatchNorm2d::local_backward(const Tensor &grad_out, const Tensor &grad_input,
+                                 const Tensor *grad_residual, BackwardMask mask) {
+    State &s = *s_;
     BackwardPlan p = plan_backward(grad_out, grad_input, grad_residual, mask);
     if (!p.run) return;
     residual_gradient(p);
@@ -497,7 +524,7 @@ void BatchNorm2d::set_momentum(std::optional<double> momentum) {
 }
 
 std::string BatchNorm2d::to_string() const {
-    return std::string(s_->comm ? "SyncBatchNorm(" : "BatchNorm2d(") + std::to_string(s_->C) +
+    return std::string(s_->statistics->module_name()) + "(" + std::to_string(s_->C) +
            ", eps=" + fmt(s_->eps) + ", momentum=" + (s_->momentum ? fmt(*s_->momentum) : "None") +
            ", affine=" + (s_->affine ? "True" : "False") +
            ", track_running_stats=" + (s_->track ? "True" : "False") +

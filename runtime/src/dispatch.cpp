@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "bn2d_kernel_args.h"
 #include "bn2d_kernel_table.h"
 #include "internal.h"
 
@@ -77,27 +78,32 @@ bool stream(const Call &c, const halide_buffer_t *out, int tensors) {
     return bytes * tensors > streaming_threshold_bytes();
 }
 
-// Runs kernel `k` of the selected set for the call's dtype and layout (the strided kernel when
-// the table has none for the layout; its streaming-store build when `streamed` and one exists);
-// with verbose mode on, times it (device calls are synchronized first) and prints one
-// bn2d_verbose line (the kernel's name ends in _nt when it streamed).
-template<typename Kernel, typename... Args>
-void call_with(const Call &c, bool streamed, const char *op,
-               Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount], const char *kernel_name,
-               Args... args) {
+// Runs the kernel of `args`' type (bn2d_kernel_args.h) from the selected set for the call's
+// dtype and layout (the strided kernel when the table has none for the layout; its
+// streaming-store build when `streamed` and one exists); with verbose mode on, times it (device
+// calls are synchronized first) and prints one bn2d_verbose line (the kernel's name ends in _nt
+// when it streamed). `op` is the module's op BN2D_VERBOSE and errors name.
+template<typename Args>
+void run(const Call &c, const char *op, const Args &args, bool streamed = false) {
+    if (const char *missing = args.unset())  // a bug of ours, not the caller's: say which
+        throw Error(std::string(op) + ": internal error: " + Args::kKernel + "'s argument '" +
+                    missing + "' was not set");
     const Selected s = select(c.device, c.large);
     const int dt = static_cast<int>(c.x.dtype());
     Layout layout = c.layout;
-    Kernel fn = nullptr;
-    if (streamed && s.streaming) fn = (s.streaming->*k)[dt][static_cast<int>(layout)];
+    auto kernel = [&](const KernelSet &set) {
+        return (set.*Args::kKernels)[dt][static_cast<int>(layout)];
+    };
+    decltype(kernel(s.kernels)) fn = nullptr;
+    if (streamed && s.streaming) fn = kernel(*s.streaming);
     streamed = fn != nullptr;
-    if (!fn) fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
+    if (!fn) fn = kernel(s.kernels);
     if (!fn) {
         layout = Layout::strided;
-        fn = (s.kernels.*k)[dt][static_cast<int>(layout)];
+        fn = kernel(s.kernels);
     }
     if (!fn)
-        throw Error(std::string(op) + ": no " + kernel_name + " kernel for " +
+        throw Error(std::string(op) + ": no " + Args::kKernel + " kernel for " +
                     dtype_name(c.x.dtype()) + " " + layout_name(c.layout) +
                     " tensors in this build (generators/variants.cmake)");
     if (c.device == Device::CPU) set_last_call_streamed(streamed);
@@ -111,11 +117,11 @@ void call_with(const Call &c, bool streamed, const char *op,
         call.check(rc, what);
     };
     if (!verbose()) {
-        check(fn(call.user_context(), args...));
+        check(args.invoke(fn, call.user_context()));
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    int rc = fn(call.user_context(), args...);
+    int rc = args.invoke(fn, call.user_context());
     if (rc == 0 && c.device != Device::CPU)
         rc = halide_device_sync_global(call.user_context(), device_interface(c.device));
     const double ms =
@@ -123,93 +129,119 @@ void call_with(const Call &c, bool streamed, const char *op,
     const Tensor &x = c.x;
     std::fprintf(
         stderr, "bn2d_verbose,exec,%s,%s_%s_%s%s%s,%s:%s,%lldx%lldx%lldx%lld,%s,%s,%.4f%s\n", op,
-        kernel_name, dtype_short_name(x.dtype()), layout_name(layout), c.large ? "_large" : "",
+        Args::kKernel, dtype_short_name(x.dtype()), layout_name(layout), c.large ? "_large" : "",
         streamed ? "_nt" : "", device_name(c.device), s.isa, (long long)x.size(0),
         (long long)x.size(1), (long long)x.size(2), (long long)x.size(3), layout_name(layout),
         dtype_short_name(x.dtype()), ms, rc == 0 ? "" : ",failed");
     check(rc);
 }
 
-template<typename Kernel, typename... Args>
-void call(const Call &c, const char *op, Kernel (KernelSet::*k)[kDtypeCount][kLayoutCount],
-          const char *kernel_name, Args... args) {
-    call_with(c, false, op, k, kernel_name, args...);
+// The arguments train_fwd and eval_fwd share. The fused epilogue y = relu(bn(x) + residual):
+// kernels take a residual whether or not they add it; without one, they are given x, whose
+// cache lines they read anyway (bn2d::Epilogue in generators/bn2d_algorithm.h).
+template<typename Args>
+Args forward_args(const ForwardBuffers &f) {
+    Args a;
+    a.x = f.x;
+    a.add_residual = f.epilogue.residual != nullptr;
+    a.residual = a.add_residual ? f.epilogue.residual : f.x;
+    a.relu = f.epilogue.relu;
+    a.weight = f.weight;
+    a.bias = f.bias;
+    a.running_mean = f.running_mean;
+    a.running_var = f.running_var;
+    a.eps = f.eps;
+    a.y = f.y;
+    return a;
 }
 
-#define BN2D_KERNEL(name) &KernelSet::name, #name
+// The inputs every backward kernel shares. Without a ReLU, the forward's output `y` is not read:
+// the kernel is given grad_out, whose cache lines it reads anyway (bn2d::ReluGrad).
+template<typename Args>
+Args backward_args(const BackwardBuffers &b, double eps) {
+    Args a;
+    a.x = b.x;
+    a.grad_out = b.grad_out;
+    a.relu = b.relu_out != nullptr;
+    a.y = a.relu ? b.relu_out : b.grad_out;
+    a.mean = b.mean;
+    a.stat = b.stat;
+    a.eps = eps;
+    a.weight = b.weight;
+    return a;
+}
+
+// The accumulated parameter gradients in and out, for the kernels that write them.
+template<typename Args>
+Args &with_param_grads(Args &a, const BackwardBuffers &b) {
+    a.grad_weight_in = b.grad_weight_in;
+    a.grad_bias_in = b.grad_bias_in;
+    a.grad_weight = b.grad_weight;
+    a.grad_bias = b.grad_bias;
+    return a;
+}
 
 }  // namespace
 
-// Kernels take the epilogue's residual and the ReLU's output whether or not they are used:
-// unused, they are given x and grad_out, whose cache lines the kernel reads anyway
-// (bn2d::Epilogue, bn2d::ReluGrad in generators/bn2d_algorithm.h).
-void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                       halide_buffer_t *weight, halide_buffer_t *bias,
-                       halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                       double factor, halide_buffer_t *y, halide_buffer_t *saved_mean,
-                       halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
-                       halide_buffer_t *running_var_out) {
-    halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
-    const bool add = epilogue.residual != nullptr;
-    call_with(c, stream(c, y, add ? 3 : 2), "train_fwd", BN2D_KERNEL(train_fwd), x_buf, z, weight,
-              bias, running_mean, running_var, eps, add, epilogue.relu, factor, y, saved_mean,
-              saved_invstd, running_mean_out, running_var_out);
+// x and y, and the residual when one is added.
+bool stream_forward(const Call &c, const ForwardBuffers &f) {
+    return stream(c, f.y, f.epilogue.residual ? 3 : 2);
 }
 
-void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                      halide_buffer_t *weight, halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, double eps, halide_buffer_t *y) {
-    halide_buffer_t *z = epilogue.residual ? epilogue.residual : x_buf;
-    const bool add = epilogue.residual != nullptr;
-    call_with(c, stream(c, y, add ? 3 : 2), "eval_fwd", BN2D_KERNEL(eval_fwd), x_buf, z, weight,
-              bias, running_mean, running_var, eps, add, epilogue.relu, y);
+void run_eval_forward(const Call &c, const ForwardBuffers &f) {
+    run(c, "eval_fwd", forward_args<EvalFwdArgs>(f), stream_forward(c, f));
 }
 
 void run_backward(const Call &c, bool training, bool want_params, double eps,
                   const BackwardBuffers &b) {
     const char *op = training ? "train_bwd" : "eval_bwd";
-    const bool relu = b.relu_out != nullptr;
-    halide_buffer_t *y = relu ? b.relu_out : b.grad_out;
     if (want_params && !b.grad_input) {
-        if (training)
-            call(c, op, BN2D_KERNEL(train_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps,
-                 relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias,
-                 b.grad_sums);
-        else
-            call(c, op, BN2D_KERNEL(eval_bwd_params), b.x, b.grad_out, y, b.mean, b.stat, eps, relu,
-                 b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_weight, b.grad_bias);
+        if (training) {
+            auto a = backward_args<TrainBwdParamsArgs>(b, eps);
+            with_param_grads(a, b).local_sums = b.grad_sums;
+            run(c, op, a);
+        } else {
+            auto a = backward_args<EvalBwdParamsArgs>(b, eps);
+            run(c, op, with_param_grads(a, b));
+        }
         return;
     }
     // x, grad_out and grad_input, and the forward's output when the ReLU masks grad_out.
-    const bool streamed = stream(c, b.grad_input, relu ? 4 : 3);
+    const bool streamed = stream(c, b.grad_input, b.relu_out ? 4 : 3);
     if (!want_params && !training) {
-        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd_input), b.x, b.grad_out, y, b.mean, b.stat,
-                  eps, relu, b.weight, b.grad_input);
+        auto a = backward_args<EvalBwdInputArgs>(b, eps);
+        a.grad_input = b.grad_input;
+        run(c, op, a, streamed);
     } else if (training) {
         // Also grad_input alone: the sums are needed anyway, the 2*C gradients go to scratch.
-        call_with(c, streamed, op, BN2D_KERNEL(train_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps,
-                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
-                  b.grad_bias);
+        auto a = backward_args<TrainBwdArgs>(b, eps);
+        with_param_grads(a, b).grad_input = b.grad_input;
+        run(c, op, a, streamed);
     } else {
-        call_with(c, streamed, op, BN2D_KERNEL(eval_bwd), b.x, b.grad_out, y, b.mean, b.stat, eps,
-                  relu, b.weight, b.grad_weight_in, b.grad_bias_in, b.grad_input, b.grad_weight,
-                  b.grad_bias);
+        auto a = backward_args<EvalBwdArgs>(b, eps);
+        with_param_grads(a, b).grad_input = b.grad_input;
+        run(c, op, a, streamed);
     }
 }
 
 void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial) {
-    call(c, "sync_fwd", BN2D_KERNEL(sync_stats), x, partial);
+    SyncStatsArgs a;
+    a.x = x;
+    a.partial = partial;
+    run(c, "sync_fwd", a);
 }
 
 void run_split_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial) {
-    call(c, "train_fwd", BN2D_KERNEL(split_stats), x, partial);
+    SplitStatsArgs a;
+    a.x = x;
+    a.partial = partial;
+    run(c, "train_fwd", a);
 }
 
 void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
-    const bool relu = b.relu_out != nullptr;
-    call(c, "train_bwd", BN2D_KERNEL(split_bwd_sums), b.x, b.grad_out,
-         relu ? b.relu_out : b.grad_out, b.mean, b.stat, eps, relu, b.weight, b.grad_weight_in,
-         b.grad_bias_in, b.grad_weight, b.grad_bias, b.grad_sums);
+    auto a = backward_args<SplitBwdSumsArgs>(b, eps);
+    with_param_grads(a, b).local_sums = b.grad_sums;
+    run(c, "train_bwd", a);
 }
 
 // The split kernels run their channel groups in parallel, nothing finer: with fewer channels
@@ -229,19 +261,28 @@ bool split_strategy(const Call &c, bool backward) {
 
 void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
                     halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                    double factor, halide_buffer_t *mean, halide_buffer_t *var,
-                    halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
-                    halide_buffer_t *running_var_out) {
-    call(c, op, BN2D_KERNEL(sync_merge), gathered, running_mean, running_var, eps, factor, mean,
-         var, saved_invstd, running_mean_out, running_var_out);
+                    const TrainForwardOutputs &t, halide_buffer_t *merged_var) {
+    SyncMergeArgs a;
+    a.gathered = gathered;
+    a.running_mean = running_mean;
+    a.running_var = running_var;
+    a.eps = eps;
+    a.factor = t.factor;
+    a.mean = t.saved_mean;
+    a.var = merged_var;
+    a.saved_invstd = t.saved_invstd;
+    a.running_mean_out = t.running_mean_out;
+    a.running_var_out = t.running_var_out;
+    run(c, op, a);
 }
 
 void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b,
                          halide_buffer_t *sums, double count) {
-    const bool relu = b.relu_out != nullptr;
-    call_with(c, stream(c, b.grad_input, relu ? 4 : 3), op, BN2D_KERNEL(sync_bwd_input), b.x,
-              b.grad_out, relu ? b.relu_out : b.grad_out, b.mean, b.stat, 0.0, relu, b.weight, sums,
-              count, b.grad_input);
+    auto a = backward_args<SyncBwdInputArgs>(b, 0.0);  // training: eps is in the saved invstd
+    a.sums = sums;
+    a.count = count;
+    a.grad_input = b.grad_input;
+    run(c, op, a, stream(c, b.grad_input, b.relu_out ? 4 : 3));
 }
 
 // The eval grad_input kernel with a unit scale: dz = dy * (1 / sqrt(1 + 0)) * 1, exactly dy
@@ -249,18 +290,26 @@ void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b
 // No library of its own: the variant table stays as it is.
 void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t *relu_out,
                        halide_buffer_t *ones, halide_buffer_t *grad_residual) {
-    const bool relu = relu_out != nullptr;
-    call(c, "grad_residual", BN2D_KERNEL(eval_bwd_input), grad_out, grad_out,
-         relu ? relu_out : grad_out, ones, ones, 0.0, relu, ones, grad_residual);
+    BackwardBuffers unit{};
+    unit.x = grad_out;  // x - mean is not used: the kernel's grad_input is dy * scale
+    unit.grad_out = grad_out;
+    unit.relu_out = relu_out;
+    unit.mean = unit.stat = unit.weight = ones;  // scale = weight / sqrt(var + eps) = 1
+    auto a = backward_args<EvalBwdInputArgs>(unit, 0.0);
+    a.grad_input = grad_residual;
+    run(c, "grad_residual", a);
 }
 
-void train_forward(const Call &c, halide_buffer_t *x, const Epilogue &epilogue,
-                   const TrainForwardBuffers &b, double eps, double factor, halide_buffer_t *y,
+void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOutputs &t,
                    HalideBuffer &partial, HalideBuffer &merged_var) {
     if (!split_strategy(c, false)) {
-        run_train_forward(c, x, epilogue, b.weight, b.bias, b.running_mean, b.running_var, eps,
-                          factor, y, b.saved_mean, b.saved_invstd, b.running_mean_out,
-                          b.running_var_out);
+        auto a = forward_args<TrainFwdArgs>(f);
+        a.factor = t.factor;
+        a.saved_mean = t.saved_mean;
+        a.saved_invstd = t.saved_invstd;
+        a.running_mean_out = t.running_mean_out;
+        a.running_var_out = t.running_var_out;
+        run(c, "train_fwd", a, stream_forward(c, f));
         return;
     }
     // SyncBatchNorm2d's forward for a group of one: this batch's {count, mean, M2}, their merge
@@ -269,13 +318,15 @@ void train_forward(const Call &c, halide_buffer_t *x, const Epilogue &epilogue,
     const DType per_channel = per_channel_dtype(c.x.dtype());
     if (!partial.data()) partial = HalideBuffer(halide_type_t(halide_type_float, 64), C, 3);
     if (!merged_var.data()) merged_var = HalideBuffer(element_type(per_channel), C);
-    run_split_stats(c, x, partial);
+    run_split_stats(c, f.x, partial);
     HalideBuffer one_process = partial.embedded(2);  // (C, 3, 1): the merge's gathered input
     const Tensor per_channel_type(nullptr, per_channel, {1, C, 1, 1});
     run_sync_merge({c.device, Layout::nchw, per_channel_type}, "train_fwd", one_process,
-                   b.running_mean, b.running_var, eps, factor, b.saved_mean, merged_var,
-                   b.saved_invstd, b.running_mean_out, b.running_var_out);
-    run_eval_forward(c, x, epilogue, b.weight, b.bias, b.saved_mean, merged_var, eps, y);
+                   f.running_mean, f.running_var, f.eps, t, merged_var);
+    ForwardBuffers normalize = f;
+    normalize.running_mean = t.saved_mean;
+    normalize.running_var = merged_var;
+    run_eval_forward(c, normalize);
 }
 
 void backward(const Call &c, bool training, bool want_params, double eps, const BackwardBuffers &b,

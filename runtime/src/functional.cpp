@@ -158,19 +158,25 @@ void batch_norm(const ForwardArgs &a) {
     Buf hy = detail::tensor_buffer(a.out, place.layout, place.fuse);
     Buf hz = residual ? detail::tensor_buffer(a.residual, place.layout, place.fuse) : Buf();
     const detail::Call call{Device::CPU, place.layout, a.input, large({&hx, &hy, &hz})};
-    const detail::Epilogue epilogue{residual ? hz.raw_buffer() : nullptr,
-                                    a.activation == Activation::relu};
+    const detail::ForwardBuffers f{
+        hx,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        hy,
+        {residual ? hz.raw_buffer() : nullptr, a.activation == Activation::relu},
+        a.eps};
     if (!a.training) {
-        detail::run_eval_forward(call, hx, epilogue, weight, bias, running_mean, running_var, a.eps,
-                                 hy);
+        detail::run_eval_forward(call, f);
         return;
     }
     Buf running_mean_next = ch.filled(0.0), running_var_next = ch.filled(0.0);
     Buf partial, merged_var;
-    detail::train_forward(call, hx, epilogue,
-                          {weight, bias, running_mean, running_var, save_mean, save_invstd,
-                           running_mean_next, running_var_next},
-                          a.eps, running ? a.momentum : 0.0, hy, partial, merged_var);
+    detail::train_forward(
+        call, f,
+        {save_mean, save_invstd, running_mean_next, running_var_next, running ? a.momentum : 0.0},
+        partial, merged_var);
     if (running) {
         ch.copy(a.running_mean, running_mean_next);
         ch.copy(a.running_var, running_var_next);
@@ -385,9 +391,11 @@ void batch_norm_gather_stats(const GatherStatsArgs &a) {
     if (C == 0) return;
     Buf running_mean_next = ch.filled(0.0), running_var_next = ch.filled(0.0);
     const Tensor per_channel_type(nullptr, ch.dtype, {1, C, 1, 1});
-    detail::run_sync_merge({Device::CPU, detail::Layout::nchw, per_channel_type}, "sync_fwd",
-                           gathered, running_mean, running_var, a.eps, running ? a.momentum : 0.0,
-                           save_mean, var, save_invstd, running_mean_next, running_var_next);
+    detail::run_sync_merge(
+        {Device::CPU, detail::Layout::nchw, per_channel_type}, "sync_fwd", gathered, running_mean,
+        running_var, a.eps,
+        {save_mean, save_invstd, running_mean_next, running_var_next, running ? a.momentum : 0.0},
+        var);
     if (running) {
         ch.copy(a.running_mean, running_mean_next);
         ch.copy(a.running_var, running_var_next);

@@ -162,12 +162,8 @@ const halide_device_interface_t *device_interface(Device d) {
 }
 
 const char *layout_name(Layout l) {
-    switch (l) {
-    case Layout::nchw: return "nchw";
-    case Layout::nhwc: return "nhwc";
-    case Layout::strided: return "strided";
-    }
-    return "?";
+    const int i = static_cast<int>(l);
+    return i >= 0 && i < vocabulary::kLayoutCount ? vocabulary::kLayouts[i] : "?";
 }
 
 halide_type_t element_type(DType t) {

@@ -10,16 +10,17 @@
 #include "bn2d/errors.h"
 #include "bn2d/settings.h"
 #include "bn2d/tensor.h"
+#include "bn2d_vocabulary.h"
 
 namespace bn2d::detail {
 
 using HalideBuffer = Halide::Runtime::Buffer<void>;
 
-// The layouts with kernels of their own, in the variant table's order (bn2d_kernel_table.h).
+// The layouts with kernels of their own, generated from the variant table:
 //   nchw:    W stride 1 (any other strides: padded rows, gaps between channels)
 //   nhwc:    C stride 1 (channels_last)
 //   strided: anything else, and calls whose tensors differ in layout
-enum class Layout { nchw, nhwc, strided };
+using Layout = vocabulary::Layout;
 // The layout every tensor of one call satisfies; size-1 dimensions match any stride.
 // channels_last with fewer than 16 channels gets the strided kernels (halide_glue.cpp).
 Layout common_layout(const std::vector<const Tensor *> &tensors);
@@ -139,15 +140,20 @@ struct Epilogue {
     halide_buffer_t *residual = nullptr;
     bool relu = false;
 };
-void run_train_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                       halide_buffer_t *weight, halide_buffer_t *bias,
-                       halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                       double factor, halide_buffer_t *y, halide_buffer_t *saved_mean,
-                       halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
-                       halide_buffer_t *running_var_out);
-void run_eval_forward(const Call &c, halide_buffer_t *x_buf, const Epilogue &epilogue,
-                      halide_buffer_t *weight, halide_buffer_t *bias, halide_buffer_t *running_mean,
-                      halide_buffer_t *running_var, double eps, halide_buffer_t *y);
+// A forward's buffers. running_mean and running_var: the statistics an eval forward normalizes
+// with (the running ones, or a merge's), and those a training forward updates.
+struct ForwardBuffers {
+    halide_buffer_t *x, *weight, *bias, *running_mean, *running_var, *y;
+    Epilogue epilogue;
+    double eps;
+};
+// What a training forward writes besides y: the batch statistics for backward and the updated
+// running statistics (factor: exponential_average_factor).
+struct TrainForwardOutputs {
+    halide_buffer_t *saved_mean, *saved_invstd, *running_mean_out, *running_var_out;
+    double factor;
+};
+void run_eval_forward(const Call &c, const ForwardBuffers &f);
 // training: mean/stat = saved mean, saved invstd. eval: running_mean, running_var.
 // grad_input null: not wanted. grad_weight/grad_bias are written as grad_*_in + this call's
 // gradient when want_params; otherwise they may still be written (training backward computes
@@ -174,26 +180,21 @@ void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b);
 // Whether a training call runs the split strategy: the setting, else the machine file's
 // threshold on H*W; only where the split kernels exist (CPU, NCHW, 32-bit indexing).
 bool split_strategy(const Call &c, bool backward);
-// Per channel: `c.x` is a stand-in for the per-channel dtype (float32 or float64). `op`: the
-// op BN2D_VERBOSE names (sync_fwd, sync_bwd; train_fwd, train_bwd in the split strategy).
+// The merge of every process's {count, mean, M2} (`gathered`, (C, 3, processes)) into a
+// training forward's statistics (`t`: saved mean and invstd, updated running statistics) and
+// the biased variance it normalizes with (`merged_var`). Per channel: `c.x` is a stand-in for
+// the per-channel dtype (float32 or float64). `op`: the op BN2D_VERBOSE names (sync_fwd;
+// train_fwd in the split strategy).
 void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
                     halide_buffer_t *running_mean, halide_buffer_t *running_var, double eps,
-                    double factor, halide_buffer_t *mean, halide_buffer_t *var,
-                    halide_buffer_t *saved_invstd, halide_buffer_t *running_mean_out,
-                    halide_buffer_t *running_var_out);
+                    const TrainForwardOutputs &t, halide_buffer_t *merged_var);
 void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b,
                          halide_buffer_t *sums, double count);
 // ---- one op as the CPU strategy runs it: shared by BatchNorm2d and bn2d::functional ----
-// A training forward's per-channel buffers (the inputs, then the outputs).
-struct TrainForwardBuffers {
-    halide_buffer_t *weight, *bias, *running_mean, *running_var;
-    halide_buffer_t *saved_mean, *saved_invstd, *running_mean_out, *running_var_out;
-};
 // The fused train_fwd kernel, or the split strategy's three (split_stats, sync_merge,
 // eval_fwd). `partial` ((C, 3) float64) and `merged_var` (C) are the split's scratch, host
 // buffers allocated here when empty.
-void train_forward(const Call &c, halide_buffer_t *x, const Epilogue &epilogue,
-                   const TrainForwardBuffers &b, double eps, double factor, halide_buffer_t *y,
+void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOutputs &t,
                    HalideBuffer &partial, HalideBuffer &merged_var);
 // run_backward, or for a training call under the split strategy its sums (and parameter
 // gradients) then grad_input from them. `per_channel`: N*H*W.

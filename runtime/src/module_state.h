@@ -1,5 +1,5 @@
-// The state of a BatchNorm2d (and SyncBatchNorm2d): storage on the module's device, the last
-// forward for backward, and the scratch buffers kernels write before a commit.
+// The state of a BatchNorm2d: storage on the module's device, the last forward for backward, the
+// scratch buffers kernels write before a commit, and the Statistics strategy it was given.
 #pragma once
 
 #include <cstring>
@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "bn2d/batchnorm2d.h"
-#include "bn2d/sync_batchnorm2d.h"
 #include "internal.h"
 
 namespace bn2d {
@@ -65,12 +64,12 @@ struct BatchNorm2d::State {
 
     // Float64 scratch on the module's device, allocated at first use (to() drops them):
     //   grad_sums  (C, 2) a training backward's {sum(dy), sum(dy * (x - mean))}: train_bwd_params
-    //              writes them; SyncBatchNorm2d all-reduces them
-    //   partial    (C, 3) SyncBatchNorm2d: this process's {count, mean, M2}
-    //   gathered   (C, 3, processes) every process's partial
+    //              writes them; statistics over a group all-reduce them
+    //   partial    (C, 3) this process's {count, mean, M2} (split strategy, group statistics)
     //   merged_var (C, storage dtype) the merged biased variance the forward normalizes with
-    Buf grad_sums, partial, gathered, merged_var;
-    std::shared_ptr<Communicator> comm;  // SyncBatchNorm2d's group; null for BatchNorm2d
+    Buf grad_sums, partial, merged_var;
+    // Where training statistics come from (never null): this process's batch, or a group's.
+    std::shared_ptr<BatchNorm2d::Statistics> statistics;
 
     // The last successful forward, for backward.
     bool has_forward = false;
@@ -80,7 +79,7 @@ struct BatchNorm2d::State {
     Activation forward_activation = Activation::none;
     Tensor forward_x;
     Tensor forward_out;           // read by backward for the ReLU's mask (relu only)
-    bool forward_synced = false;  // statistics over every process (SyncBatchNorm2d training)
+    bool forward_synced = false;  // statistics over a group of processes
     int64_t forward_count = 0;    // values per channel they were over, all processes
 
     // A float64 buffer of C x `fields` (x `processes`) values on the module's device, filled
@@ -108,7 +107,7 @@ struct BatchNorm2d::State {
         }
         return merged_var;
     }
-    void drop_scratch() { grad_sums = partial = gathered = merged_var = Buf(); }
+    void drop_scratch() { grad_sums = partial = merged_var = Buf(); }
 
     std::vector<Buf *> all_buffers() {
         return {&weight,
@@ -205,7 +204,17 @@ struct BatchNorm2d::ForwardPlan {
     bool residual = false;
 
     // Pointers into the Bufs are taken here, when used: a plan is moved around.
-    detail::Epilogue epilogue() { return {residual ? hz.raw_buffer() : nullptr, relu}; }
+    // A non-affine module's weight and bias hold 1 and 0: the kernels need no variant for it.
+    detail::ForwardBuffers buffers(State &s) {
+        return {hx.raw_buffer(),
+                s.weight.raw_buffer(),
+                s.bias.raw_buffer(),
+                s.running_mean.raw_buffer(),
+                s.running_var.raw_buffer(),
+                hy.raw_buffer(),
+                {residual ? hz.raw_buffer() : nullptr, relu},
+                s.eps};
+    }
 
     detail::Call call(const State &s, const Tensor &x) const {
         return {s.device, layout, x, large};
@@ -228,6 +237,42 @@ struct BatchNorm2d::BackwardPlan {
     halide_buffer_t *relu_out() { return relu && !residual_done ? hout.raw_buffer() : nullptr; }
 
     detail::Call call(const State &s) const { return {s.device, layout, s.forward_x, large}; }
+};
+
+// Where a training step's batch statistics come from (BatchNorm2d::set_statistics): a strategy
+// runs the whole training forward, and the training backward that computes grad_input, from
+// the module's steps below (a nested class may call them; its subclasses reach them here).
+//   BatchNorm2d::LocalStatistics (batchnorm2d.cpp): this process's batch
+//   GroupStatistics (sync.cpp): every process's of a Communicator's group, for SyncBatchNorm2d
+class BatchNorm2d::Statistics {
+public:
+    virtual ~Statistics() = default;
+    // The module's name in to_string(): "BatchNorm2d", "SyncBatchNorm".
+    virtual const char *module_name() const = 0;
+    virtual void train_forward(BatchNorm2d &m, const Tensor &x, const Tensor *residual,
+                               const Tensor &out) = 0;
+    virtual void train_backward(BatchNorm2d &m, const Tensor &grad_out, const Tensor &grad_input,
+                                const Tensor *grad_residual, BackwardMask mask) = 0;
+
+protected:
+    using State = BatchNorm2d::State;
+    using ForwardPlan = BatchNorm2d::ForwardPlan;
+    using BackwardPlan = BatchNorm2d::BackwardPlan;
+    static State &state(BatchNorm2d &m) { return *m.s_; }
+    static ForwardPlan plan_forward(BatchNorm2d &m, const Tensor &x, const Tensor *residual,
+                                    const Tensor &out, bool synced) {
+        return m.plan_forward(x, residual, out, synced);
+    }
+    static void record_forward(BatchNorm2d &m, const ForwardPlan &p, const Tensor &x, bool residual,
+                               const Tensor &out, int64_t synced_count) {
+        m.record_forward(p, x, residual, out, synced_count);
+    }
+    static BackwardPlan plan_backward(BatchNorm2d &m, const Tensor &grad_out,
+                                      const Tensor &grad_input, const Tensor *grad_residual,
+                                      BackwardMask mask) {
+        return m.plan_backward(grad_out, grad_input, grad_residual, mask);
+    }
+    static void residual_gradient(BatchNorm2d &m, BackwardPlan &p) { m.residual_gradient(p); }
 };
 
 }  // namespace bn2d

@@ -156,18 +156,38 @@ void check_communicator(const char *call, const Communicator *comm) {
 
 }  // namespace
 
-void BatchNorm2d::set_communicator(std::shared_ptr<Communicator> communicator) {
-    check_communicator("constructor", communicator.get());
-    s_->comm = std::move(communicator);
-    s_->forward_synced = false;
-}
+// The statistics of every process of the communicator's group.
+class SyncBatchNorm2d::GroupStatistics final : public BatchNorm2d::Statistics {
+public:
+    explicit GroupStatistics(std::shared_ptr<Communicator> comm) : comm_(std::move(comm)) {}
+    const char *module_name() const override { return "SyncBatchNorm"; }
+    Communicator &communicator() const { return *comm_; }
+    void train_forward(BatchNorm2d &m, const Tensor &x, const Tensor *residual,
+                       const Tensor &out) override;
+    void train_backward(BatchNorm2d &m, const Tensor &grad_out, const Tensor &grad_input,
+                        const Tensor *grad_residual, BackwardMask mask) override;
 
-Communicator *BatchNorm2d::communicator_ptr() const { return s_->comm.get(); }
+private:
+    // (C, 3, processes) every process's {count, mean, M2}, on the module's device.
+    Buf &gathered_buffer(const State &s) {
+        const int P = comm_->size();
+        if (!gathered_.data() || gathered_device_ != s.device || gathered_.dim(2).extent() != P) {
+            gathered_ = s.scratch(3, P);
+            gathered_device_ = s.device;
+        }
+        return gathered_;
+    }
+
+    std::shared_ptr<Communicator> comm_;
+    Buf gathered_;
+    Device gathered_device_ = Device::CPU;
+};
 
 SyncBatchNorm2d::SyncBatchNorm2d(int64_t num_features, std::shared_ptr<Communicator> communicator,
                                  const Options &options)
     : BatchNorm2d(num_features, options) {
-    set_communicator(std::move(communicator));
+    check_communicator("constructor", communicator.get());
+    set_statistics(std::make_shared<GroupStatistics>(std::move(communicator)));
 }
 
 SyncBatchNorm2d::SyncBatchNorm2d(BatchNorm2d &&module) : BatchNorm2d(std::move(module)) {}
@@ -176,15 +196,19 @@ SyncBatchNorm2d SyncBatchNorm2d::convert(BatchNorm2d &&module,
                                          std::shared_ptr<Communicator> communicator) {
     check_communicator("convert", communicator.get());  // before the module is moved from
     SyncBatchNorm2d synced(std::move(module));
-    synced.set_communicator(std::move(communicator));
+    synced.set_statistics(std::make_shared<GroupStatistics>(std::move(communicator)));
     return synced;
 }
 
-Communicator &SyncBatchNorm2d::communicator() const { return *communicator_ptr(); }
+// Every SyncBatchNorm2d is given a GroupStatistics (constructor, convert).
+Communicator &SyncBatchNorm2d::communicator() const {
+    return static_cast<GroupStatistics &>(statistics()).communicator();
+}
 
-void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out) {
-    State &s = *s_;
-    Communicator &comm = *s.comm;
+void SyncBatchNorm2d::GroupStatistics::train_forward(BatchNorm2d &m, const Tensor &x,
+                                                     const Tensor *residual, const Tensor &out) {
+    State &s = state(m);
+    Communicator &comm = *comm_;
     check_communicator("forward", &comm);  // its rank and size may have changed since
     const size_t C = static_cast<size_t>(s.C);
     // 1. This process's {count, mean, M2} per channel (zeros for an empty batch: the merge
@@ -194,11 +218,10 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
     int64_t count = 0;
     double *partial = nullptr;
     try {
-        plan.emplace(plan_forward(x, residual, out, true));
+        plan.emplace(plan_forward(m, x, residual, out, true));
         check_memory(comm, s.device);
-        const int P = comm.size();
         s.partial_buffer();
-        if (!s.gathered.data() || s.gathered.dim(2).extent() != P) s.gathered = s.scratch(3, P);
+        gathered_buffer(s);
         s.merged_var_buffer();
         if (!plan->empty) {
             count = plan->per_channel;
@@ -216,25 +239,29 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
         fail("expected more than 1 value per channel when training, got 1 over the group's " +
              std::to_string(comm.size()) + " processes");
     if (C == 0 || total == 0) {  // nothing to normalize anywhere; the batch is still counted
-        record_forward(*plan, x, residual != nullptr, out, total);
+        record_forward(m, *plan, x, residual != nullptr, out, total);
         return;
     }
     // 3. Every process merges the same values in the same order: the same statistics.
-    double *gathered = exchange_address(s.gathered, s.device, comm, false);
+    double *gathered = exchange_address(gathered_, s.device, comm, false);
     collective(comm, "forward", "all_gather (every process's count, mean and M2)",
                [&] { comm.all_gather(partial, gathered, 3 * C); });
-    upload(s.gathered, s.device, comm);
+    upload(gathered_, s.device, comm);
     try {
         const Tensor per_channel_type(nullptr, detail::per_channel_dtype(x.dtype()),
                                       {1, s.C, 1, 1});
         detail::run_sync_merge({s.device, detail::Layout::nchw, per_channel_type}, "sync_fwd",
-                               s.gathered, s.running_mean, s.running_var, s.eps, plan->factor,
-                               s.saved_mean_next, s.merged_var, s.saved_invstd_next,
-                               s.running_mean_next, s.running_var_next);
+                               gathered_, s.running_mean, s.running_var, s.eps,
+                               {s.saved_mean_next, s.saved_invstd_next, s.running_mean_next,
+                                s.running_var_next, plan->factor},
+                               s.merged_var);
         // The normalization with the merged statistics is eval forward's.
-        if (!plan->empty)
-            detail::run_eval_forward(plan->call(s, x), plan->hx, plan->epilogue(), s.weight, s.bias,
-                                     s.saved_mean_next, s.merged_var, s.eps, plan->hy);
+        if (!plan->empty) {
+            detail::ForwardBuffers normalize = plan->buffers(s);
+            normalize.running_mean = s.saved_mean_next;
+            normalize.running_var = s.merged_var;
+            detail::run_eval_forward(plan->call(s, x), normalize);
+        }
     } catch (const Error &e) {
         error = e.what();
     }
@@ -245,13 +272,15 @@ void BatchNorm2d::sync_forward(const Tensor &x, const Tensor *residual, const Te
     }
     std::swap(s.saved_mean, s.saved_mean_next);
     std::swap(s.saved_invstd, s.saved_invstd_next);
-    record_forward(*plan, x, residual != nullptr, out, total);
+    record_forward(m, *plan, x, residual != nullptr, out, total);
 }
 
-void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input,
-                                const Tensor *grad_residual, BackwardMask mask) {
-    State &s = *s_;
-    Communicator &comm = *s.comm;
+void SyncBatchNorm2d::GroupStatistics::train_backward(BatchNorm2d &m, const Tensor &grad_out,
+                                                      const Tensor &grad_input,
+                                                      const Tensor *grad_residual,
+                                                      BackwardMask mask) {
+    State &s = state(m);
+    Communicator &comm = *comm_;
     check_communicator("backward", &comm);
     const size_t C = static_cast<size_t>(s.C);
     // 1. This process's parameter gradients (its own, as in PyTorch) and its sums.
@@ -260,7 +289,7 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
     int64_t count = 0;
     double *sums = nullptr;
     try {
-        plan.emplace(plan_backward(grad_out, grad_input, grad_residual, mask));
+        plan.emplace(plan_backward(m, grad_out, grad_input, grad_residual, mask));
         if (!s.forward_synced)
             fail("a training backward needs the synchronized forward before it (the module "
                  "became synchronized after its last forward): run forward() again");
@@ -268,7 +297,7 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
         Buf &g = s.grad_sums_buffer();
         if (plan->run) {
             count = grad_out.numel() / s.C;
-            residual_gradient(*plan);
+            residual_gradient(m, *plan);
             const detail::BackwardBuffers b{
                 plan->hx,       plan->incoming(),   plan->relu_out(), s.saved_mean,
                 s.saved_invstd, s.weight,           nullptr,          s.grad_weight,
@@ -291,18 +320,14 @@ void BatchNorm2d::sync_backward(const Tensor &grad_out, const Tensor &grad_input
     upload(g, s.device, comm);
     try {
         if (plan->run) {
-            const detail::BackwardBuffers b{plan->hx,
-                                            plan->incoming(),
-                                            plan->relu_out(),
-                                            s.saved_mean,
-                                            s.saved_invstd,
-                                            s.weight,
-                                            plan->hdx.raw_buffer(),
-                                            nullptr,
-                                            nullptr,
-                                            nullptr,
-                                            nullptr,
-                                            nullptr};
+            detail::BackwardBuffers b{};
+            b.x = plan->hx;
+            b.grad_out = plan->incoming();
+            b.relu_out = plan->relu_out();
+            b.mean = s.saved_mean;
+            b.stat = s.saved_invstd;
+            b.weight = s.weight;
+            b.grad_input = plan->hdx.raw_buffer();
             detail::run_sync_grad_input(plan->call(s), "sync_bwd", b, g,
                                         static_cast<double>(s.forward_count));
         }

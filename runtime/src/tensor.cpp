@@ -29,14 +29,23 @@ const char *dtype_name(DType t) {
     return "?";
 }
 
+// DType's enumerators index the variant table's dtypes (generators/variants.cmake): the kernel
+// libraries, the dispatch table's rows and BN2D_VERBOSE's names all follow that list.
+constexpr bool same_name(const char *a, const char *b) {
+    while (*a && *a == *b) ++a, ++b;
+    return *a == *b;
+}
+static_assert(vocabulary::kDtypeCount == 4 &&
+                  same_name(vocabulary::kDtypes[static_cast<int>(DType::float32)], "f32") &&
+                  same_name(vocabulary::kDtypes[static_cast<int>(DType::bfloat16)], "bf16") &&
+                  same_name(vocabulary::kDtypes[static_cast<int>(DType::float16)], "f16") &&
+                  same_name(vocabulary::kDtypes[static_cast<int>(DType::float64)], "f64"),
+              "bn2d::DType and BN2D_DTYPES in generators/variants.cmake list the dtypes in "
+              "different orders");
+
 const char *dtype_short_name(DType t) {
-    switch (t) {
-    case DType::float32: return "f32";
-    case DType::bfloat16: return "bf16";
-    case DType::float16: return "f16";
-    case DType::float64: return "f64";
-    }
-    return "?";
+    const int i = static_cast<int>(t);
+    return i >= 0 && i < vocabulary::kDtypeCount ? vocabulary::kDtypes[i] : "?";
 }
 
 int dtype_size(DType t) {

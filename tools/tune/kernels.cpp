@@ -1,23 +1,32 @@
 // Kernel specs: which Generator, with which parameters, builds each schedule kernel.
 #include "kernels.h"
 
+#include <sstream>
+#include <stdexcept>
+
 #include "cpu_schedules.h"
 #include "gpu_schedules.h"
 
 namespace bn2d::tune {
 
+// The schedule op's kernel in the variant table (bn2d_vocabulary.h): its generator and params.
 KernelSpec kernel_spec(const std::string &name) {
-    const bool nhwc = name.size() > 5 && name.substr(name.size() - 5) == "_nhwc";
-    const std::string op = nhwc ? name.substr(0, name.size() - 5) : name;
-    KernelSpec k{name, "", nhwc ? "nhwc" : "nchw", {}, false};
-    if (op == "train_fwd") k.generator = "bn2d_train_forward";
-    if (op == "eval_fwd") k.generator = "bn2d_eval_forward";
-    if (op == "train_bwd" || op == "eval_bwd") {
-        k.generator = "bn2d_backward";
-        k.params["mode"] = op == "train_bwd" ? "train" : "eval";
-        k.backward = true;
+    const ScheduleKernel sk = parse_schedule_kernel(name);
+    for (const vocabulary::Kernel &table : vocabulary::kKernels) {
+        if (sk.op != table.name) continue;
+        KernelSpec k{name,
+                     table.generator,
+                     vocabulary::kLayouts[static_cast<int>(sk.layout)],
+                     {},
+                     std::string(table.generator) == "bn2d_backward"};
+        std::istringstream params(table.params);
+        for (std::string kv; params >> kv;) {
+            const size_t eq = kv.find('=');
+            k.params[kv.substr(0, eq)] = kv.substr(eq + 1);
+        }
+        return k;
     }
-    return k;
+    throw std::runtime_error("schedule op '" + sk.op + "' is not a kernel of the variant table");
 }
 
 const std::vector<KnobRange> &knob_ranges(const std::string &backend) {

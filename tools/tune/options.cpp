@@ -112,7 +112,8 @@ Options parse_options(int argc, char **argv, const std::string &source_dir) {
         if (std::find(kAllKernels.begin(), kAllKernels.end(), k) == kAllKernels.end())
             usage_error("unknown kernel '" + k + "' in --kernels");
     for (const std::string &d : o.dtypes)
-        if (d != "f32" && d != "bf16" && d != "f16" && d != "f64")
+        if (std::find(std::begin(vocabulary::kDtypes), std::end(vocabulary::kDtypes), d) ==
+            std::end(vocabulary::kDtypes))
             usage_error("unknown dtype '" + d + "' in --dtypes (f32, bf16, f16, f64)");
     if (o.kernels.empty() || o.dtypes.empty()) usage_error("--kernels and --dtypes need an item");
     // --machine and --out default in main (they need the target); so does --base when --out

@@ -2,14 +2,17 @@
 // that need the target (--machine, --out, --report, --base when --out exists).
 #pragma once
 
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "bn2d_vocabulary.h"
+
 namespace bn2d::tune {
 
-inline const std::vector<std::string> kAllKernels = {
-    "train_fwd",      "eval_fwd",      "train_bwd",      "eval_bwd",
-    "train_fwd_nhwc", "eval_fwd_nhwc", "train_bwd_nhwc", "eval_bwd_nhwc"};
+// The schedule kernels of the variant table (generators/variants.cmake).
+inline const std::vector<std::string> kAllKernels = {std::begin(vocabulary::kScheduleKernels),
+                                                     std::end(vocabulary::kScheduleKernels)};
 inline const std::vector<std::string> kAllAutoschedulers = {"Mullapudi2016", "Adams2019", "Li2018"};
 
 struct Options {

@@ -17,8 +17,6 @@
 
 namespace bn2d {
 
-class Communicator;  // bn2d/sync_batchnorm2d.h
-
 // What the fused kernels apply after the normalization (and after adding a residual).
 enum class Activation { none, relu };
 const char *activation_name(Activation a);  // "none", "relu"
@@ -135,18 +133,27 @@ public:
     std::string to_string() const;
 
 protected:
-    // SyncBatchNorm2d: training statistics over the communicator's group (null: this process's).
-    void set_communicator(std::shared_ptr<Communicator> communicator);
-    Communicator *communicator_ptr() const;
+    // Where a training step's batch statistics come from: the module is given one, and every
+    // training forward, and every training backward that computes grad_input, runs through it.
+    // BatchNorm2d's is this process's batch; SyncBatchNorm2d's is every process's of a group
+    // (runtime/src/sync.cpp). Defined in runtime/src/module_state.h.
+    class Statistics;
+    void set_statistics(std::shared_ptr<Statistics> statistics);
+    Statistics &statistics() const;
 
 private:
     struct State;
     struct ForwardPlan;
     struct BackwardPlan;
+    class LocalStatistics;
     void forward_impl(const Tensor &x, const Tensor *residual, const Tensor &out);
+    // The forward and backward on this process's batch (LocalStatistics, and every eval call).
+    void local_forward(const Tensor &x, const Tensor *residual, const Tensor &out);
+    void local_backward(const Tensor &grad_out, const Tensor &grad_input,
+                        const Tensor *grad_residual, BackwardMask mask);
     ForwardPlan plan_forward(const Tensor &x, const Tensor *residual, const Tensor &out,
                              bool synced);
-    // synced_count: values per channel over the group (SyncBatchNorm2d), or -1.
+    // synced_count: values per channel over the processes (Statistics over a group), or -1.
     void record_forward(const ForwardPlan &p, const Tensor &x, bool residual, const Tensor &out,
                         int64_t synced_count);
     void backward_impl(const Tensor &grad_out, const Tensor &grad_input,
@@ -154,10 +161,6 @@ private:
     BackwardPlan plan_backward(const Tensor &grad_out, const Tensor &grad_input,
                                const Tensor *grad_residual, BackwardMask mask);
     void residual_gradient(BackwardPlan &p);
-    // SyncBatchNorm2d's training steps (runtime/src/sync.cpp).
-    void sync_forward(const Tensor &x, const Tensor *residual, const Tensor &out);
-    void sync_backward(const Tensor &grad_out, const Tensor &grad_input,
-                       const Tensor *grad_residual, BackwardMask mask);
 
     std::unique_ptr<State> s_;
 };

@@ -63,6 +63,7 @@ public:
     Communicator &communicator() const;
 
 private:
+    class GroupStatistics;  // the module's Statistics: runtime/src/sync.cpp
     explicit SyncBatchNorm2d(BatchNorm2d &&module);
 };
 
