@@ -23,6 +23,14 @@ set(BN2D_OPS "")
 set(BN2D_STREAMING_KERNELS "")   # keys with a streaming-store build (STREAMING in the table)
 set(BN2D_STREAMING_ISAS "")
 
+set(BN2D_THRESHOLDS "")       # <op>.<knob> of every bn2d_threshold
+function(bn2d_threshold op knob)
+    if (NOT op IN_LIST BN2D_OPS)
+        message(FATAL_ERROR "variants.cmake: bn2d_threshold(${op} ${knob}): no kernel ${op} above it")
+    endif ()
+    set(BN2D_THRESHOLDS ${BN2D_THRESHOLDS} "${op}.${knob}" PARENT_SCOPE)
+endfunction()
+
 function(bn2d_kernel kernel)
     cmake_parse_arguments(PARSE_ARGV 1 ARG "CPU_ONLY" "GENERATOR;STREAMING" "DTYPES;LAYOUTS;PARAMS")
     if (NOT ARG_GENERATOR OR NOT ARG_DTYPES OR NOT ARG_LAYOUTS)
@@ -280,6 +288,9 @@ if (BN2D_STREAMING_STORES)
                 VERBATIM)
             list(APPEND objects "${dir}/${fn}.o")
         endforeach ()
+        if (NOT objects)  # BN2D_ONLY_CPU_ISAS left out every streaming ISA
+            continue ()
+        endif ()
         set_source_files_properties(${objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
         add_library(${name} STATIC ${objects})
         set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX)
@@ -341,6 +352,14 @@ foreach (layout IN LISTS BN2D_SCHEDULE_LAYOUTS)
     endforeach ()
 endforeach ()
 bn2d_c_strings(vocab_schedule_kernels ${schedule_kernels})
+set(runtime_knobs "")
+foreach (threshold IN LISTS BN2D_THRESHOLDS)
+    string(REGEX REPLACE "^[^.]*\\." "" knob "${threshold}")
+    list(APPEND runtime_knobs ${knob})
+endforeach ()
+list(REMOVE_DUPLICATES runtime_knobs)
+bn2d_c_strings(vocab_runtime_knobs ${runtime_knobs})
+string(APPEND vocab_runtime_knobs "\"\"")
 set(vocab_kernels "")
 foreach (op IN LISTS BN2D_OPS)
     string(REPLACE ";" " " params "${BN2D_OP_${op}_PARAMS}")
@@ -373,6 +392,8 @@ inline constexpr const char *kLayouts[kLayoutCount] = {@vocab_layouts@};
 inline constexpr const char *kScheduleOps[] = {@vocab_schedule_ops@};
 inline constexpr Layout kScheduleLayouts[] = {@vocab_schedule_layouts@};
 inline constexpr const char *kScheduleKernels[] = {@vocab_schedule_kernels@};
+// The run-time strategy thresholds' knobs (runtime.<op>.<knob>; bn2d_threshold); \"\" ends it.
+inline constexpr const char *kRuntimeKnobs[] = {@vocab_runtime_knobs@};
 
 // Every kernel of the table: its generator and generator parameters (besides dtype, layout and
 // schedule_file); cpu_only: built for the CPU's 32-bit indexing only.
@@ -516,15 +537,22 @@ if (BN2D_STREAMING_STORES AND BN2D_STREAMING_KERNELS)
         endif ()
     endforeach ()
 endif ()
-# The runtime's strategy thresholds (bn2d::split_max_plane), from the machine file: keys
-# runtime.<train_fwd|train_bwd>.split_max_plane (the generators check the file's vocabulary).
-set(BN2D_SPLIT_MAX_PLANE_train_fwd 0)
-set(BN2D_SPLIT_MAX_PLANE_train_bwd 0)
+# The runtime's strategy thresholds (bn2d_threshold in the table), from the machine file's
+# runtime.<op>.<knob> lines (the generators check the file's vocabulary): 0 when not set.
 file(STRINGS "${BN2D_SCHEDULE_FILE}" runtime_lines REGEX "^[ \t]*runtime\\.")
-foreach (line IN LISTS runtime_lines)
-    if (line MATCHES "^[ \t]*runtime\\.(train_fwd|train_bwd)\\.split_max_plane[ \t]*=[ \t]*([0-9]+)")
-        set(BN2D_SPLIT_MAX_PLANE_${CMAKE_MATCH_1} ${CMAKE_MATCH_2})
-    endif ()
+set(thresholds "")
+foreach (threshold IN LISTS BN2D_THRESHOLDS)
+    set(value 0)
+    string(REPLACE "." "\\." pattern "${threshold}")
+    foreach (line IN LISTS runtime_lines)
+        if (line MATCHES "^[ \t]*runtime\\.${pattern}[ \t]*=[ \t]*([0-9]+)")
+            set(value ${CMAKE_MATCH_1})
+        endif ()
+    endforeach ()
+    string(REPLACE "." ";" op_knob "${threshold}")
+    list(GET op_knob 0 op)
+    list(GET op_knob 1 knob)
+    string(APPEND thresholds "    {\"${op}\", \"${knob}\", ${value}},\n")
 endforeach ()
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${BN2D_SCHEDULE_FILE}")
 list(LENGTH BN2D_KERNELS kernel_count)
@@ -534,6 +562,8 @@ string(REPLACE ";" " " cpu_targets_str "${BN2D_CPU_TARGETS}")
 file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bn2d_kernel_table.h" CONTENT
 "// ${note}
 #pragma once
+
+#include <string_view>
 
 #include \"HalideRuntime.h\"
 @includes@
@@ -585,9 +615,20 @@ constexpr const char *kCudaTarget = \"@BN2D_CUDA_TARGET@\";
 constexpr const char *kOpenclTarget = \"@BN2D_OPENCL_TARGET@\";
 constexpr const char *kScheduleMachine = \"@BN2D_SCHEDULE_MACHINE@\";
 constexpr const char *kScheduleFile = \"@BN2D_SCHEDULE_FILE@\";
-// The largest H*W the automatic CPU strategy runs split (runtime.*.split_max_plane); 0: never.
-constexpr long long kSplitMaxPlaneForward = @BN2D_SPLIT_MAX_PLANE_train_fwd@;
-constexpr long long kSplitMaxPlaneBackward = @BN2D_SPLIT_MAX_PLANE_train_bwd@;
+// The run-time strategy thresholds (bn2d_threshold in the table: runtime.<op>.<knob>); a null
+// op ends the list.
+struct Threshold {
+    const char *op, *knob;
+    long long value;
+};
+inline constexpr Threshold kThresholds[] = {
+@thresholds@    {nullptr, nullptr, 0}};
+// The value of runtime.<op>.<knob>; 0 for a threshold the table does not list.
+inline long long threshold(std::string_view op, std::string_view knob) {
+    for (const Threshold *t = kThresholds; t->op; ++t)
+        if (op == t->op && knob == t->knob) return t->value;
+    return 0;
+}
 constexpr const char *kHalideVersion = \"@Halide_VERSION@\";
 
 }  // namespace bn2d::detail

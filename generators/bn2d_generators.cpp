@@ -27,13 +27,20 @@ namespace {
 using namespace Halide;
 using bn2d::ScheduleParams;
 
-// The schedule kernels a machine file may name (schedules/schedule_params.h), from the variant
-// table: NHWC kernels have schedules (and knobs) of their own; strided uses the NCHW schedules.
+// What a machine file may name (schedules/schedule_params.h), from the variant table: the
+// schedule kernels (NHWC kernels have schedules and knobs of their own; strided uses the NCHW
+// schedules), each backend's knobs, and the run-time thresholds' knobs (bn2d_threshold).
+std::vector<std::string> runtime_knobs() {
+    std::vector<std::string> knobs;
+    for (const char *k : bn2d::vocabulary::kRuntimeKnobs)
+        if (*k) knobs.push_back(k);
+    return knobs;
+}
 const bn2d::ScheduleVocabulary kVocabulary{
     {std::begin(bn2d::vocabulary::kScheduleKernels), std::end(bn2d::vocabulary::kScheduleKernels)},
     bn2d::cpu::kKnobs,
     bn2d::gpu::kKnobs,
-    {"split_max_plane"}};
+    runtime_knobs()};
 
 // Seed problem (20x100x35x45) as estimates, for the autoschedulers and the autotuner.
 constexpr int kEstN = 20, kEstC = 100, kEstH = 35, kEstW = 45;

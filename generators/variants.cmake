@@ -73,7 +73,7 @@ bn2d_kernel(sync_stats       DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERAT
 bn2d_kernel(sync_merge       DTYPES f32 f64 LAYOUTS nchw GENERATOR bn2d_sync_statistics)
 bn2d_kernel(sync_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERATOR bn2d_backward PARAMS mode=train with_grad_params=false global_sums=true STREAMING grad_input)
 
-# The split strategy (runtime/src/batchnorm2d.cpp, bn2d::set_cpu_strategy): a training forward
+# The split strategy (runtime/src/dispatch.cpp, bn2d::set_cpu_strategy): a training forward
 # or backward of short NCHW planes in two passes that both read in memory order, the sums first,
 # then a pointwise kernel (eval_fwd with the merged statistics, sync_bwd_input with this call's
 # own sums), as SyncBatchNorm2d runs every call. CPU_ONLY: no GPU and no large_buffers builds
@@ -82,6 +82,15 @@ bn2d_kernel(sync_bwd_input   DTYPES ${all_dtypes} LAYOUTS ${all_layouts} GENERAT
 #   split_bwd_sums  train_bwd_params's outputs (parameter gradients, the sums), then sync_bwd_input
 bn2d_kernel(split_stats      DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_partial_stats PARAMS sums_order=memory CPU_ONLY)
 bn2d_kernel(split_bwd_sums   DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_backward PARAMS mode=train with_grad_input=false with_sums=true sums_order=memory CPU_ONLY)
+
+# bn2d_threshold(<op> <knob>)
+#   A run-time strategy threshold: the machine file sets it as runtime.<op>.<knob> = <integer>
+#   (0 when it does not), the generators accept the key, and the runtime reads it from the
+#   generated table (detail::threshold(op, knob)). Kernels do not depend on it: tuning it
+#   (scripts/tune_strategy.sh) rebuilds the runtime only.
+#   split_max_plane  the largest H*W whose training calls run the split strategy
+bn2d_threshold(train_fwd split_max_plane)
+bn2d_threshold(train_bwd split_max_plane)
 
 # bn2d_target(<backend> <name> <Halide target>)
 #   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64

@@ -189,7 +189,7 @@ CpuStrategy cpu_strategy() {
 }
 
 int64_t split_max_plane(bool backward) {
-    return backward ? detail::kSplitMaxPlaneBackward : detail::kSplitMaxPlaneForward;
+    return detail::threshold(backward ? "train_bwd" : "train_fwd", "split_max_plane");
 }
 
 int64_t streaming_threshold_bytes() { return last_level_cache_bytes(); }
