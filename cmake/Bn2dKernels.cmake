@@ -205,7 +205,7 @@ endif ()
 # multitarget wrapper: it decides once per process, and cannot honour set_max_cpu_isa()).
 set(BN2D_ALL_KERNELS "")
 set(BN2D_SIGNATURES "")  # <op>=<function_info header> of one library per op
-set(BN2D_SIGNED_OPS "")
+set(BN2D_SIGNED_OPS "")  # the ops of BN2D_SIGNATURES
 list(GET BN2D_CPU_ISAS -1 signature_isa)  # every build has it: the signatures come from it
 # bn2d_library(<name> <key> <target>)
 function(bn2d_library name key target)
@@ -217,9 +217,9 @@ function(bn2d_library name key target)
     # first built of the op, on the ISA every build has, describes it for bn2d_kernel_args.h.
     set(op ${BN2D_KERNEL_${key}_OP})
     set(info "")
-    if (name STREQUAL "bn2d_${key}_cpu_${signature_isa}" AND NOT "${op}=" IN_LIST BN2D_SIGNED_OPS)
+    if (name STREQUAL "bn2d_${key}_cpu_${signature_isa}" AND NOT op IN_LIST BN2D_SIGNED_OPS)
         set(info FUNCTION_INFO_HEADER info_header)
-        set(BN2D_SIGNED_OPS ${BN2D_SIGNED_OPS} "${op}=" PARENT_SCOPE)
+        set(BN2D_SIGNED_OPS ${BN2D_SIGNED_OPS} ${op} PARENT_SCOPE)
     endif ()
     add_halide_library(
         ${name} FROM bn2d_generators

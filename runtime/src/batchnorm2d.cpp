@@ -204,14 +204,13 @@ void BatchNorm2d::record_forward(const ForwardPlan &p, const Tensor &x, bool res
     s.forward_activation = s.activation;
     s.forward_x = x;
     s.forward_out = p.relu ? out : Tensor();
-    s.forward_synced = synced_count >= 0;
     s.forward_count = synced_count;
 }
 
 void BatchNorm2d::set_statistics(std::shared_ptr<Statistics> statistics) {
     if (!statistics) fail("set_statistics: null");
     s_->statistics = std::move(statistics);
-    s_->forward_synced = false;
+    s_->forward_count = -1;  // a backward needs a forward with these statistics
 }
 
 BatchNorm2d::Statistics &BatchNorm2d::statistics() const { return *s_->statistics; }

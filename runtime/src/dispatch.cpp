@@ -181,12 +181,19 @@ Args &with_param_grads(Args &a, const BackwardBuffers &b) {
     return a;
 }
 
-}  // namespace
-
-// x and y, and the residual when one is added.
+// Whether a forward streams y: the tensors it moves are x and y, and the residual when one is
+// added.
 bool stream_forward(const Call &c, const ForwardBuffers &f) {
     return stream(c, f.y, f.epilogue.residual ? 3 : 2);
 }
+
+// Whether a backward streams grad_input: it moves x, grad_out and grad_input, and the forward's
+// output when the ReLU masks grad_out.
+bool stream_backward(const Call &c, const BackwardBuffers &b) {
+    return stream(c, b.grad_input, b.relu_out ? 4 : 3);
+}
+
+}  // namespace
 
 void run_eval_forward(const Call &c, const ForwardBuffers &f) {
     run(c, "eval_fwd", forward_args<EvalFwdArgs>(f), stream_forward(c, f));
@@ -206,8 +213,7 @@ void run_backward(const Call &c, bool training, bool want_params, double eps,
         }
         return;
     }
-    // x, grad_out and grad_input, and the forward's output when the ReLU masks grad_out.
-    const bool streamed = stream(c, b.grad_input, b.relu_out ? 4 : 3);
+    const bool streamed = stream_backward(c, b);
     if (!want_params && !training) {
         auto a = backward_args<EvalBwdInputArgs>(b, eps);
         a.grad_input = b.grad_input;
@@ -282,7 +288,7 @@ void run_sync_grad_input(const Call &c, const char *op, const BackwardBuffers &b
     a.sums = sums;
     a.count = count;
     a.grad_input = b.grad_input;
-    run(c, op, a, stream(c, b.grad_input, b.relu_out ? 4 : 3));
+    run(c, op, a, stream_backward(c, b));
 }
 
 // The eval grad_input kernel with a unit scale: dz = dy * (1 / sqrt(1 + 0)) * 1, exactly dy

@@ -78,9 +78,11 @@ struct BatchNorm2d::State {
     bool forward_residual = false;     // forward_add
     Activation forward_activation = Activation::none;
     Tensor forward_x;
-    Tensor forward_out;           // read by backward for the ReLU's mask (relu only)
-    bool forward_synced = false;  // statistics over a group of processes
-    int64_t forward_count = 0;    // values per channel they were over, all processes
+    Tensor forward_out;  // read by backward for the ReLU's mask (relu only)
+    // Values per channel the statistics were over, all processes of a group; -1 when they were
+    // this process's alone.
+    int64_t forward_count = -1;
+    bool forward_synced() const { return forward_count >= 0; }
 
     // A float64 buffer of C x `fields` (x `processes`) values on the module's device, filled
     // with zeros.

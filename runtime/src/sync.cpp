@@ -290,7 +290,7 @@ void SyncBatchNorm2d::GroupStatistics::train_backward(BatchNorm2d &m, const Tens
     double *sums = nullptr;
     try {
         plan.emplace(plan_backward(m, grad_out, grad_input, grad_residual, mask));
-        if (!s.forward_synced)
+        if (!s.forward_synced())
             fail("a training backward needs the synchronized forward before it (the module "
                  "became synchronized after its last forward): run forward() again");
         check_memory(comm, s.device);
