@@ -383,8 +383,9 @@ inline StatisticsOutputs statistics_outputs(Func mean, Func var, Expr M, Func ru
 // the running-statistics update with exponential_average_factor `factor`.
 struct TrainForward {
     BatchStats stats;
-    Func mean;   // the batch mean in the compute type, per channel
-    Func scale;  // invstd * weight, per channel
+    Epilogue epilogue;  // its switches, for schedules to specialize on
+    Func mean;          // the batch mean in the compute type, per channel
+    Func scale;         // invstd * weight, per channel
     Func y, saved_mean, saved_invstd, running_mean_out, running_var_out;
 };
 
@@ -392,6 +393,7 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
                                   Func running_var, Expr eps, Expr factor, const Extents &e,
                                   const Vars &v, const Epilogue &epilogue = {}) {
     TrainForward p;
+    p.epilogue = epilogue;
     p.stats = batch_stats(x, e, v);
     StatisticsOutputs o = statistics_outputs(p.stats.mean, p.stats.var, e.count_acc(), running_mean,
                                              running_var, eps, factor, e, v);
@@ -414,7 +416,8 @@ inline TrainForward train_forward(Func x, Func weight, Func bias, Func running_m
 
 // Eval forward: normalization with the running statistics. Pointwise.
 struct EvalForward {
-    Func scale;  // invstd(running_var) * weight, per channel
+    Epilogue epilogue;  // its switches, for schedules to specialize on
+    Func scale;         // invstd(running_var) * weight, per channel
     Func y;
 };
 
@@ -422,6 +425,7 @@ inline EvalForward eval_forward(Func x, Func weight, Func bias, Func running_mea
                                 Expr eps, const Extents &e, const Vars &v,
                                 const Epilogue &epilogue = {}) {
     EvalForward p;
+    p.epilogue = epilogue;
     p.scale = e.func("scale");
     p.scale(v.c) = e.in(inverse_std(e.wide(running_var(v.c)), eps) *
                         Halide::cast(e.acc, weight_or_one(weight, v.c, e)));

@@ -24,6 +24,8 @@
 // Tunables come from ScheduleParams (schedules/machines/*.params); defaults below.
 #pragma once
 
+#include <functional>
+
 #include "Halide.h"
 #include "bn2d_algorithm.h"
 #include "schedule_params.h"
@@ -239,7 +241,7 @@ inline Expr channel_group(const ChannelSums &s, Expr C, const Knobs &k) {
 inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Func> &side_outputs,
                                  const std::vector<Func> &per_channel_funcs,
                                  const std::vector<Halide::ImageParam> &prefetched, const Vars &v,
-                                 const Knobs &k) {
+                                 const Knobs &k, const std::vector<Expr> &cases = {}) {
     Halide::OutputImageParam ob = out.output_buffer();
     Expr W = ob.dim(0).extent(), C = ob.dim(2).extent();
     Expr few_channels = C < k.min_channels;
@@ -295,6 +297,9 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
         .fuse(row, v.n, rows)
         .parallel(rows);
     vectorize_and_prefetch(few, wi, row_chunk);
+    // The switches' cases (for_each_case) below the few-channel copy, which keeps the general
+    // form: with few channels the loop runs inside channels, where memory, not the loop, limits.
+    for (const Expr &c : cases) vectorize_and_prefetch(out.specialize(c), v.w, W);
     vectorize_and_prefetch(out, v.w, W);
     schedule_channel_sums(s, LoopLevel(out, group), k, few_channels);
     for (Func f : per_channel_funcs) f.compute_at(out, group);
@@ -323,6 +328,28 @@ inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &
     for (Func f : per_channel_funcs) f.compute_at(first, co);
 }
 
+// Run-time switches (the fused epilogue's, the ReLU's mask in backward) as copies of a
+// pointwise loop, one per combination a network calls, each simplified with its switches
+// known: a plain call then neither loads z nor tests signs. Where the loop and not memory is
+// the limit (cache-resident tensors, 7x7 planes) the general form costs 1.4-1.8x
+// (bench/results/cpu_epilogue_*.md). The loop left after the cases serves every other
+// combination. A switch that is a constant (a stage in a user's pipeline) needs no copy.
+inline bool runtime_switch(const Expr &e) { return e.defined() && !Halide::Internal::is_const(e); }
+inline std::vector<Expr> epilogue_cases(const Epilogue &ep) {
+    const bool add = ep.residual.defined() && runtime_switch(ep.add_residual);
+    const Expr &a = ep.add_residual, &r = ep.relu;
+    if (add && runtime_switch(r)) return {!a && !r, !a && r, a && r};
+    if (add) return {a};
+    if (runtime_switch(r)) return {r};
+    return {};
+}
+// `schedule` applied to each case's copy of `out`'s loop, then to the loop of the rest.
+inline void for_each_case(Func out, const std::vector<Expr> &cases,
+                          const std::function<void(Halide::Stage)> &schedule) {
+    for (const Expr &c : cases) schedule(out.specialize(c));
+    schedule(out);
+}
+
 // A pointwise 4-D output: W split into row chunks of at most `chunk` elements; all chunks of
 // all rows form one loop, cut into parallel tasks of about `grain` elements.
 // The chunk is min(W, chunk) with ShiftInwards (the last chunk of a row overlaps the one before
@@ -331,19 +358,22 @@ inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &
 // With at least `min_batch` batch items, each item is a task and the loops stay nested: the
 // fused loop needs a division per row to recover (c, n), which costs more than a 7x7 row
 // (measured: eval on 32x2048x7x7 2.7x the streaming bound with the fused loop).
-inline void schedule_pointwise(Func out, Func per_channel, const Vars &v, const Knobs &k) {
+inline void schedule_pointwise(Func out, Func per_channel, const Vars &v, const Knobs &k,
+                               const std::vector<Expr> &cases = {}) {
     Halide::OutputImageParam ob = out.output_buffer();
     Expr row_len = Halide::min(ob.dim(0).extent(), k.chunk);
     Expr rows_per_task = Halide::max(1, k.grain / Halide::max(row_len, 1));
     Var wo("wo"), wi("wi"), row("row"), plane("plane"), rows("rows"), task("task"), ti("ti");
-    out.split(v.w, wo, wi, row_len, TailStrategy::ShiftInwards)
-        .vectorize(wi, k.lanes, TailStrategy::GuardWithIf);
-    out.specialize(ob.dim(3).extent() >= k.min_batch).parallel(v.n);
-    out.fuse(wo, v.h, row)
-        .fuse(row, v.c, plane)
-        .fuse(plane, v.n, rows)
-        .split(rows, task, ti, rows_per_task, TailStrategy::GuardWithIf)
-        .parallel(task);
+    for_each_case(out, cases, [&](Halide::Stage s) {
+        s.split(v.w, wo, wi, row_len, TailStrategy::ShiftInwards)
+            .vectorize(wi, k.lanes, TailStrategy::GuardWithIf);
+        s.specialize(ob.dim(3).extent() >= k.min_batch).parallel(v.n);
+        s.fuse(wo, v.h, row)
+            .fuse(row, v.c, plane)
+            .fuse(plane, v.n, rows)
+            .split(rows, task, ti, rows_per_task, TailStrategy::GuardWithIf)
+            .parallel(task);
+    });
     if (per_channel.defined()) per_channel.compute_root();
 }
 
@@ -394,16 +424,19 @@ inline void schedule_channel_sums_nhwc(ChannelSums &s, Expr C, const Knobs &k,
 
 // A pointwise NHWC output: channels innermost and vectorized, all rows in one loop cut into
 // parallel tasks of about `grain` elements.
-inline void schedule_pointwise_nhwc(Func out, const Vars &v, const Knobs &k) {
+inline void schedule_pointwise_nhwc(Func out, const Vars &v, const Knobs &k,
+                                    const std::vector<Expr> &cases = {}) {
     Expr C = out.output_buffer().dim(2).extent();
     Expr rows_per_task = Halide::max(1, k.grain / Halide::max(C, 1));
     Var wh("wh"), rows("rows"), task("task"), ti("ti");
-    out.reorder(v.c, v.w, v.h, v.n)
-        .vectorize(v.c, k.lanes, TailStrategy::GuardWithIf)
-        .fuse(v.w, v.h, wh)
-        .fuse(wh, v.n, rows)
-        .split(rows, task, ti, rows_per_task, TailStrategy::GuardWithIf)
-        .parallel(task);
+    for_each_case(out, cases, [&](Halide::Stage s) {
+        s.reorder(v.c, v.w, v.h, v.n)
+            .vectorize(v.c, k.lanes, TailStrategy::GuardWithIf)
+            .fuse(v.w, v.h, wh)
+            .fuse(wh, v.n, rows)
+            .split(rows, task, ti, rows_per_task, TailStrategy::GuardWithIf)
+            .parallel(task);
+    });
 }
 
 inline void compute_per_channel(const std::vector<Func> &funcs, const Vars &v, const Knobs &k) {
@@ -422,7 +455,7 @@ inline void schedule_train_forward(TrainForward &p, const std::string &kernel, L
         compute_per_channel({p.mean, p.scale}, v, k);
         compute_per_channel({p.saved_mean, p.saved_invstd, p.running_mean_out, p.running_var_out},
                             v, k);
-        schedule_pointwise_nhwc(p.y, v, k);
+        schedule_pointwise_nhwc(p.y, v, k, epilogue_cases(p.epilogue));
         return;
     }
     // The shift once per channel (inlined it was recomputed for every vector of the sums).
@@ -436,10 +469,10 @@ inline void schedule_eval_forward(EvalForward &p, const std::string &kernel, Lay
     Knobs k = knobs(sp, kernel, t);
     if (layout == Layout::nhwc) {
         compute_per_channel({p.scale}, v, k);
-        schedule_pointwise_nhwc(p.y, v, k);
+        schedule_pointwise_nhwc(p.y, v, k, epilogue_cases(p.epilogue));
         return;
     }
-    schedule_pointwise(p.y, p.scale, v, k);
+    schedule_pointwise(p.y, p.scale, v, k, epilogue_cases(p.epilogue));
 }
 
 inline void schedule_backward(Backward &p, const std::string &kernel, Layout layout, const Vars &v,
@@ -460,6 +493,8 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
     const bool specialize =
         p.training && t.natural_vector_size<float>() >= 8 && !t.has_feature(Target::LargeBuffers);
     const Expr relu = specialize ? p.relu : Expr();
+    const std::vector<Expr> relu_cases =
+        relu.defined() ? std::vector<Expr>{relu} : std::vector<Expr>{};
     if (p.local_sums.defined()) {
         p.local_sums.bound(p.field, 0, 2).reorder(p.field, v.c).unroll(p.field);
         params.push_back(p.local_sums);
@@ -475,18 +510,17 @@ inline void schedule_backward(Backward &p, const std::string &kernel, Layout lay
         }
         compute_per_channel({p.coefficients}, v, k);
         compute_per_channel(params, v, k);
-        if (p.grad_input.defined()) schedule_pointwise_nhwc(p.grad_input, v, k);
-        if (p.grad_input.defined() && relu.defined()) p.grad_input.specialize(relu);
+        if (p.grad_input.defined()) schedule_pointwise_nhwc(p.grad_input, v, k, relu_cases);
         return;
     }
     // NCHW computes the sums inside grad_input's loop (or the first parameter gradient's), so
     // specializing that loop covers them, except in the few-channel specialization, which is
     // taken first and so keeps the load (from grad_out's lines).
     if (p.grad_input.defined() && reduce) {
-        schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, prefetched, v, k);
-        if (relu.defined()) p.grad_input.specialize(relu);
+        schedule_per_channel(p.grad_input, p.sums, params, {p.coefficients}, prefetched, v, k,
+                             relu_cases);
     } else if (p.grad_input.defined()) {
-        schedule_pointwise(p.grad_input, p.coefficients, v, k);
+        schedule_pointwise(p.grad_input, p.coefficients, v, k, relu_cases);
     } else {
         schedule_reduction_only(params, p.sums, v, k, {}, memory_order);
         if (relu.defined()) params.front().specialize(relu);
