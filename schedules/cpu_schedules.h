@@ -210,6 +210,28 @@ inline void schedule_channel_sums_in_memory_order(ChannelSums &s, const LoopLeve
         .unroll(rzi);
 }
 
+// Run-time switches (the fused epilogue's, the ReLU's mask in backward) as copies of a
+// pointwise loop, one per combination a network calls, each simplified with its switches
+// known: a plain call then neither loads z nor tests signs. Where the loop and not memory is
+// the limit (cache-resident tensors, 7x7 planes) the general form costs 1.4-1.8x
+// (bench/results/cpu_epilogue_*.md). The loop left after the cases serves every other
+// combination. A switch that is a constant (a stage in a user's pipeline) needs no copy.
+inline bool runtime_switch(const Expr &e) { return e.defined() && !Halide::Internal::is_const(e); }
+inline std::vector<Expr> epilogue_cases(const Epilogue &ep) {
+    const bool add = ep.residual.defined() && runtime_switch(ep.add_residual);
+    const Expr &a = ep.add_residual, &r = ep.relu;
+    if (add && runtime_switch(r)) return {!a && !r, !a && r, a && r};
+    if (add) return {a};
+    if (runtime_switch(r)) return {r};
+    return {};
+}
+// `schedule` applied to each case's copy of `out`'s loop, then to the loop of the rest.
+inline void for_each_case(Func out, const std::vector<Expr> &cases,
+                          const std::function<void(Halide::Stage)> &schedule) {
+    for (const Expr &c : cases) schedule(out.specialize(c));
+    schedule(out);
+}
+
 // Channels per parallel task: enough for `grain` elements, at most C. Splits by it use
 // ShiftInwards: the last group overlaps the one before instead of being guarded, so every
 // group has the same bounds.
@@ -297,10 +319,9 @@ inline void schedule_per_channel(Func out, ChannelSums &s, const std::vector<Fun
         .fuse(row, v.n, rows)
         .parallel(rows);
     vectorize_and_prefetch(few, wi, row_chunk);
-    // The switches' cases (for_each_case) below the few-channel copy, which keeps the general
-    // form: with few channels the loop runs inside channels, where memory, not the loop, limits.
-    for (const Expr &c : cases) vectorize_and_prefetch(out.specialize(c), v.w, W);
-    vectorize_and_prefetch(out, v.w, W);
+    // A copy per switch case below the few-channel copy, which keeps the general form: with few
+    // channels the loop runs inside channels, where memory, not the loop, limits.
+    for_each_case(out, cases, [&](Halide::Stage stage) { vectorize_and_prefetch(stage, v.w, W); });
     schedule_channel_sums(s, LoopLevel(out, group), k, few_channels);
     for (Func f : per_channel_funcs) f.compute_at(out, group);
     for (Func f : side_outputs) split_channels(f).compute_with(out, group);
@@ -326,28 +347,6 @@ inline void schedule_reduction_only(const std::vector<Func> &outs, ChannelSums &
     else
         schedule_channel_sums(s, LoopLevel(first, co), k, C < k.min_channels);
     for (Func f : per_channel_funcs) f.compute_at(first, co);
-}
-
-// Run-time switches (the fused epilogue's, the ReLU's mask in backward) as copies of a
-// pointwise loop, one per combination a network calls, each simplified with its switches
-// known: a plain call then neither loads z nor tests signs. Where the loop and not memory is
-// the limit (cache-resident tensors, 7x7 planes) the general form costs 1.4-1.8x
-// (bench/results/cpu_epilogue_*.md). The loop left after the cases serves every other
-// combination. A switch that is a constant (a stage in a user's pipeline) needs no copy.
-inline bool runtime_switch(const Expr &e) { return e.defined() && !Halide::Internal::is_const(e); }
-inline std::vector<Expr> epilogue_cases(const Epilogue &ep) {
-    const bool add = ep.residual.defined() && runtime_switch(ep.add_residual);
-    const Expr &a = ep.add_residual, &r = ep.relu;
-    if (add && runtime_switch(r)) return {!a && !r, !a && r, a && r};
-    if (add) return {a};
-    if (runtime_switch(r)) return {r};
-    return {};
-}
-// `schedule` applied to each case's copy of `out`'s loop, then to the loop of the rest.
-inline void for_each_case(Func out, const std::vector<Expr> &cases,
-                          const std::function<void(Halide::Stage)> &schedule) {
-    for (const Expr &c : cases) schedule(out.specialize(c));
-    schedule(out);
 }
 
 // A pointwise 4-D output: W split into row chunks of at most `chunk` elements; all chunks of
