@@ -573,17 +573,11 @@ void finish_layer(benchmark::State &state, Op op, const Layer &l) {
     state.counters["layers"] = l.count;
 }
 
-// What our automatic strategy runs for the call: split or fused (bn2d::CpuStrategy).
-const char *our_strategy(Op op, const Shape &s, bool nhwc) {
+// What the op's last call ran: split or fused (bn2d::CpuStrategy), as the runtime chose it.
+const char *our_strategy(Op op, bool nhwc) {
     if (op == Op::EvalFwd) return "pointwise";
     if (nhwc) return "nhwc";
-    const bool backward = op == Op::Bwd;
-    switch (bn2d::cpu_strategy()) {
-    case bn2d::CpuStrategy::fused: return "fused";
-    case bn2d::CpuStrategy::split: return "split";
-    case bn2d::CpuStrategy::automatic: break;
-    }
-    return s.h * s.w <= bn2d::split_max_plane(backward) ? "split" : "fused";
+    return bn2d::last_cpu_strategy_used() == bn2d::CpuStrategy::split ? "split" : "fused";
 }
 
 void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc,
@@ -614,7 +608,7 @@ void bench_layer_ours(benchmark::State &state, Op op, Layer l, bool nhwc,
     }
     finish_layer(state, op, l);
     state.SetLabel(std::string(bn2d::isa_name(bn2d::last_cpu_isa_used())) + " " +
-                   our_strategy(op, s, nhwc));
+                   our_strategy(op, nhwc));
 }
 
 // The floor (streaming stores) or the bound (ordinary stores) of a layer's bytes, moved in the

@@ -88,8 +88,13 @@ bn2d_kernel(split_bwd_sums   DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_ba
 #   (0 when it does not), the generators accept the key, and the runtime reads it from the
 #   generated table (detail::threshold(op, knob)). Kernels do not depend on it: tuning it
 #   (scripts/tune_strategy.sh) rebuilds the runtime only.
-#   split_max_plane  the largest H*W whose training calls run the split strategy
+#   split_max_plane      the largest H*W whose training calls run the split strategy
+#   split_max_plane_add  the same for a training forward that adds a residual (forward_add):
+#                        the fused kernel's epilogue is one general loop, the split strategy's
+#                        pointwise pass has a copy per case (backward's fused kernel reads the
+#                        residual's gradient like any other, so it needs no threshold of its own)
 bn2d_threshold(train_fwd split_max_plane)
+bn2d_threshold(train_fwd split_max_plane_add)
 bn2d_threshold(train_bwd split_max_plane)
 
 # bn2d_target(<backend> <name> <Halide target>)

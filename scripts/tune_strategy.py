@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Tunes the CPU strategy thresholds (bn2d::CpuStrategy): for each ISA asked, runs the benchmark's
 ours_fused and ours_split (NCHW float32 training forward and backward, the suite's shapes and
-ResNet-50's layers) in one interleaved run, and sets runtime.<op>.split_max_plane in a machine
-file to the largest plane at or below which split wins on every shape and every ISA measured.
-Writes a report: per shape and op, each strategy's time / floor (the lower of the streaming
-floor and the ordinary-store bound) and the choice.
+ResNet-50's layers) in one interleaved run, and sets each threshold in a machine file to the
+largest plane at or below which split wins on every shape and every ISA measured:
+runtime.<op>.split_max_plane from the calls without a residual, runtime.train_fwd.
+split_max_plane_add from ResNet-50's forward_add layers (add + ReLU). Writes a report: per shape
+and op, each strategy's time / floor (the lower of the streaming floor and the ordinary-store
+bound) and the choice.
 
   scripts/tune_strategy.py --bench build/bench/bn2d_bench --isas avx512,avx2 \\
       --params schedules/machines/default.params [--markdown-out FILE] [--repetitions N]
   scripts/tune_strategy.py --from-json run_avx512.json,run_avx2.json --params FILE
 
-The machine file is rewritten in place: the two runtime.* lines replaced (or appended), every
+The machine file is rewritten in place: the three runtime.* lines replaced (or appended), every
 other line kept. --dry-run reports without writing it.
 """
 import argparse
@@ -21,11 +23,15 @@ import subprocess
 import sys
 import tempfile
 
-OPS = {"train_fwd": "train_fwd", "bwd": "train_bwd"}  # benchmark op -> machine-file kernel
+# The thresholds: (benchmark op, the layers' tail, machine-file kernel, knob). The suite's shapes
+# have no tail ("none").
+THRESHOLDS = [("train_fwd", "none", "train_fwd", "split_max_plane"),
+              ("bwd", "none", "train_bwd", "split_max_plane"),
+              ("train_fwd", "add_relu", "train_fwd", "split_max_plane_add")]
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 IMPLS = "(ours_fused|ours_split|floor|bound)"
 FILTER = (r"^(train_fwd|bwd)/" + IMPLS + r"/[0-9x]+/real_time|^resnet50/(train_fwd|bwd)/" + IMPLS +
-          r"/[0-9x]+/none/")
+          r"/[0-9x]+/(none|add_relu)/")
 
 
 def run(bench, isa, reps):
@@ -42,17 +48,14 @@ def run(bench, isa, reps):
 
 
 def medians(data):
-    """(context, {(op, impl, shape): median ms}) of the strategy benchmarks in a run."""
+    """(context, {(op, impl, shape, tail): median ms}) of the strategy benchmarks in a run."""
     times = {}
     for b in data["benchmarks"]:
         if b.get("aggregate_name") != "median" or b.get("error_occurred"):
             continue
         parts = b["run_name"].split("/")
-        if parts[0] == "resnet50":
-            if parts[4] != "none":
-                continue
-            parts = parts[1:4]
-        times[tuple(parts[:3])] = b["real_time"] * TO_MS[b["time_unit"]]
+        key = tuple(parts[1:5]) if parts[0] == "resnet50" else tuple(parts[:3]) + ("none",)
+        times[key] = b["real_time"] * TO_MS[b["time_unit"]]
     return data.get("context", {}), times
 
 
@@ -88,10 +91,11 @@ def main():
              "interleaved repetitions; time / floor (floor: the lower of streaming and "
              "ordinary stores)." % args.repetitions, ""]
     chosen = {}
-    for op, kernel in OPS.items():
-        shapes = sorted({s for (o, i, s) in next(iter(runs.values()))[1] if o == op},
-                        key=lambda s: (plane(s), s))
-        lines += ["### %s" % kernel, "",
+    for op, tail, kernel, knob in THRESHOLDS:
+        key = "runtime.%s.%s" % (kernel, knob)
+        shapes = sorted({s for (o, i, s, t) in next(iter(runs.values()))[1]
+                         if o == op and t == tail}, key=lambda s: (plane(s), s))
+        lines += ["### %s (%s)" % (kernel, "no residual" if tail == "none" else tail), "",
                   "| shape | plane | " + " | ".join(
                       "%s fused/floor | %s split/floor | %s split/fused" % (i, i, i)
                       for i in runs) + " | split wins |",
@@ -100,8 +104,9 @@ def main():
         for s in shapes:
             cells, won = [], True
             for isa, (_, t) in runs.items():
-                f, sp = t.get((op, "ours_fused", s)), t.get((op, "ours_split", s))
-                fl = min(v for v in (t.get((op, "floor", s)), t.get((op, "bound", s))) if v)
+                f, sp = t.get((op, "ours_fused", s, tail)), t.get((op, "ours_split", s, tail))
+                fl = min(v for v in (t.get((op, "floor", s, tail)), t.get((op, "bound", s, tail)))
+                         if v)
                 if f is None or sp is None:
                     won = False
                     cells.append("- | - | -")
@@ -117,8 +122,8 @@ def main():
             if not all(w for q, w in wins if q <= p):
                 break
             limit = p
-        chosen[kernel] = limit
-        lines += ["", "runtime.%s.split_max_plane = %d" % (kernel, limit), ""]
+        chosen[key] = limit
+        lines += ["", "%s = %d" % (key, limit), ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown_out:
@@ -128,8 +133,7 @@ def main():
         return
     with open(args.params) as f:
         content = f.read()
-    for kernel, limit in chosen.items():
-        key = "runtime.%s.split_max_plane" % kernel
+    for key, limit in chosen.items():
         line = "%s = %d" % (key, limit)
         pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=.*$", re.M)
         content = pattern.sub(line, content) if pattern.search(content) else \

@@ -63,25 +63,26 @@ TEST_P(Streaming, MatchesFloat64Reference) {
     check_against_reference(GetParam(), line_aligned_shapes(GetParam().x_layout), Device::CPU);
 }
 
-// What one op wrote, with whether it streamed.
-struct Outputs {
+// What each op wrote, and whether its (last) kernel streamed.
+struct Op {
+    bool streamed;
     std::vector<std::vector<double>> tensors;
-    std::vector<bool> streamed;
 };
 
 // Training and eval forward (plain, and residual + ReLU) and backward with grad_input (with and
-// without the parameter gradients), on a fresh module with the parameters of `seed`; every
-// output poisoned before its op.
-Outputs run_ops(const Variant &var, const Shape &s, uint32_t seed) {
+// without the parameter gradients; after a residual forward, backward_add, which also writes
+// the residual's gradient), on a fresh module with the parameters of `seed`; every output
+// poisoned before its op.
+std::vector<Op> run_ops(const Variant &var, const Shape &s, uint32_t seed) {
     std::mt19937 rng(seed);
-    Outputs out;
+    std::vector<Op> ops;
     for (Activation act : {Activation::none, Activation::relu}) {
         Options o;
         o.activation = act;
         ModuleAndReference m(var, s, o, rng, Device::CPU);
         TypedTensor x(var.dtype, s, var.x_layout), z(var.dtype, s, var.x_layout);
         TypedTensor y(var.dtype, s, var.y_layout), dy(var.dtype, s, var.y_layout);
-        TypedTensor dx(var.dtype, s, var.y_layout);
+        TypedTensor dx(var.dtype, s, var.y_layout), dz(var.dtype, s, var.y_layout);
         x.randomize(rng, 1.0, 2.0);
         z.randomize(rng);
         dy.randomize(rng);
@@ -90,18 +91,21 @@ Outputs run_ops(const Variant &var, const Shape &s, uint32_t seed) {
             const bool add = act == Activation::relu;
             y.poison();
             add ? m.bn.forward_add(x.view(), z.view(), y.view()) : m.bn.forward(x.view(), y.view());
-            out.streamed.push_back(last_call_streamed());
-            out.tensors.push_back(y.values());
+            ops.push_back({last_call_streamed(), {y.values()}});
             for (const BackwardMask &mask : {BackwardMask{true, true}, BackwardMask{true, false}}) {
                 dx.poison();
+                dz.poison();
                 m.bn.zero_grad();
-                m.bn.backward(dy.view(), dx.view(), mask);
-                out.streamed.push_back(last_call_streamed());
-                out.tensors.push_back(dx.values());
+                if (add)
+                    m.bn.backward_add(dy.view(), dx.view(), dz.view(), mask);
+                else
+                    m.bn.backward(dy.view(), dx.view(), mask);
+                ops.push_back({last_call_streamed(), {dx.values()}});
+                if (add) ops.back().tensors.push_back(dz.values());
             }
         }
     }
-    return out;
+    return ops;
 }
 
 int64_t unwritten(const std::vector<double> &v) {
@@ -114,7 +118,7 @@ TEST_P(Streaming, RunsWhenLineAlignedAndMatchesOrdinaryStoresBitForBit) {
     if (const std::string why = not_built(var); !why.empty()) GTEST_SKIP() << why;
     for (const Shape &s : line_aligned_shapes(var.x_layout)) {
         SCOPED_TRACE(s.name());
-        Outputs ordinary, streamed;
+        std::vector<Op> ordinary, streamed;
         {
             StreamingMode never(StreamingStores::never);
             ordinary = run_ops(var, s, 7);
@@ -123,15 +127,18 @@ TEST_P(Streaming, RunsWhenLineAlignedAndMatchesOrdinaryStoresBitForBit) {
             StreamingMode always(StreamingStores::always);
             streamed = run_ops(var, s, 7);
         }
-        ASSERT_EQ(ordinary.tensors.size(), streamed.tensors.size());
-        for (size_t i = 0; i < streamed.tensors.size(); ++i) {
+        ASSERT_EQ(ordinary.size(), streamed.size());
+        for (size_t i = 0; i < streamed.size(); ++i) {
             SCOPED_TRACE("op " + std::to_string(i));
-            EXPECT_FALSE(ordinary.streamed[i]);
-            EXPECT_TRUE(streamed.streamed[i]);
-            EXPECT_EQ(unwritten(streamed.tensors[i]), 0);
-            EXPECT_EQ(std::memcmp(streamed.tensors[i].data(), ordinary.tensors[i].data(),
-                                  streamed.tensors[i].size() * sizeof(double)),
-                      0);
+            EXPECT_FALSE(ordinary[i].streamed);
+            EXPECT_TRUE(streamed[i].streamed);
+            ASSERT_EQ(ordinary[i].tensors.size(), streamed[i].tensors.size());
+            for (size_t t = 0; t < streamed[i].tensors.size(); ++t) {
+                const std::vector<double> &a = streamed[i].tensors[t], &b = ordinary[i].tensors[t];
+                EXPECT_EQ(unwritten(a), 0) << "output " << t;
+                EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)), 0)
+                    << "output " << t;
+            }
         }
     }
 }
@@ -142,10 +149,11 @@ TEST_P(Streaming, OtherShapesTakeTheOrdinaryKernels) {
     if (const std::string why = not_built(var); !why.empty()) GTEST_SKIP() << why;
     const Shape s = var.x_layout == "nhwc" ? Shape{2, 24, 4, 4} : Shape{2, 3, 5, 5};
     StreamingMode always(StreamingStores::always);
-    const Outputs out = run_ops(var, s, 11);
-    for (size_t i = 0; i < out.tensors.size(); ++i) {
-        EXPECT_FALSE(out.streamed[i]) << "op " << i;
-        EXPECT_EQ(unwritten(out.tensors[i]), 0) << "op " << i;
+    const std::vector<Op> ops = run_ops(var, s, 11);
+    for (size_t i = 0; i < ops.size(); ++i) {
+        EXPECT_FALSE(ops[i].streamed) << "op " << i;
+        for (const std::vector<double> &t : ops[i].tensors)
+            EXPECT_EQ(unwritten(t), 0) << "op " << i;
     }
 }
 

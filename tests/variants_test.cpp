@@ -140,12 +140,16 @@ std::ostream &operator<<(std::ostream &os, const TrainingKernels &k) {
     return os;
 }
 
-TrainingKernels training_kernels(const Shape &s, const std::string &layout = "nchw") {
+// The kernels a training forward and backward run (`residual`: forward_add and backward_add).
+TrainingKernels training_kernels(const Shape &s, const std::string &layout = "nchw",
+                                 bool residual = false) {
     std::mt19937 rng(11);
     TypedTensor x(DType::float32, s, layout), y(DType::float32, s, layout);
     TypedTensor dy(DType::float32, s, layout), dx(DType::float32, s, layout);
+    TypedTensor z(DType::float32, s, layout), dz(DType::float32, s, layout);
     x.randomize(rng);
     dy.randomize(rng);
+    z.randomize(rng);
     BatchNorm2d bn(s.c);
     auto kernels_of = [](const std::vector<std::string> &lines) {
         std::vector<std::string> kernels;
@@ -156,8 +160,13 @@ TrainingKernels training_kernels(const Shape &s, const std::string &layout = "nc
         return kernels;
     };
     TrainingKernels k;
-    k.forward = kernels_of(verbose_lines_of([&] { bn.forward(x.view(), y.view()); }));
-    k.backward = kernels_of(verbose_lines_of([&] { bn.backward(dy.view(), dx.view()); }));
+    k.forward = kernels_of(verbose_lines_of([&] {
+        residual ? bn.forward_add(x.view(), z.view(), y.view()) : bn.forward(x.view(), y.view());
+    }));
+    k.backward = kernels_of(verbose_lines_of([&] {
+        residual ? bn.backward_add(dy.view(), dx.view(), dz.view())
+                 : bn.backward(dy.view(), dx.view());
+    }));
     return k;
 }
 
@@ -180,6 +189,31 @@ TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThresholds) {
             EXPECT_EQ(of(training_kernels({2, 15, 1, limit})), of(kFused));
         }
         EXPECT_EQ(of(training_kernels({2, 16, 1, limit + 1})), of(kFused));
+    }
+}
+
+// forward_add has its own threshold (its fused kernel's epilogue is one general loop);
+// backward_add runs the residual's gradient, then backward by backward's threshold. What ran is
+// what last_cpu_strategy_used() reports.
+TEST(Strategy, ForwardAddHasAThresholdOfItsOwn) {
+    StrategyGuard automatic(CpuStrategy::automatic);
+    const int64_t limit = split_max_plane(false, true);
+    EXPECT_EQ(split_max_plane(true, true), split_max_plane(true));
+    const std::vector<std::string> residual_first = {"eval_bwd_input"};
+    auto after_residual = [&](std::vector<std::string> k) {
+        k.insert(k.begin(), residual_first.begin(), residual_first.end());
+        return k;
+    };
+    for (int64_t plane : {limit, limit + 1}) {
+        if (plane == 0) continue;
+        SCOPED_TRACE("plane " + std::to_string(plane));
+        const bool split = plane <= limit;
+        const TrainingKernels k = training_kernels({2, 16, 1, plane}, "nchw", true);
+        EXPECT_EQ(k.forward, split ? kSplitForward : kFusedForward);
+        const bool split_backward = plane <= split_max_plane(true);
+        EXPECT_EQ(k.backward, after_residual(split_backward ? kSplitBackward : kFusedBackward));
+        EXPECT_EQ(last_cpu_strategy_used(),
+                  split_backward ? CpuStrategy::split : CpuStrategy::fused);
     }
 }
 

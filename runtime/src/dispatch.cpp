@@ -254,15 +254,18 @@ void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
 // than this, automatic leaves the call to the fused kernels, which also split inside channels.
 constexpr int64_t kSplitMinChannels = 16;
 
-bool split_strategy(const Call &c, bool backward) {
+bool split_strategy(const Call &c, bool backward, bool residual) {
     if (c.device != Device::CPU || c.large || c.layout != Layout::nchw) return false;
+    bool split = false;
     switch (cpu_strategy()) {
-    case CpuStrategy::fused: return false;
-    case CpuStrategy::split: return true;
-    case CpuStrategy::automatic: break;
+    case CpuStrategy::fused: break;
+    case CpuStrategy::split: split = true; break;
+    case CpuStrategy::automatic:
+        split = c.x.size(1) >= kSplitMinChannels &&
+                c.x.size(2) * c.x.size(3) <= split_max_plane(backward, residual);
     }
-    return c.x.size(1) >= kSplitMinChannels &&
-           c.x.size(2) * c.x.size(3) <= split_max_plane(backward);
+    set_last_cpu_strategy(split ? CpuStrategy::split : CpuStrategy::fused);
+    return split;
 }
 
 void run_sync_merge(const Call &c, const char *op, halide_buffer_t *gathered,
@@ -308,7 +311,7 @@ void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t
 
 void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOutputs &t,
                    HalideBuffer &partial, HalideBuffer &merged_var) {
-    if (!split_strategy(c, false)) {
+    if (!split_strategy(c, false, f.epilogue.residual != nullptr)) {
         auto a = forward_args<TrainFwdArgs>(f);
         a.factor = t.factor;
         a.saved_mean = t.saved_mean;

@@ -123,6 +123,7 @@ void sync_to_host(HalideBuffer &b, Device d, const char *what);
 CpuIsa select_cpu_isa();
 void init_settings_from_environment();
 void set_last_call_streamed(bool streamed);
+void set_last_cpu_strategy(CpuStrategy strategy);  // last_cpu_strategy_used()
 
 // ---- kernel dispatch (dispatch.cpp) ----
 // Each picks the kernel of the variant table for the device (and, on the CPU, the ISA), runs
@@ -178,8 +179,9 @@ void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial)
 void run_split_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
 void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b);
 // Whether a training call runs the split strategy: the setting, else the machine file's
-// threshold on H*W; only where the split kernels exist (CPU, NCHW, 32-bit indexing).
-bool split_strategy(const Call &c, bool backward);
+// threshold on H*W (`residual`: a forward that adds one); only where the split kernels exist
+// (CPU, NCHW, 32-bit indexing).
+bool split_strategy(const Call &c, bool backward, bool residual = false);
 // The merge of every process's {count, mean, M2} (`gathered`, (C, 3, processes)) into a
 // training forward's statistics (`t`: saved mean and invstd, updated running statistics) and
 // the biased variance it normalizes with (`merged_var`). Per channel: `c.x` is a stand-in for

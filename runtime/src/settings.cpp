@@ -26,6 +26,7 @@ thread_local int g_last_isa = kIsaCount - 1;
 std::atomic<int> g_streaming{static_cast<int>(StreamingStores::automatic)};
 std::atomic<int> g_strategy{static_cast<int>(CpuStrategy::automatic)};
 thread_local bool g_last_streamed = false;
+thread_local int g_last_strategy = static_cast<int>(CpuStrategy::automatic);
 
 // Halide's CPU feature check, as its multitarget wrappers make it: one 64-bit word per 64
 // features.
@@ -156,6 +157,7 @@ CpuIsa select_cpu_isa() {
 }
 
 void set_last_call_streamed(bool streamed) { g_last_streamed = streamed; }
+void set_last_cpu_strategy(CpuStrategy strategy) { g_last_strategy = static_cast<int>(strategy); }
 
 }  // namespace detail
 
@@ -188,9 +190,12 @@ CpuStrategy cpu_strategy() {
     return static_cast<CpuStrategy>(g_strategy.load(std::memory_order_relaxed));
 }
 
-int64_t split_max_plane(bool backward) {
-    return detail::threshold(backward ? "train_bwd" : "train_fwd", "split_max_plane");
+int64_t split_max_plane(bool backward, bool residual) {
+    if (backward) return detail::threshold("train_bwd", "split_max_plane");
+    return detail::threshold("train_fwd", residual ? "split_max_plane_add" : "split_max_plane");
 }
+
+CpuStrategy last_cpu_strategy_used() { return static_cast<CpuStrategy>(g_last_strategy); }
 
 int64_t streaming_threshold_bytes() { return last_level_cache_bytes(); }
 

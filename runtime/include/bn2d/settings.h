@@ -74,7 +74,8 @@ int64_t streaming_threshold_bytes();
 //   split:  two kernels that both read in memory order: the per-channel sums, then the
 //           pointwise pass (SyncBatchNorm2d's path with one process); x is read twice
 //   automatic (default): split where the planes (H*W) are short, at most the machine file's
-//           runtime.<op>.split_max_plane (schedules/machines/*.params), and there are at
+//           runtime.<op>.split_max_plane (schedules/machines/*.params; a training forward
+//           that adds a residual: runtime.train_fwd.split_max_plane_add), and there are at
 //           least 16 channels (the split kernels parallelize over channel groups only); else
 //           fused
 // Channels_last, strided, 64-bit-indexed and GPU calls always run their one kernel.
@@ -84,8 +85,12 @@ enum class CpuStrategy { automatic, fused, split };
 void set_cpu_strategy(CpuStrategy strategy);  // throws Error on a value that is no CpuStrategy
 CpuStrategy cpu_strategy();
 // automatic's thresholds, from the machine file the kernels were built with: the largest H*W
-// that training forward (backward) splits; 0: never.
-int64_t split_max_plane(bool backward);
+// that training forward (backward) splits; `residual`: a forward that adds one (forward_add;
+// backward's is the same either way); 0: never.
+int64_t split_max_plane(bool backward, bool residual = false);
+// What this thread's last training call that had the choice ran (CPU, NCHW, 32-bit indexing):
+// fused or split; automatic before any such call.
+CpuStrategy last_cpu_strategy_used();
 
 // ---- what was built ----
 struct BuildInfo {
