@@ -93,9 +93,14 @@ bn2d_kernel(split_bwd_sums   DTYPES ${all_dtypes} LAYOUTS nchw GENERATOR bn2d_ba
 #                        the fused kernel's epilogue is one general loop, the split strategy's
 #                        pointwise pass has a copy per case (backward's fused kernel reads the
 #                        residual's gradient like any other, so it needs no threshold of its own)
+#   split_max_cache_percent  also split a call whose tensors fit this percent of the last-level
+#                        cache (the bytes the streaming-store rule counts): the pointwise pass
+#                        then reads x from the cache, not from DRAM
 bn2d_threshold(train_fwd split_max_plane)
 bn2d_threshold(train_fwd split_max_plane_add)
+bn2d_threshold(train_fwd split_max_cache_percent)
 bn2d_threshold(train_bwd split_max_plane)
+bn2d_threshold(train_bwd split_max_cache_percent)
 
 # bn2d_target(<backend> <name> <Halide target>)
 #   cpu: one multitarget library per kernel, ISAs best first; the last must run on any x86-64

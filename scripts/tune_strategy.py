@@ -2,36 +2,43 @@
 """Tunes the CPU strategy thresholds (bn2d::CpuStrategy): for each ISA asked, runs the benchmark's
 ours_fused and ours_split (NCHW float32 training forward and backward, the suite's shapes and
 ResNet-50's layers) in one interleaved run, and sets each threshold in a machine file to the
-largest plane at or below which split wins on every shape and every ISA measured:
-runtime.<op>.split_max_plane from the calls without a residual, runtime.train_fwd.
-split_max_plane_add from ResNet-50's forward_add layers (add + ReLU). Writes a report: per shape
-and op, each strategy's time / floor (the lower of the streaming floor and the ordinary-store
-bound) and the choice.
+largest value at or below which split wins on every shape and every ISA measured:
+runtime.<op>.split_max_plane (the plane, H*W) from the calls without a residual,
+runtime.train_fwd.split_max_plane_add from ResNet-50's forward_add layers (add + ReLU), and
+runtime.<op>.split_max_cache_percent (the bytes the call moves, in percent of the last-level
+cache the benchmark reports) from the calls with or without a ReLU that the plane threshold
+leaves fused. Writes a report: per shape and op, each strategy's time / floor (the lower of the
+streaming floor and the ordinary-store bound) and the choice.
 
   scripts/tune_strategy.py --bench build/bench/bn2d_bench --isas avx512,avx2 \\
       --params schedules/machines/default.params [--markdown-out FILE] [--repetitions N]
   scripts/tune_strategy.py --from-json run_avx512.json,run_avx2.json --params FILE
 
-The machine file is rewritten in place: the three runtime.* lines replaced (or appended), every
-other line kept. --dry-run reports without writing it.
+The machine file is rewritten in place: the runtime.* lines replaced (or appended), every other
+line kept. --dry-run reports without writing it.
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
 
-# The thresholds: (benchmark op, the layers' tail, machine-file kernel, knob). The suite's shapes
-# have no tail ("none").
-THRESHOLDS = [("train_fwd", "none", "train_fwd", "split_max_plane"),
-              ("bwd", "none", "train_bwd", "split_max_plane"),
-              ("train_fwd", "add_relu", "train_fwd", "split_max_plane_add")]
+# The thresholds: (benchmark op, the layers' tails, machine-file kernel, knob). The suite's shapes
+# have no tail ("none"). Tuned in this order: a cache threshold counts the shapes its op's plane
+# threshold leaves fused.
+THRESHOLDS = [("train_fwd", ("none",), "train_fwd", "split_max_plane"),
+              ("bwd", ("none",), "train_bwd", "split_max_plane"),
+              ("train_fwd", ("add_relu",), "train_fwd", "split_max_plane_add"),
+              ("train_fwd", ("none", "relu"), "train_fwd", "split_max_cache_percent"),
+              ("bwd", ("none", "relu"), "train_bwd", "split_max_cache_percent")]
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 IMPLS = "(ours_fused|ours_split|floor|bound)"
 FILTER = (r"^(train_fwd|bwd)/" + IMPLS + r"/[0-9x]+/real_time|^resnet50/(train_fwd|bwd)/" + IMPLS +
-          r"/[0-9x]+/(none|add_relu)/")
+          r"/[0-9x]+/(none|relu|add_relu)/")
+MIN_CHANNELS = 16  # the runtime's: fewer channels always run fused
 
 
 def run(bench, isa, reps):
@@ -64,6 +71,27 @@ def plane(shape):
     return h * w
 
 
+def channels(shape):
+    return int(shape.split("x")[1])
+
+
+def cache_percent(op, shape, tail, llc_bytes):
+    """The bytes a float32 call moves, in percent of the last-level cache, counted as the
+    runtime's rule counts them: forward x and y (+ z when it adds a residual); backward x,
+    grad_out and grad_input (+ y when it passes a ReLU; backward_add's batch-norm backward
+    reads the residual's gradient, already through the ReLU)."""
+    n, c, h, w = (int(v) for v in shape.split("x"))
+    tensors = (3 if tail == "add_relu" else 2) if op == "train_fwd" else \
+        (4 if tail == "relu" else 3)
+    return 100.0 * n * c * h * w * 4 * tensors / llc_bytes
+
+
+def last_level_cache(context):
+    """The largest cache Google Benchmark's context lists (bytes), or None."""
+    sizes = [c.get("size", 0) for c in context.get("caches", [])]
+    return max(sizes) if sizes else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", help="the benchmark binary (build/bench/bn2d_bench)")
@@ -90,18 +118,32 @@ def main():
     lines = ["CPU strategy thresholds: ours_fused and ours_split, float32 NCHW, medians of %d "
              "interleaved repetitions; time / floor (floor: the lower of streaming and "
              "ordinary stores)." % args.repetitions, ""]
+    llc = {last_level_cache(context) for context, _ in runs.values()}
+    if len(llc) != 1 or None in llc:
+        sys.exit("tune_strategy: the runs do not report one last-level cache size: %s" % llc)
+    llc = llc.pop()
     chosen = {}
-    for op, tail, kernel, knob in THRESHOLDS:
+    for op, tails, kernel, knob in THRESHOLDS:
         key = "runtime.%s.%s" % (kernel, knob)
-        shapes = sorted({s for (o, i, s, t) in next(iter(runs.values()))[1]
-                         if o == op and t == tail}, key=lambda s: (plane(s), s))
-        lines += ["### %s (%s)" % (kernel, "no residual" if tail == "none" else tail), "",
-                  "| shape | plane | " + " | ".join(
+        by_cache = knob == "split_max_cache_percent"
+        plane_limit = chosen.get("runtime.%s.split_max_plane" % kernel, 0)
+
+        def measure(s, t):
+            return cache_percent(op, s, t, llc) if by_cache else plane(s)
+
+        shapes = sorted({(s, t) for (o, i, s, t) in next(iter(runs.values()))[1]
+                         if o == op and t in tails and channels(s) >= MIN_CHANNELS and
+                         not (by_cache and plane(s) <= plane_limit)},
+                        key=lambda st: (measure(*st), st))
+        title = "no residual" if tails == ("none",) else "/".join(tails)
+        what = "%% of the %.0f MiB cache" % (llc / 2**20) if by_cache else "plane"
+        lines += ["### %s (%s)" % (kernel, title), "",
+                  "| shape | tail | %s | " % what + " | ".join(
                       "%s fused/floor | %s split/floor | %s split/fused" % (i, i, i)
                       for i in runs) + " | split wins |",
-                  "|---|---:|" + "---:|---:|---:|" * len(runs) + "---|"]
+                  "|---|---|---:|" + "---:|---:|---:|" * len(runs) + "---|"]
         wins = []
-        for s in shapes:
+        for s, tail in shapes:
             cells, won = [], True
             for isa, (_, t) in runs.items():
                 f, sp = t.get((op, "ours_fused", s, tail)), t.get((op, "ours_split", s, tail))
@@ -113,15 +155,16 @@ def main():
                     continue
                 won = won and sp < f
                 cells.append("%.2f | %.2f | %.2f" % (f / fl, sp / fl, sp / f))
-            wins.append((plane(s), won))
-            lines.append("| %s | %d | %s | %s |" % (s, plane(s), " | ".join(cells),
-                                                    "yes" if won else "no"))
-        # The largest plane at or below which split won on every shape and ISA.
+            wins.append((measure(s, tail), won))
+            lines.append("| %s | %s | %.0f | %s | %s |" % (s, tail, measure(s, tail),
+                                                          " | ".join(cells), "yes" if won else "no"))
+        # The largest value at or below which split won on every shape and ISA (a percent:
+        # rounded up, so that the shape itself splits).
         limit = 0
         for p in sorted({q for q, _ in wins}):
             if not all(w for q, w in wins if q <= p):
                 break
-            limit = p
+            limit = math.ceil(p)
         chosen[key] = limit
         lines += ["", "%s = %d" % (key, limit), ""]
     text = "\n".join(lines) + "\n"

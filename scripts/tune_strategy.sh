@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Tunes the CPU strategy thresholds (runtime.train_fwd.split_max_plane,
-# runtime.train_bwd.split_max_plane, runtime.train_fwd.split_max_plane_add) of the machine
+# Tunes the CPU strategy thresholds (runtime.<op>.split_max_plane,
+# runtime.train_fwd.split_max_plane_add, runtime.<op>.split_max_cache_percent) of the machine
 # file the build uses, from the built
 # kernels: fused against split on the suite's shapes and ResNet-50's layers, for every ISA given,
 # and writes the report to bench/results/strategy_<machine>.md. Run it after scripts/tune.sh

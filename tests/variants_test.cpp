@@ -176,19 +176,49 @@ const std::vector<std::string> kSplitBackward = {"split_bwd_sums", "sync_bwd_inp
 const TrainingKernels kFused{kFusedForward, kFusedBackward};
 const TrainingKernels kSplit{kSplitForward, kSplitBackward};
 
+// The smallest batch of (16, 1, plane) samples whose training calls (forward: x and y,
+// forward_add also z; backward: x, grad_out and grad_input, backward_add's ReLU also y) do not
+// fit the cache rule's bytes, forward's nor backward's: beyond it, the plane decides.
+int64_t batch_beyond_cache(int64_t plane) {
+    const int64_t sample_bytes = 2 * 16 * plane * int64_t(sizeof(float));  // the fewest tensors
+    return std::max(split_max_cache_bytes(false), split_max_cache_bytes(true)) / sample_bytes + 1;
+}
+
 TEST(Strategy, AutomaticSplitsPlanesUpToTheMachineFilesThresholds) {
     StrategyGuard automatic(CpuStrategy::automatic);
     // A plane of exactly a threshold splits (a 1 x limit plane), one value more does not; with
     // 16 channels or more: fewer run fused (the split kernels parallelize over channels only).
+    // Batches too large for the cache rule (the next test).
     for (bool backward : {false, true}) {
         SCOPED_TRACE(backward ? "backward" : "forward");
         const int64_t limit = split_max_plane(backward);
         auto of = [&](const TrainingKernels &k) { return backward ? k.backward : k.forward; };
         if (limit > 0) {
-            EXPECT_EQ(of(training_kernels({2, 16, 1, limit})), of(kSplit));
+            EXPECT_EQ(of(training_kernels({batch_beyond_cache(limit), 16, 1, limit})), of(kSplit));
             EXPECT_EQ(of(training_kernels({2, 15, 1, limit})), of(kFused));
         }
-        EXPECT_EQ(of(training_kernels({2, 16, 1, limit + 1})), of(kFused));
+        EXPECT_EQ(of(training_kernels({batch_beyond_cache(limit + 1), 16, 1, limit + 1})),
+                  of(kFused));
+    }
+}
+
+// Whatever the plane, a call whose tensors fit split_max_cache_bytes() splits (its pointwise
+// pass reads x from the cache); one value more per plane does not. Forward moves 2 tensors
+// (x, y), backward 3 (x, grad_out, grad_input).
+TEST(Strategy, AutomaticSplitsCallsThatFitTheCache) {
+    StrategyGuard automatic(CpuStrategy::automatic);
+    for (bool backward : {false, true}) {
+        SCOPED_TRACE(backward ? "backward" : "forward");
+        const int64_t tensors = backward ? 3 : 2, batch = 2, channels = 16;
+        const int64_t plane =
+            split_max_cache_bytes(backward) / (tensors * batch * channels * int64_t(sizeof(float)));
+        // The rule off (0), or a plane the plane rule splits anyway: nothing to tell apart.
+        if (plane <= split_max_plane(backward)) continue;
+        auto of = [&](const TrainingKernels &k) { return backward ? k.backward : k.forward; };
+        EXPECT_EQ(of(training_kernels({batch, channels, 1, plane})), of(kSplit));
+        if (backward) EXPECT_EQ(last_cpu_strategy_used(), CpuStrategy::split);
+        EXPECT_EQ(of(training_kernels({batch, channels, 1, plane + 1})), of(kFused));
+        EXPECT_EQ(of(training_kernels({batch, channels - 1, 1, plane})), of(kFused));
     }
 }
 
@@ -207,7 +237,8 @@ TEST(Strategy, ForwardAddHasAThresholdOfItsOwn) {
         if (plane == 0) continue;
         SCOPED_TRACE("plane " + std::to_string(plane));
         const bool split = plane <= limit;
-        const TrainingKernels k = training_kernels({2, 16, 1, plane}, "nchw", true);
+        const TrainingKernels k =
+            training_kernels({batch_beyond_cache(plane), 16, 1, plane}, "nchw", true);
         EXPECT_EQ(k.forward, split ? kSplitForward : kFusedForward);
         const bool split_backward = plane <= split_max_plane(true);
         EXPECT_EQ(k.backward, after_residual(split_backward ? kSplitBackward : kFusedBackward));

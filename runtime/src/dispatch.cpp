@@ -65,6 +65,13 @@ bool line_aligned(const halide_buffer_t &out) {
     return true;
 }
 
+// The bytes of `tensors` tensors the size of `out`: what a call moves, for the rules below.
+int64_t bytes_moved(const halide_buffer_t &out, int tensors) {
+    int64_t bytes = out.type.bytes();
+    for (int d = 0; d < out.dimensions; ++d) bytes *= out.dim[d].extent;
+    return bytes * tensors;
+}
+
 // Whether a call writes its tensor output `out` with streaming stores: on the CPU with 32-bit
 // indexing, by the setting, when the output is line-aligned and (automatic) the `tensors`
 // tensors of out's size the call moves do not fit the last-level cache.
@@ -73,9 +80,7 @@ bool stream(const Call &c, const halide_buffer_t *out, int tensors) {
     const StreamingStores mode = streaming_stores();
     if (mode == StreamingStores::never || !line_aligned(*out)) return false;
     if (mode == StreamingStores::always) return true;
-    int64_t bytes = out->type.bytes();
-    for (int d = 0; d < out->dimensions; ++d) bytes *= out->dim[d].extent;
-    return bytes * tensors > streaming_threshold_bytes();
+    return bytes_moved(*out, tensors) > streaming_threshold_bytes();
 }
 
 // Runs the kernel of `args`' type (bn2d_kernel_args.h) from the selected set for the call's
@@ -181,16 +186,18 @@ Args &with_param_grads(Args &a, const BackwardBuffers &b) {
     return a;
 }
 
-// Whether a forward streams y: the tensors it moves are x and y, and the residual when one is
-// added.
+// The tensors of x's size a call moves: a forward x and y, and the residual when one is added;
+// a backward x, grad_out and grad_input, and the forward's output when the ReLU masks grad_out.
+int forward_tensors(const ForwardBuffers &f) { return f.epilogue.residual ? 3 : 2; }
+int backward_tensors(const BackwardBuffers &b) { return b.relu_out ? 4 : 3; }
+
+// Whether a forward streams y; a backward grad_input.
 bool stream_forward(const Call &c, const ForwardBuffers &f) {
-    return stream(c, f.y, f.epilogue.residual ? 3 : 2);
+    return stream(c, f.y, forward_tensors(f));
 }
 
-// Whether a backward streams grad_input: it moves x, grad_out and grad_input, and the forward's
-// output when the ReLU masks grad_out.
 bool stream_backward(const Call &c, const BackwardBuffers &b) {
-    return stream(c, b.grad_input, b.relu_out ? 4 : 3);
+    return stream(c, b.grad_input, backward_tensors(b));
 }
 
 }  // namespace
@@ -254,7 +261,9 @@ void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
 // than this, automatic leaves the call to the fused kernels, which also split inside channels.
 constexpr int64_t kSplitMinChannels = 16;
 
-bool split_strategy(const Call &c, bool backward, bool residual) {
+// `tensor`: x (any tensor of its size), `tensors`: how many such the call moves.
+bool split_strategy(const Call &c, bool backward, bool residual, const halide_buffer_t &tensor,
+                    int tensors) {
     if (c.device != Device::CPU || c.large || c.layout != Layout::nchw) return false;
     bool split = false;
     switch (cpu_strategy()) {
@@ -262,7 +271,8 @@ bool split_strategy(const Call &c, bool backward, bool residual) {
     case CpuStrategy::split: split = true; break;
     case CpuStrategy::automatic:
         split = c.x.size(1) >= kSplitMinChannels &&
-                c.x.size(2) * c.x.size(3) <= split_max_plane(backward, residual);
+                (c.x.size(2) * c.x.size(3) <= split_max_plane(backward, residual) ||
+                 bytes_moved(tensor, tensors) <= split_max_cache_bytes(backward));
     }
     set_last_cpu_strategy(split ? CpuStrategy::split : CpuStrategy::fused);
     return split;
@@ -311,7 +321,7 @@ void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t
 
 void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOutputs &t,
                    HalideBuffer &partial, HalideBuffer &merged_var) {
-    if (!split_strategy(c, false, f.epilogue.residual != nullptr)) {
+    if (!split_strategy(c, false, f.epilogue.residual != nullptr, *f.x, forward_tensors(f))) {
         auto a = forward_args<TrainFwdArgs>(f);
         a.factor = t.factor;
         a.saved_mean = t.saved_mean;
@@ -340,7 +350,7 @@ void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOut
 
 void backward(const Call &c, bool training, bool want_params, double eps, const BackwardBuffers &b,
               int64_t per_channel) {
-    if (!training || !split_strategy(c, true)) {
+    if (!training || !split_strategy(c, true, false, *b.x, backward_tensors(b))) {
         run_backward(c, training, want_params, eps, b);
         return;
     }

@@ -195,6 +195,12 @@ int64_t split_max_plane(bool backward, bool residual) {
     return detail::threshold("train_fwd", residual ? "split_max_plane_add" : "split_max_plane");
 }
 
+int64_t split_max_cache_bytes(bool backward) {
+    const int64_t percent =
+        detail::threshold(backward ? "train_bwd" : "train_fwd", "split_max_cache_percent");
+    return last_level_cache_bytes() / 100 * percent;
+}
+
 CpuStrategy last_cpu_strategy_used() { return static_cast<CpuStrategy>(g_last_strategy); }
 
 int64_t streaming_threshold_bytes() { return last_level_cache_bytes(); }

@@ -73,11 +73,12 @@ int64_t streaming_threshold_bytes();
 //           channel's rows are read a channel stride apart
 //   split:  two kernels that both read in memory order: the per-channel sums, then the
 //           pointwise pass (SyncBatchNorm2d's path with one process); x is read twice
-//   automatic (default): split where the planes (H*W) are short, at most the machine file's
-//           runtime.<op>.split_max_plane (schedules/machines/*.params; a training forward
-//           that adds a residual: runtime.train_fwd.split_max_plane_add), and there are at
-//           least 16 channels (the split kernels parallelize over channel groups only); else
-//           fused
+//   automatic (default): split where there are at least 16 channels (the split kernels
+//           parallelize over channel groups only) and either the planes (H*W) are short, at
+//           most the machine file's runtime.<op>.split_max_plane (schedules/machines/*.params;
+//           a training forward that adds a residual: runtime.train_fwd.split_max_plane_add),
+//           or the call's tensors fit the cache (split_max_cache_bytes: the second pass reads
+//           x from the cache); else fused
 // Channels_last, strided, 64-bit-indexed and GPU calls always run their one kernel.
 // BN2D_VERBOSE names the kernels that ran (split_stats, split_bwd_sums). Environment:
 // BN2D_CPU_STRATEGY=auto|fused|split, read at the first call.
@@ -88,6 +89,11 @@ CpuStrategy cpu_strategy();
 // that training forward (backward) splits; `residual`: a forward that adds one (forward_add;
 // backward's is the same either way); 0: never.
 int64_t split_max_plane(bool backward, bool residual = false);
+// automatic also splits a training forward (backward) whose tensors fit in this many bytes:
+// runtime.<op>.split_max_cache_percent of the last-level cache (streaming_threshold_bytes()),
+// counting the tensors as the streaming-store rule does (forward: x, y and a residual;
+// backward: x, grad_out, grad_input and the ReLU's output); 0: never.
+int64_t split_max_cache_bytes(bool backward);
 // What this thread's last training call that had the choice ran (CPU, NCHW, 32-bit indexing):
 // fused or split; automatic before any such call.
 CpuStrategy last_cpu_strategy_used();
