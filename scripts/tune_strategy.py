@@ -2,12 +2,12 @@
 """Tunes the CPU strategy thresholds (bn2d::CpuStrategy): for each ISA asked, runs the benchmark's
 ours_fused and ours_split (NCHW float32 training forward and backward, the suite's shapes and
 ResNet-50's layers) in one interleaved run, and sets each threshold in a machine file to the
-largest value at or below which split wins on every shape and every ISA measured:
-runtime.<op>.split_max_plane (the plane, H*W) from the calls without a residual,
-runtime.train_fwd.split_max_plane_add from ResNet-50's forward_add layers (add + ReLU), and
-runtime.<op>.split_max_cache_percent (the bytes the call moves, in percent of the last-level
-cache the benchmark reports) from the calls with or without a ReLU that the plane threshold
-leaves fused. Writes a report: per shape and op, each strategy's time / floor (the lower of the
+largest value at or below which split wins on every shape and every ISA measured, from the
+calls each threshold governs: runtime.<op>.split_max_plane (the plane, H*W; forward: the calls
+without a residual, backward: all), runtime.train_fwd.split_max_plane_add (ResNet-50's
+forward_add layers, add + ReLU), and runtime.<op>.split_max_cache_percent (the bytes the call
+moves, in percent of the last-level cache the benchmark reports; the calls the plane threshold
+leaves fused). Writes a report: per shape and op, each strategy's time / floor (the lower of the
 streaming floor and the ordinary-store bound) and the choice.
 
   scripts/tune_strategy.py --bench build/bench/bn2d_bench --isas avx512,avx2 \\
@@ -26,14 +26,15 @@ import subprocess
 import sys
 import tempfile
 
-# The thresholds: (benchmark op, the layers' tails, machine-file kernel, knob). The suite's shapes
-# have no tail ("none"). Tuned in this order: a cache threshold counts the shapes its op's plane
-# threshold leaves fused.
-THRESHOLDS = [("train_fwd", ("none",), "train_fwd", "split_max_plane"),
-              ("bwd", ("none",), "train_bwd", "split_max_plane"),
+# The thresholds: (benchmark op, the tails of the calls it governs, machine-file kernel, knob).
+# The suite's shapes have no tail ("none"); backward_add runs the batch norm's backward on the
+# residual's gradient, by backward's thresholds. Tuned in this order: a cache threshold counts
+# the shapes its op's plane threshold leaves fused.
+THRESHOLDS = [("train_fwd", ("none", "relu"), "train_fwd", "split_max_plane"),
+              ("bwd", ("none", "relu", "add_relu"), "train_bwd", "split_max_plane"),
               ("train_fwd", ("add_relu",), "train_fwd", "split_max_plane_add"),
               ("train_fwd", ("none", "relu"), "train_fwd", "split_max_cache_percent"),
-              ("bwd", ("none", "relu"), "train_bwd", "split_max_cache_percent")]
+              ("bwd", ("none", "relu", "add_relu"), "train_bwd", "split_max_cache_percent")]
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 IMPLS = "(ours_fused|ours_split|floor|bound)"
 FILTER = (r"^(train_fwd|bwd)/" + IMPLS + r"/[0-9x]+/real_time|^resnet50/(train_fwd|bwd)/" + IMPLS +
@@ -135,7 +136,7 @@ def main():
                          if o == op and t in tails and channels(s) >= MIN_CHANNELS and
                          not (by_cache and plane(s) <= plane_limit)},
                         key=lambda st: (measure(*st), st))
-        title = "no residual" if tails == ("none",) else "/".join(tails)
+        title = "/".join(tails)
         what = "%% of the %.0f MiB cache" % (llc / 2**20) if by_cache else "plane"
         lines += ["### %s (%s)" % (kernel, title), "",
                   "| shape | tail | %s | " % what + " | ".join(
