@@ -29,7 +29,8 @@ import tempfile
 # The thresholds: (benchmark op, the tails of the calls it governs, machine-file kernel, knob).
 # The suite's shapes have no tail ("none"); backward_add runs the batch norm's backward on the
 # residual's gradient, by backward's thresholds. Tuned in this order: a cache threshold counts
-# the shapes its op's plane threshold leaves fused.
+# the shapes its op's plane threshold leaves fused. (forward_add calls also obey forward's cache
+# threshold, but split_max_plane_add already splits every ResNet-50 add + ReLU layer.)
 THRESHOLDS = [("train_fwd", ("none", "relu"), "train_fwd", "split_max_plane"),
               ("bwd", ("none", "relu", "add_relu"), "train_bwd", "split_max_plane"),
               ("train_fwd", ("add_relu",), "train_fwd", "split_max_plane_add"),

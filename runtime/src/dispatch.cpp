@@ -261,9 +261,7 @@ void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b) {
 // than this, automatic leaves the call to the fused kernels, which also split inside channels.
 constexpr int64_t kSplitMinChannels = 16;
 
-// `tensor`: x (any tensor of its size), `tensors`: how many such the call moves.
-bool split_strategy(const Call &c, bool backward, bool residual, const halide_buffer_t &tensor,
-                    int tensors) {
+bool split_strategy(const Call &c, bool backward, bool residual, int64_t bytes) {
     if (c.device != Device::CPU || c.large || c.layout != Layout::nchw) return false;
     bool split = false;
     switch (cpu_strategy()) {
@@ -272,7 +270,7 @@ bool split_strategy(const Call &c, bool backward, bool residual, const halide_bu
     case CpuStrategy::automatic:
         split = c.x.size(1) >= kSplitMinChannels &&
                 (c.x.size(2) * c.x.size(3) <= split_max_plane(backward, residual) ||
-                 bytes_moved(tensor, tensors) <= split_max_cache_bytes(backward));
+                 bytes <= split_max_cache_bytes(backward));
     }
     set_last_cpu_strategy(split ? CpuStrategy::split : CpuStrategy::fused);
     return split;
@@ -321,7 +319,8 @@ void run_grad_residual(const Call &c, halide_buffer_t *grad_out, halide_buffer_t
 
 void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOutputs &t,
                    HalideBuffer &partial, HalideBuffer &merged_var) {
-    if (!split_strategy(c, false, f.epilogue.residual != nullptr, *f.x, forward_tensors(f))) {
+    const int64_t bytes = bytes_moved(*f.x, forward_tensors(f));
+    if (!split_strategy(c, false, f.epilogue.residual != nullptr, bytes)) {
         auto a = forward_args<TrainFwdArgs>(f);
         a.factor = t.factor;
         a.saved_mean = t.saved_mean;
@@ -350,7 +349,7 @@ void train_forward(const Call &c, const ForwardBuffers &f, const TrainForwardOut
 
 void backward(const Call &c, bool training, bool want_params, double eps, const BackwardBuffers &b,
               int64_t per_channel) {
-    if (!training || !split_strategy(c, true, false, *b.x, backward_tensors(b))) {
+    if (!training || !split_strategy(c, true, false, bytes_moved(*b.x, backward_tensors(b)))) {
         run_backward(c, training, want_params, eps, b);
         return;
     }

@@ -179,11 +179,9 @@ void run_sync_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial)
 void run_split_stats(const Call &c, halide_buffer_t *x, halide_buffer_t *partial);
 void run_split_bwd_sums(const Call &c, double eps, const BackwardBuffers &b);
 // Whether a training call runs the split strategy: the setting, else the machine file's
-// thresholds on H*W (`residual`: a forward that adds one) and on the bytes the call moves
-// (`tensors` tensors the size of `tensor`); only where the split kernels exist (CPU, NCHW,
-// 32-bit indexing).
-bool split_strategy(const Call &c, bool backward, bool residual, const halide_buffer_t &tensor,
-                    int tensors);
+// thresholds on H*W (`residual`: a forward that adds one) and on the `bytes` the call moves;
+// only where the split kernels exist (CPU, NCHW, 32-bit indexing).
+bool split_strategy(const Call &c, bool backward, bool residual, int64_t bytes);
 // The merge of every process's {count, mean, M2} (`gathered`, (C, 3, processes)) into a
 // training forward's statistics (`t`: saved mean and invstd, updated running statistics) and
 // the biased variance it normalizes with (`merged_var`). Per channel: `c.x` is a stand-in for
