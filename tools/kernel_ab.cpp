@@ -2,8 +2,8 @@
 // (f32 NCHW), called directly and alternated with the floor in one process, so that the ratio
 // between them is free of the machine's drift. Each build comes with and without streaming
 // stores; a shape whose rows are whole 64-byte lines runs the streaming one, as the runtime
-// would. scripts/kernel_ab.sh builds the kernels (AB_FORWARD, AB_LABEL_A/B) and runs this;
-// the README quotes it ("Prefetching the next channel group", Numerics).
+// would. scripts/kernel_ab.sh builds the kernels (AB_FORWARD, AB_LABEL_A/B, AB_RELU_B: call
+// build b's backward with the ReLU's mask on) and runs this; docs/usage.md quotes it.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -88,17 +88,20 @@ int main(int argc, char **argv) {
                               std::to_string(H) + "x" + std::to_string(W);
     const bool streaming = (size_t(H) * W * sizeof(float)) % 64 == 0;
     std::mt19937 rng(std::random_device{}());
-    Lines x(n, rng), dy(n, rng), out(n, rng);
+    Lines x(n, rng), dy(n, rng), out(n, rng), y(n, rng);
+    for (size_t i = 0; i < n; ++i) y.p[i] = std::max(y.p[i], 0.f);  // a ReLU's output: 40% zeros
     // A dense plane is one row of H*W values, as the runtime passes it.
     Buffer<float> xb(x.p, {H * W, 1, C, N}), dyb(dy.p, {H * W, 1, C, N}),
-        ob(out.p, {H * W, 1, C, N});
+        ob(out.p, {H * W, 1, C, N}), yb(y.p, {H * W, 1, C, N});
     Buffer<float> weight(C), mean(C), invstd(C), zeros(C), s1(C), s2(C);
     weight.fill(1.5f), mean.fill(0.5f), invstd.fill(0.7f), zeros.fill(0.f);
     bn2d::bench::StreamPool pool(static_cast<int>(std::thread::hardware_concurrency()));
 
-    auto backward = [&](decltype(&ab_bwd_a_nt) kernel, const char *what) {
-        return [&, kernel, what] {
-            check(kernel(xb, dyb, dyb, mean, invstd, 1e-5, false, weight, zeros, zeros, ob, s1, s2),
+    // Without the ReLU the kernel never reads its y argument (the switch's specialization).
+    auto backward = [&](decltype(&ab_bwd_a_nt) kernel, const char *what, bool relu = false) {
+        return [&, kernel, what, relu] {
+            check(kernel(xb, dyb, relu ? yb : dyb, mean, invstd, 1e-5, relu, weight, zeros, zeros,
+                         ob, s1, s2),
                   what);
         };
     };
@@ -123,7 +126,7 @@ int main(int argc, char **argv) {
             {{"floor",
               [&] { pool.run(x.p, dy.p, out.p, n, 2.f, 1.f, bn2d::bench::Stores::streaming); }},
              {AB_LABEL_A, backward(streaming ? ab_bwd_a_nt : ab_bwd_a_plain, "bwd a")},
-             {AB_LABEL_B, backward(streaming ? ab_bwd_b_nt : ab_bwd_b_plain, "bwd b")}},
+             {AB_LABEL_B, backward(streaming ? ab_bwd_b_nt : ab_bwd_b_plain, "bwd b", AB_RELU_B)}},
             reps, shape);
     return 0;
 }
