@@ -3,8 +3,8 @@
 # too (its asan and tsan target features), so an out-of-bounds access inside a kernel is
 # reported like one in the module. Instrumented kernels take twice as long to compile, so
 # these builds are subsets of the variant table: the baseline ISA (the schedules are the same
-# for every ISA), and float32 + bfloat16 (4- and 2-byte elements) for ASan; tests of a dtype
-# not built skip, saying so.
+# for every ISA), and float32 + bfloat16 (4- and 2-byte elements) and the OpenCL kernels only
+# (PoCL runs them; CUDA's would need a GPU) for ASan; tests of a dtype not built skip, saying so.
 #   asan: AddressSanitizer + UBSan (every UB report fatal) over the CPU, OpenCL and MPI tests,
 #         every layout, the large_buffers kernels; the fuzzer for BN2D_FUZZ_SECONDS (default 20).
 #   tsan: ThreadSanitizer over the concurrency test (modules on several threads while another

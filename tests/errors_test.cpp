@@ -692,6 +692,23 @@ TEST_F(Errors, DeviceTensorOnCpuModule) {
     EXPECT_THROW(Tensor::on_device(1234, {4, 3, 5, 6}, Device::CPU), Error);
 }
 
+// A GPU backend this build has no kernels for (BN2D_GPU=OFF, or left out of BN2D_GPU_BACKENDS,
+// as in the ASan build) is unavailable whatever the machine has, and says which option.
+TEST_F(Errors, GpuBackendNotBuiltIsUnavailableAndSaysWhy) {
+    const BuildInfo &info = build_info();
+    bool tested = false;
+    for (Device d : {Device::Cuda, Device::OpenCL}) {
+        if (!(d == Device::Cuda ? info.cuda_target : info.opencl_target).empty()) continue;
+        tested = true;
+        EXPECT_FALSE(device_available(d));
+        EXPECT_NE(device_unavailable_reason(d).find("BN2D_GPU"), std::string::npos)
+            << device_unavailable_reason(d);
+        expect_error([&] { bn.to(d); }, {"device not usable", "BN2D_GPU"});
+        EXPECT_EQ(bn.device(), Device::CPU);
+    }
+    if (!tested) GTEST_SKIP() << "this build has every GPU backend's kernels";
+}
+
 TEST_F(Errors, MissingCudaGivesClearError) {
     if (device_available(Device::Cuda)) GTEST_SKIP() << "a CUDA device is present";
     EXPECT_FALSE(device_unavailable_reason(Device::Cuda).empty());

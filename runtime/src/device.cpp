@@ -108,9 +108,8 @@ struct Availability {
 
 Availability probe(Device d) {
     if (d == Device::CPU) return {true, ""};
-#if !BN2D_HAVE_GPU
-    return {false, "built without GPU support (BN2D_GPU=OFF)"};
-#else
+    if (const char *why = detail::gpu_kernels_missing(d)) return {false, why};
+#if BN2D_HAVE_GPU
     try {
         DeviceBuffer b(d, {1});
         float one = 1.0f, back = 0.0f;
@@ -122,6 +121,8 @@ Availability probe(Device d) {
         return {false, std::string("no usable ") + device_name(d) + " device or driver (" +
                            e.what() + ")"};
     }
+#else
+    return {false, "built without GPU support (BN2D_GPU=OFF)"};  // said above already
 #endif
 }
 

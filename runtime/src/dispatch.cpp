@@ -9,6 +9,16 @@
 #include "internal.h"
 
 namespace bn2d::detail {
+
+const char *gpu_kernels_missing(Device d) {
+    if (!BN2D_HAVE_GPU) return "built without GPU support (BN2D_GPU=OFF)";
+    if (d == Device::Cuda && !kCudaKernelsBuilt)
+        return "this build has no CUDA kernels (BN2D_GPU_BACKENDS leaves cuda out)";
+    if (d == Device::OpenCL && !kOpenclKernelsBuilt)
+        return "this build has no OpenCL kernels (BN2D_GPU_BACKENDS leaves opencl out)";
+    return nullptr;
+}
+
 namespace {
 
 // CPU calls on tensors of at most this many elements run on the calling thread: one pass over
@@ -43,11 +53,10 @@ Selected select(Device d, bool large) {
         throw Error(std::string(device_name(d)) +
                     ": tensor too large for the GPU kernels' 32-bit indexing (2^31 elements, or "
                     "an element span or extent x stride that large); the CPU runs such tensors");
-#if BN2D_HAVE_GPU
+    if (const char *why = gpu_kernels_missing(d))
+        throw Error(std::string(device_name(d)) + ": " + why);
     if (d == Device::Cuda) return {kCudaKernels, kCudaTarget};
-    if (d == Device::OpenCL) return {kOpenclKernels, kOpenclTarget};
-#endif
-    throw Error(std::string(device_name(d)) + ": built without GPU support (BN2D_GPU=OFF)");
+    return {kOpenclKernels, kOpenclTarget};
 }
 
 // Whether every full vector a streaming kernel stores to `out` starts on a 64-byte line: the

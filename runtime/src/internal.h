@@ -111,6 +111,9 @@ bool fusable(const Tensor &t, Layout layout);
 // 32-bit kernels check the first two; the span bounds every partial sum of their index
 // arithmetic, mixed-sign strides included.
 bool needs_large_buffers(const HalideBuffer &b);
+// Why this build cannot run kernels on a GPU backend (BN2D_GPU, BN2D_GPU_BACKENDS); nullptr
+// when it can.
+const char *gpu_kernels_missing(Device d);
 // The handle an application sees for a device allocation of ours: a CUdeviceptr, or a cl_mem
 // (Halide's OpenCL buffers hold a wrapper struct in `device`, not the cl_mem itself).
 uint64_t app_device_handle(HalideBuffer &b, Device d);

@@ -285,10 +285,8 @@ const BuildInfo &build_info() {
         b.schedule_file = detail::kScheduleFile;
         b.cpu_targets = detail::kCpuTargets;
         b.cpu_isa_best = isa_name(best_cpu_isa());
-#if BN2D_HAVE_GPU
-        b.cuda_target = detail::kCudaTarget;
-        b.opencl_target = detail::kOpenclTarget;
-#endif
+        if (detail::kCudaKernelsBuilt) b.cuda_target = detail::kCudaTarget;
+        if (detail::kOpenclKernelsBuilt) b.opencl_target = detail::kOpenclTarget;
         for (const char *k : detail::kKernelNames) b.kernels.push_back(k);
         for (const char *k : detail::kCpuOnlyKernelNames)
             if (*k) b.cpu_only_kernels.push_back(k);

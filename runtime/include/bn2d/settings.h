@@ -105,7 +105,7 @@ struct BuildInfo {
     std::string schedule_file;
     std::string cpu_targets;   // Halide targets of the CPU libraries, best first
     std::string cpu_isa_best;  // the best of them this CPU runs (calls use it unless capped)
-    std::string cuda_target, opencl_target;     // empty when built without GPU support
+    std::string cuda_target, opencl_target;     // empty when that backend's kernels are not built
     std::vector<std::string> kernels;           // <kernel>_<dtype>_<layout>, from the variant table
     std::vector<std::string> cpu_only_kernels;  // those without GPU or large_buffers builds
     std::vector<std::string> streaming_kernels;  // those also built with streaming stores,
