@@ -8,7 +8,7 @@
 #
 # Inputs: BN2D_SCHEDULE_FILE, BN2D_GPU, BN2D_GPU_BACKENDS, Halide_VERSION. Outputs: BN2D_ALL_KERNELS (library
 # targets), BN2D_GENERATED_INCLUDE_DIR, BN2D_CPU_TARGETS, BN2D_CUDA_TARGET, BN2D_OPENCL_TARGET,
-# BN2D_KERNELS_FILE.
+# BN2D_GPU_BUILT (the GPU backends whose kernels are built), BN2D_KERNELS_FILE.
 
 set(BN2D_KERNELS "")
 set(BN2D_CPU_ISAS "")            # built (BN2D_ONLY_CPU_ISAS may leave some of the table out)
@@ -178,6 +178,10 @@ endforeach ()
 if (BN2D_GPU AND NOT BN2D_GPU_BACKENDS)
     message(FATAL_ERROR "BN2D_GPU_BACKENDS is empty: set BN2D_GPU=OFF to build no GPU kernels")
 endif ()
+set(BN2D_GPU_BUILT "")
+if (BN2D_GPU)
+    set(BN2D_GPU_BUILT ${BN2D_GPU_BACKENDS})
+endif ()
 list(GET BN2D_TABLE_CPU_ISAS -1 anywhere_isa)
 if (NOT anywhere_isa IN_LIST BN2D_CPU_ISAS)
     message(FATAL_ERROR "BN2D_ONLY_CPU_ISAS must include ${anywhere_isa}, the ISA that runs on any x86-64 CPU")
@@ -253,10 +257,10 @@ foreach (key IN LISTS BN2D_KERNELS)
     foreach (isa target IN ZIP_LISTS BN2D_CPU_LARGE_ISAS BN2D_CPU_LARGE_TARGETS)
         bn2d_library(bn2d_${key}_cpu_large_${isa} ${key} ${target})
     endforeach ()
-    if (BN2D_GPU AND "cuda" IN_LIST BN2D_GPU_BACKENDS)
+    if ("cuda" IN_LIST BN2D_GPU_BUILT)
         bn2d_library(bn2d_${key}_cuda ${key} ${BN2D_CUDA_TARGET})
     endif ()
-    if (BN2D_GPU AND "opencl" IN_LIST BN2D_GPU_BACKENDS)
+    if ("opencl" IN_LIST BN2D_GPU_BUILT)
         set(target ${BN2D_OPENCL_TARGET})
         if (BN2D_KERNEL_${key}_DTYPE STREQUAL "f16")
             # Only float16 kernels declare `half`: with cl_half every kernel's source does, and
@@ -452,9 +456,7 @@ foreach (key IN LISTS BN2D_KERNELS)
         foreach (isa IN LISTS BN2D_CPU_LARGE_ISAS)
             list(APPEND libraries cpu_large_${isa})
         endforeach ()
-        if (BN2D_GPU)
-            list(APPEND libraries ${BN2D_GPU_BACKENDS})
-        endif ()
+        list(APPEND libraries ${BN2D_GPU_BUILT})
     endif ()
     foreach (library IN LISTS libraries)
         string(APPEND includes "#include \"bn2d_${key}_${library}.h\"\n")
@@ -526,7 +528,7 @@ set(gpu_set_names kCudaKernels kOpenclKernels)
 foreach (backend set_name IN ZIP_LISTS gpu_backends gpu_set_names)
     # A backend not built (BN2D_GPU off, or left out of BN2D_GPU_BACKENDS) has an empty set,
     # which the runtime refuses with the reason.
-    if (BN2D_GPU AND backend IN_LIST BN2D_GPU_BACKENDS)
+    if (backend IN_LIST BN2D_GPU_BUILT)
         bn2d_kernel_set_initializer("${backend}" fns ${bn2d_all_backend_keys})
         string(APPEND gpu_sets "inline const KernelSet ${set_name}{${fns}};\n")
         string(APPEND gpu_sets "constexpr bool ${set_name}Built = true;\n")
